@@ -1,0 +1,220 @@
+"""`DistillationArguments`: the training arguments plus every distillation switch, validated up front."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+KD_CONVENTIONS = ("hinton", "mix")
+TEACHER_LOGIT_MODES = ("raw", "prior_adjusted", "shift")
+TEACHER_DTYPES = ("float32", "float16", "bfloat16")
+LEVELS = ("class", "instance")
+ADA_ALPHA_MAPPINGS = ("linear", "normalized", "threshold")
+INSTANCE_ALPHA_MODES = ("prob", "correct")
+MARGIN_TARGETS = ("one_hot", "both")
+BALANCED_FORMS = ("logit_adjusted", "reweighted", "posthoc")
+DRO_BASES = ("prior", "uniform")
+DRO_ERROR_WEIGHTINGS = ("label", "teacher")
+
+
+def _choice(help_text: str, choices: tuple[str, ...]) -> dict:
+    return {"help": help_text, "choices": list(choices)}
+
+
+@dataclass
+class DistillationArguments(TrainingArguments):
+    """Arguments for `DistillationTrainer`. Every distillation field is checked in `__post_init__`, before any
+    model or data is touched, so a typo costs an error message and not a training run."""
+
+    objective: str = field(
+        default="kd",
+        metadata={
+            "help": "Student (or teacher) objective; see `hf_fairkd.objectives` for the registered names."
+        },
+    )
+    alpha: float = field(
+        default=0.5,
+        metadata={"help": "Weight of the teacher in [0, 1] (the maximum weight for `ada_alpha`)."},
+    )
+    temperature: float = field(
+        default=2.0, metadata={"help": "Softmax temperature T applied to the teacher."}
+    )
+    kd_convention: str = field(
+        default="hinton",
+        metadata=_choice(
+            "'hinton': (1-a) CE(e_y, s) + a T^2 KL(p_t || softmax_T(s)); 'mix': CE((1-a) e_y + a p_t, s) with the "
+            "temperature on the teacher only (the form used by Menon et al. and Wang et al.).",
+            KD_CONVENTIONS,
+        ),
+    )
+    teacher_logit_mode: str = field(
+        default="raw",
+        metadata=_choice(
+            "How teacher scores become targets: 'raw' t; 'prior_adjusted' t - tau*log(pi); 'shift' t + a "
+            "user vector.",
+            TEACHER_LOGIT_MODES,
+        ),
+    )
+    teacher_logit_tau: float = field(
+        default=1.0, metadata={"help": "tau for teacher_logit_mode='prior_adjusted'."}
+    )
+    teacher_logit_shift: list[float] | None = field(
+        default=None, metadata={"help": "One additive value per class for teacher_logit_mode='shift'."}
+    )
+    teacher_dtype: str = field(
+        default="float32",
+        metadata=_choice(
+            "Precision the frozen teacher runs in (targets are always computed in float32).", TEACHER_DTYPES
+        ),
+    )
+    # ada_alpha (Lukasik et al.)
+    ada_alpha_level: str = field(
+        default="class", metadata=_choice("Adapt the teacher weight per class or per example.", LEVELS)
+    )
+    ada_alpha_mapping: str = field(
+        default="linear",
+        metadata=_choice(
+            "Class level: map the teacher's holdout recall r_y to a weight.", ADA_ALPHA_MAPPINGS
+        ),
+    )
+    ada_alpha_threshold: float = field(
+        default=0.5, metadata={"help": "r0 for ada_alpha_mapping='threshold': a_y = alpha * 1[r_y >= r0]."}
+    )
+    ada_alpha_instance_mode: str = field(
+        default="prob",
+        metadata=_choice(
+            "Instance level: 'prob' a(x) = alpha * p_t(y|x); 'correct' a(x) = alpha * 1[argmax t(x) = y].",
+            INSTANCE_ALPHA_MODES,
+        ),
+    )
+    reliability_pseudo_count: float = field(
+        default=1.0,
+        metadata={
+            "help": "Shrink the teacher's per-class holdout recall toward its overall recall by this many virtual "
+            "examples, so classes with few holdout examples do not get a recall of exactly 0 or 1."
+        },
+    )
+    # ada_margin (Lukasik et al.)
+    margin_level: str = field(
+        default="class",
+        metadata=_choice(
+            "'class': D_yj = g*(u_y - u_j), u = holdout error; 'instance': D_yj(x) = g*(t_j(x) - t_y(x)).",
+            LEVELS,
+        ),
+    )
+    margin_scale: float = field(default=1.0, metadata={"help": "g, the scale of the margins."})
+    margin_on: str = field(
+        default="one_hot",
+        metadata=_choice("Apply the margins to the one-hot term only, or to both terms.", MARGIN_TARGETS),
+    )
+    # balanced (Wang et al.); also the 'balanced' teacher objective
+    balanced_form: str = field(
+        default="logit_adjusted",
+        metadata=_choice(
+            "'logit_adjusted': CE(q, s + tau*log(pi)); 'reweighted': CE(q, s) weighted by 1/(m*pi_y); 'posthoc' "
+            "(teacher objective 'balanced' only): train with plain CE, then subtract tau*log(pi) from the "
+            "classifier bias so the saved model predicts balanced.",
+            BALANCED_FORMS,
+        ),
+    )
+    logit_adjustment_tau: float = field(default=1.0, metadata={"help": "tau of the logit adjustment."})
+    # robust_kd / dro (Wang et al.)
+    dro_tradeoff: float = field(
+        default=1.0,
+        metadata={
+            "help": "b in [0, 1]: class weights w = (1-b)*base + b*lambda (0: base objective, 1: worst class)."
+        },
+    )
+    dro_base: str = field(
+        default="prior", metadata=_choice("The base weights the trade-off starts from.", DRO_BASES)
+    )
+    dro_tau: float = field(default=1.0, metadata={"help": "tau in c_y = w_y / pi_y^tau."})
+    dro_step_size: float = field(
+        default=0.1, metadata={"help": "eta of the exponentiated-gradient step on lambda."}
+    )
+    dro_update_every: int = field(
+        default=32, metadata={"help": "K: update lambda every K optimisation steps."}
+    )
+    dro_error_weighting: str = field(
+        default="label",
+        metadata=_choice(
+            "Per-class errors on the holdout from labels, or weighted by the teacher's probabilities (helps classes "
+            "with very few holdout examples).",
+            DRO_ERROR_WEIGHTINGS,
+        ),
+    )
+    dro_holdout_batch_size: int = field(
+        default=256,
+        metadata={"help": "Holdout examples drawn for each lambda update (all of them if fewer)."},
+    )
+    # Tang et al. diagnostics
+    label_smoothing_epsilon: float = field(
+        default=0.1, metadata={"help": "eps for objective 'label_smoothing'."}
+    )
+    kd_sim_rho: float = field(
+        default=1.0, metadata={"help": "Temperature of the class-similarity targets of objective 'kd_sim'."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        from .objectives import OBJECTIVES  # imported here: objectives import nothing from config
+
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"Unknown objective {self.objective!r}. Registered objectives: {', '.join(sorted(OBJECTIVES))}."
+            )
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(
+                f"alpha must be in [0, 1], got {self.alpha}. It is the teacher's weight in the loss."
+            )
+        if not self.temperature > 0:
+            raise ValueError(
+                f"temperature must be > 0, got {self.temperature}. Use 1.0 for the plain softmax."
+            )
+        if not 0.0 <= self.dro_tradeoff <= 1.0:
+            raise ValueError(f"dro_tradeoff must be in [0, 1], got {self.dro_tradeoff}.")
+        if self.dro_update_every < 1:
+            raise ValueError(f"dro_update_every must be >= 1, got {self.dro_update_every}.")
+        if self.dro_holdout_batch_size < 1:
+            raise ValueError(f"dro_holdout_batch_size must be >= 1, got {self.dro_holdout_batch_size}.")
+        if not self.dro_step_size > 0:
+            raise ValueError(f"dro_step_size must be > 0, got {self.dro_step_size}.")
+        if not 0.0 <= self.label_smoothing_epsilon <= 1.0:
+            raise ValueError(
+                f"label_smoothing_epsilon must be in [0, 1], got {self.label_smoothing_epsilon}."
+            )
+        if self.kd_sim_rho <= 0 or self.reliability_pseudo_count < 0:
+            raise ValueError("kd_sim_rho must be > 0 and reliability_pseudo_count >= 0.")
+        choices = {
+            "kd_convention": KD_CONVENTIONS,
+            "teacher_logit_mode": TEACHER_LOGIT_MODES,
+            "teacher_dtype": TEACHER_DTYPES,
+            "ada_alpha_level": LEVELS,
+            "ada_alpha_mapping": ADA_ALPHA_MAPPINGS,
+            "ada_alpha_instance_mode": INSTANCE_ALPHA_MODES,
+            "margin_level": LEVELS,
+            "margin_on": MARGIN_TARGETS,
+            "balanced_form": BALANCED_FORMS,
+            "dro_base": DRO_BASES,
+            "dro_error_weighting": DRO_ERROR_WEIGHTINGS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
+        if self.teacher_logit_mode == "shift" and not self.teacher_logit_shift:
+            raise ValueError("teacher_logit_mode='shift' needs teacher_logit_shift (one value per class).")
+        if self.balanced_form == "posthoc" and self.objective != "balanced":
+            raise ValueError("balanced_form='posthoc' is a teacher option: use it with objective='balanced'.")
+        if self.label_smoothing_factor:
+            raise ValueError(
+                "label_smoothing_factor is the stock Trainer's option and is ignored by DistillationTrainer; use "
+                "objective='label_smoothing' with label_smoothing_epsilon instead."
+            )
+
+    def objective_params(self) -> dict:
+        """The settings that define the chosen objective, for cards and metrics files (no secrets here)."""
+        from .objectives import OBJECTIVES
+
+        names = OBJECTIVES[self.objective].param_names
+        return {name: getattr(self, name) for name in names}

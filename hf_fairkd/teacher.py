@@ -1,0 +1,110 @@
+"""The frozen teacher: loading, label alignment with the student, and per-class reliability."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from . import losses
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def load_teacher(
+    teacher: nn.Module | str,
+    *,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> nn.Module:
+    """A model instance, or a local path / Hub id loaded with `AutoModelForImageClassification` (or, for other
+    modalities, `AutoModelForSequenceClassification` / `AutoModel...` chosen from the config). Remote code is
+    never executed unless ``trust_remote_code`` is True. Returned frozen, in eval mode, in ``dtype``."""
+    if isinstance(teacher, str):
+        teacher = _from_pretrained(teacher, trust_remote_code=trust_remote_code, revision=revision)
+    teacher = teacher.to(DTYPES[dtype])
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def _from_pretrained(name_or_path: str, *, trust_remote_code: bool, revision: str | None) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, revision=revision
+        )
+    except OSError as err:
+        raise ValueError(
+            f"Could not load the teacher {name_or_path!r}: {err}. Pass a local folder saved with save_pretrained "
+            "or a Hub model id you can access."
+        ) from None
+    for auto in (AutoModelForImageClassification, AutoModelForSequenceClassification):
+        if type(config) in auto._model_mapping:
+            return auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    raise ValueError(
+        f"The teacher {name_or_path!r} ({config.model_type}) is not an image or sequence classification model; "
+        "load it yourself and pass the instance as `teacher`."
+    )
+
+
+def label_permutation(student_id2label: dict, teacher_id2label: dict) -> torch.Tensor | None:
+    """Index that reorders the teacher's logits into the student's label order.
+
+    None when both already agree. Raises when the label sets differ, naming the classes on each side.
+    """
+    student = [str(student_id2label[i]) for i in sorted(student_id2label, key=int)]
+    teacher = [str(teacher_id2label[i]) for i in sorted(teacher_id2label, key=int)]
+    if student == teacher:
+        return None
+    if sorted(student) != sorted(teacher) or len(set(student)) != len(student):
+        only_student = sorted(set(student) - set(teacher))
+        only_teacher = sorted(set(teacher) - set(student))
+        raise ValueError(
+            "The teacher and the student do not share a label space: classes only in the student: "
+            f"{only_student[:20]}, only in the teacher: {only_teacher[:20]} ({len(student)} vs {len(teacher)} "
+            "classes). Use a teacher trained on the same classes, or set matching `id2label` in the configs."
+        )
+    position = {name: i for i, name in enumerate(teacher)}
+    return torch.tensor([position[name] for name in student])
+
+
+def find_classifier(model: nn.Module) -> nn.Linear:
+    """The last linear layer producing the class logits (``classifier`` in most HF classification heads)."""
+    num_labels = model.config.num_labels
+    head = getattr(model, "classifier", None)
+    if isinstance(head, nn.Linear) and head.out_features == num_labels:
+        return head
+    candidates = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
+    if not candidates:
+        raise ValueError(f"Could not find the classification layer of {type(model).__name__}.")
+    return candidates[-1]
+
+
+@torch.no_grad()
+def shift_classifier_bias(model: nn.Module, shift: torch.Tensor) -> None:
+    """Add ``shift`` to the classifier bias, e.g. -tau log pi for post-hoc logit adjustment, so the saved model
+    predicts with the adjustment built in and loads with a plain `from_pretrained`."""
+    head = find_classifier(model)
+    if head.bias is None:
+        raise ValueError(f"{type(model).__name__}'s classifier has no bias; post-hoc adjustment needs one.")
+    head.bias.add_(shift.to(head.bias))
+
+
+def class_similarity(model: nn.Module, rho: float) -> torch.Tensor:
+    """Similarity targets from the teacher's classifier weights (Tang et al.'s KD-sim)."""
+    return losses.class_similarity_targets(find_classifier(model).weight.detach(), rho)
+
+
+def teacher_recall(teacher_logits: torch.Tensor, labels: torch.Tensor, num_classes: int, pseudo_count: float):
+    """Smoothed per-class recall of the teacher on a holdout, and the raw counts behind it."""
+    correct = torch.zeros(num_classes, dtype=torch.float64).index_add_(
+        0, labels.cpu(), (teacher_logits.argmax(-1).cpu() == labels.cpu()).double()
+    )
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    return losses.smoothed_class_recall(correct, counts, pseudo_count), correct, counts
