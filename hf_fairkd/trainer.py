@@ -300,7 +300,7 @@ class DistillationTrainer(Trainer):
                 # the count is global; DDP averages gradients over processes, so undo that average
                 loss = loss * self.accelerator.num_processes
         else:
-            steps = self.current_gradient_accumulation_steps if model.training else 1
+            steps = getattr(self, "current_gradient_accumulation_steps", 1) if model.training else 1
             loss = result.per_example.mean() / steps
         self._record(result, "train" if model.training else "eval")
         return (loss, outputs) if return_outputs else loss
@@ -340,6 +340,7 @@ class DistillationTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._reload_weights_with_key_conversion(resume_from_checkpoint, model if model is not None else self.model)
         path = os.path.join(resume_from_checkpoint, OBJECTIVE_STATE_NAME)
         if not os.path.exists(path):
             if self.objective.state_dict():
@@ -361,6 +362,24 @@ class DistillationTrainer(Trainer):
             )
         self.objective.load_state_dict(state)
         logger.info("Restored %s state from %s", self.objective.name, resume_from_checkpoint)
+
+    def _reload_weights_with_key_conversion(self, checkpoint: str, model: nn.Module) -> None:
+        """Reload the checkpoint's weights through `from_pretrained`.
+
+        transformers 5.x saves some models (ViT among them) under their legacy parameter names, and the stock
+        resume path loads that state dict without converting the names back: the encoder silently keeps its
+        fresh weights (measured on 5.23: 'missing keys ... unexpected keys' and a resumed run that differs).
+        `from_pretrained` applies the conversion, so its state dict is the one that was saved.
+        """
+        from transformers import PreTrainedModel
+
+        unwrapped = self.accelerator.unwrap_model(model)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not isinstance(unwrapped, PreTrainedModel):
+            return
+        if not any(name.endswith(".safetensors") for name in os.listdir(checkpoint)):
+            return
+        reloaded = type(unwrapped).from_pretrained(checkpoint, config=unwrapped.config)
+        unwrapped.load_state_dict(reloaded.state_dict())
 
     # ------------------------------------------------------------------------------------------ after training
     def train(self, *args, **kwargs):

@@ -1,0 +1,118 @@
+"""per_class_accuracy: an evaluate metric wrapping hf_fairkd.metrics.subgroup.subgroup_report.
+
+The maths lives in hf_fairkd (plain numpy); this module only declares the inputs and forwards options.
+"""
+
+import datasets
+import evaluate
+
+from hf_fairkd.metrics.subgroup import flatten_report, subgroup_report
+
+_DESCRIPTION = """
+Per-class accuracy (recall) with stratified bootstrap intervals, balanced accuracy, worst-class and
+worst-k accuracy, many/medium/few-shot accuracy (when training counts are given: many = train count > 100,
+medium = 20..100 inclusive, few < 20), and fairlearn-style subgroup accuracy per group column and per
+intersection of columns. Classes with no evaluation example get accuracy NaN, are listed in
+"missing_classes", excluded from the balanced/worst-class/worst-k numbers, and named in a warning.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions (`list` of `int`): predicted class ids (take the argmax of logits first).
+    references (`list` of `int`): true class ids.
+    num_classes (`int`, optional): number of classes; default from class_names, else train_counts,
+        else max label + 1.
+    class_names (`list` of `str`, optional): one name per class id.
+    train_counts (`list` of `int`, optional): training examples per class id; enables "shot_groups".
+    groups (`dict` of column name -> `list`, optional): one group value per example for each column;
+        reported per column, per pair of columns and for all columns together (when more than two).
+    shot_thresholds (`tuple`, default (100, 20)): (many_above, few_below).
+    worst_k (`int`, default 3): number of lowest-accuracy classes averaged in "worst_k_accuracy".
+    n_bootstrap (`int`, default 1000): bootstrap replicates (0 disables intervals: NaN bounds).
+    confidence_level (`float`, default 0.95): coverage of the percentile intervals.
+    seed (`int`, default 0): seed of the bootstrap.
+    flat (`bool`, default False): return flat scalars (hf_fairkd.metrics.flatten_report) instead.
+
+Returns:
+    The subgroup report dict (see the metric card), or a flat `dict[str, float]` when flat=True.
+
+Examples:
+    >>> from hf_fairkd.metrics import load_metric
+    >>> metric = load_metric(keep_in_memory=True)
+    >>> results = metric.compute(
+    ...     predictions=[0, 1, 1, 2, 2, 0, 2],
+    ...     references=[0, 1, 2, 2, 2, 1, 2],
+    ...     class_names=["cat", "dog", "fox"],
+    ...     train_counts=[500, 50, 5],
+    ...     n_bootstrap=200,
+    ... )
+    >>> round(results["accuracy"], 4)
+    0.7143
+    >>> [round(row["accuracy"], 4) for row in results["per_class"]]
+    [1.0, 0.5, 0.75]
+    >>> results["worst_class"], round(results["balanced_accuracy"], 4)
+    ('dog', 0.75)
+    >>> {shot: group["classes"] for shot, group in results["shot_groups"].items()}
+    {'many': ['cat'], 'medium': ['dog'], 'few': ['fox']}
+    >>> flat = metric.compute(predictions=[0, 1, 1], references=[0, 1, 0], n_bootstrap=0, flat=True)
+    >>> sorted(flat.items())
+    [('accuracy', 0.6666666666666666), ('accuracy_class/0', 0.5), ('accuracy_class/1', 1.0), ('balanced_accuracy', 0.75), ('worst_class_accuracy', 0.5), ('worst_k_accuracy', 0.75)]
+"""
+
+_CITATION = """
+@article{wang2023robust,
+  title={Robust distillation for worst-class performance},
+  author={Wang, Serena and Narasimhan, Harikrishna and Zhou, Yichen and Hooker, Sara and Lukasik, Michal and Menon, Aditya Krishna},
+  journal={Uncertainty in Artificial Intelligence},
+  year={2023}
+}
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class PerClassAccuracy(evaluate.Metric):
+    """Per-class, shot-group and subgroup accuracy with bootstrap intervals."""
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features(
+                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+            ),
+            format="numpy",  # hand numpy arrays to _compute instead of Python lists
+            reference_urls=[
+                "https://fairlearn.org/main/api_reference/generated/fairlearn.metrics.MetricFrame.html"
+            ],
+        )
+
+    def _compute(
+        self,
+        predictions,
+        references,
+        num_classes=None,
+        class_names=None,
+        train_counts=None,
+        groups=None,
+        shot_thresholds=(100, 20),
+        worst_k=3,
+        n_bootstrap=1000,
+        confidence_level=0.95,
+        seed=0,
+        flat=False,
+    ):
+        report = subgroup_report(
+            predictions,
+            references,
+            num_classes=num_classes,
+            class_names=class_names,
+            train_counts=train_counts,
+            groups=groups,
+            shot_thresholds=shot_thresholds,
+            worst_k=worst_k,
+            n_bootstrap=n_bootstrap,
+            confidence_level=confidence_level,
+            seed=seed,
+        )
+        return flatten_report(report) if flat else report

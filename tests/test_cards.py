@@ -1,0 +1,422 @@
+"""Model card rendering, escaping, metadata round trip, reading metrics back, and atomic writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import yaml
+from huggingface_hub import ModelCard, parse_eval_result_entries
+
+from hf_fairkd.cards import (
+    build_model_card,
+    escape_markdown_cell,
+    load_subgroup_metrics,
+    save_card_and_metrics,
+    write_eval_results,
+)
+from hf_fairkd.io_utils import atomic_path, atomic_write_json, atomic_write_text
+from hf_fairkd.metrics import paired_delta, report_to_jsonable, subgroup_report
+
+# Hand-made long tail: 5 classes, 20 test images each; the first k images of class c are predicted right.
+NAMES = ["cat", "dog", "bird", "fish", "frog"]
+TRAIN_COUNTS = [500, 120, 60, 15, 5]  # many: cat, dog (> 100); medium: bird; few: fish, frog (< 20)
+SUPPORT = 20
+CORRECT = {"student": [19, 17, 14, 12, 9], "baseline": [20, 16, 10, 6, 2], "teacher": [20, 18, 15, 13, 11]}
+SETTINGS = {
+    "objective": "kd",
+    "objective_params": {"alpha": 0.7},
+    "teacher_objective": "balanced_softmax",
+    "teacher_target_mode": "logit_adjusted",
+    "temperature": 4.0,
+    "seed": 7,
+    "student_model": "vit-tiny",
+    "teacher_model": "vit-small",
+    "teacher_hub_id": "org/teacher-vit",
+    "dataset_name": "uoft-cs/cifar10",
+}
+SECTIONS = [
+    "## Model details",
+    "## Intended use",
+    "## Factors",
+    "## Metrics",
+    "## Training data",
+    "## Evaluation data",
+    "## Quantitative analyses",
+    "### Per class",
+    "### Many / medium / few-shot classes",
+    "### Worst classes",
+    "### Where distillation helped or hurt",
+    "## Ethical considerations",
+    "## Caveats and recommendations",
+]
+
+
+def _predictions(correct: list[int], support: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    refs = np.concatenate([np.full(n, c) for c, n in enumerate(support)])
+    preds = np.concatenate(
+        [
+            np.where(np.arange(n) < k, c, (c + 1) % len(support))
+            for c, (k, n) in enumerate(zip(correct, support))
+        ]
+    )
+    return preds, refs
+
+
+def make_metrics(names=NAMES, correct=CORRECT, support=None, train_counts=TRAIN_COUNTS, groups=None) -> dict:
+    """A subgroup_metrics.json dict (spec format) built with hf_fairkd.metrics from known predictions."""
+    support = support or [SUPPORT] * len(names)
+    kw = dict(class_names=list(names), train_counts=list(train_counts), n_bootstrap=200, seed=0)
+    preds, metrics = {}, {"format_version": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes without test images are warned about; expected here
+        for key, k in correct.items():
+            preds[key], refs = _predictions(k, support)
+            metrics[key] = subgroup_report(preds[key], refs, groups=groups, **kw)
+        deltas = paired_delta(
+            preds["student"], preds["baseline"], refs, class_names=list(names), n_bootstrap=200
+        )
+    metrics.update(
+        class_names=list(names),
+        train_counts=list(train_counts),
+        student_minus_baseline=deltas,
+        dataset={
+            "source": "uoft-cs/cifar10",
+            "profile": "exp",
+            "imbalance_factor": 100.0,
+            "seed": 3,
+            "rare_classes": "reversed",
+            "holdout_counts": [2] * len(names),
+            "holdout_per_class": 2,
+        },
+        settings=dict(SETTINGS),
+    )
+    return metrics
+
+
+def split_row(line: str) -> list[str]:
+    """Cells of a Markdown table row; a backslash escapes the next character (so \\| is not a border)."""
+    assert line.startswith("|") and line.endswith("|"), line
+    cells, current, i, inner = [], "", 0, line[1:-1]
+    while i < len(inner):
+        if inner[i] == "\\" and i + 1 < len(inner):
+            current, i = current + inner[i : i + 2], i + 2
+        elif inner[i] == "|":
+            cells.append(current.strip())
+            current, i = "", i + 1
+        else:
+            current, i = current + inner[i], i + 1
+    return [*cells, current.strip()]
+
+
+def table_after(text: str, heading: str) -> list[list[str]]:
+    """Header and body rows (separator dropped) of the first table after ``heading``."""
+    lines = text[text.index(heading) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        block.append(split_row(line))
+    return [block[0], *block[2:]]
+
+
+def all_table_rows(text: str) -> list[list[str]]:
+    return [split_row(line) for line in text.splitlines() if line.startswith("|")]
+
+
+@pytest.fixture(scope="module")
+def metrics() -> dict:
+    return make_metrics()
+
+
+def test_card_has_every_model_card_section(metrics):
+    text = build_model_card(metrics, model_id="me/kd-student").text
+    positions = [text.index(section) for section in SECTIONS]
+    assert positions == sorted(positions)  # present, in Mitchell et al.'s order
+    assert "![Per-class accuracy against training count](per_class_accuracy.png)" in text
+    for setup in (
+        "kd",
+        "alpha=0.7",
+        "balanced\\_softmax",
+        "logit\\_adjusted",
+        "4.0",
+        "imbalance factor",
+        "100.0",
+    ):
+        assert setup in text
+
+
+def test_per_class_table_matches_hand_counts(metrics):
+    table = table_after(build_model_card(metrics).text, "### Per class")
+    header, rows = table[0], table[1:]
+    assert header[:6] == ["Class", "Train count", "Test support", "Teacher", "Baseline", "Student"]
+    assert len(rows) == len(NAMES)
+    for c, row in enumerate(rows):
+        assert len(row) == len(header)
+        assert row[:3] == [NAMES[c], str(TRAIN_COUNTS[c]), str(SUPPORT)]
+        expected = [f"{CORRECT[m][c] / SUPPORT:.3f}" for m in ("teacher", "baseline", "student")]
+        assert row[3:6] == expected
+        delta = (CORRECT["student"][c] - CORRECT["baseline"][c]) / SUPPORT
+        assert row[6].startswith(f"{delta:+.3f} [")
+
+
+def test_shot_table_and_overall_numbers(metrics):
+    text = build_model_card(metrics).text
+    shots = {row[0]: row for row in table_after(text, "### Many / medium / few-shot classes")[1:]}
+    groups = {"many": [0, 1], "medium": [2], "few": [3, 4]}
+    for shot, ids in groups.items():
+        assert shots[shot][2] == str(len(ids)) and shots[shot][3] == str(SUPPORT * len(ids))
+        student = np.mean([CORRECT["student"][c] / SUPPORT for c in ids])
+        assert shots[shot][-1] == f"{student:.3f}"
+    overall = {row[0]: row for row in table_after(text, "### Overall")[1:]}
+    student_acc = [k / SUPPORT for k in CORRECT["student"]]
+    assert overall["Worst-class accuracy"][-1] == f"{min(student_acc):.3f}"
+    assert overall["Balanced accuracy (mean per-class recall)"][-1] == f"{np.mean(student_acc):.3f}"
+
+
+def test_model_index_and_metadata_round_trip(metrics, tmp_path):
+    readme = save_card_and_metrics(tmp_path, metrics, model_id="me/kd-student", datasets=["uoft-cs/cifar10"])
+    card = ModelCard.load(readme)
+    data = card.data
+    assert data.library_name == "transformers" and data.license == "apache-2.0"
+    assert data.base_model == "org/teacher-vit" and data.datasets == ["uoft-cs/cifar10"]
+    assert data.tags == ["knowledge-distillation", "hf-fairkd", "long-tail", "image-classification"]
+    acc = [k / SUPPORT for k in CORRECT["student"]]
+    expected = {
+        "accuracy": sum(CORRECT["student"]) / (SUPPORT * len(NAMES)),
+        "balanced_accuracy": float(np.mean(acc)),
+        "worst_class_accuracy": min(acc),
+        "accuracy_many": (acc[0] + acc[1]) / 2,
+        "accuracy_medium": acc[2],
+        "accuracy_few": (acc[3] + acc[4]) / 2,
+    }
+    results = {r.metric_type: r for r in data.eval_results}
+    assert set(results) == set(expected)
+    for name, value in expected.items():
+        assert results[name].metric_value == pytest.approx(value, abs=1e-12)
+        assert results[name].task_type == "image-classification" and results[name].dataset_split == "test"
+        assert results[name].dataset_name == results[name].dataset_type == "uoft-cs/cifar10"
+    block = data["hf_fairkd"]
+    assert block["format_version"] == 1 and block["train_counts"] == TRAIN_COUNTS
+    assert block["student"]["per_class_accuracy"] == pytest.approx(acc)
+    assert block["teacher"]["per_class_accuracy"] == pytest.approx([k / SUPPORT for k in CORRECT["teacher"]])
+    assert block["settings"] == SETTINGS
+
+
+def test_summary_names_helped_hurt_and_unclear_classes(metrics):
+    custom = dict(metrics)
+    # Hand-set intervals: entirely above 0, entirely below 0, and three that straddle or touch 0.
+    bounds = [(0.05, 0.30), (-0.40, -0.10), (-0.10, 0.20), (0.0, 0.2), (-0.3, 0.0)]
+    custom["student_minus_baseline"] = [
+        {"class_id": c, "name": NAMES[c], "delta": (lo + hi) / 2, "ci_low": lo, "ci_high": hi}
+        for c, (lo, hi) in enumerate(bounds)
+    ]
+    text = build_model_card(custom).text
+    summary = text[text.index("### Where distillation helped or hurt") :]
+    summary = " ".join(summary[: summary.index("![")].split())
+    assert "**helped** 1 class(es) (cat)" in summary
+    assert "**hurt** 1 class(es) (dog)" in summary
+    assert "**no clear change** on 3 class(es) (bird, fish, frog)" in summary
+
+
+def test_card_without_baseline_says_so(metrics):
+    partial = {k: v for k, v in metrics.items() if k not in ("baseline", "teacher", "student_minus_baseline")}
+    text = build_model_card(partial).text
+    assert "No one-hot baseline was evaluated" in text
+    rows = table_after(text, "### Per class")[1:]
+    assert all(row[3] == row[4] == row[6] == "n/a" for row in rows)
+
+
+def test_group_tables_render_each_group():
+    site = ["a|b", "<b>x</b>"] * (len(NAMES) * SUPPORT // 2)
+    text = build_model_card(make_metrics(groups={"site": site})).text
+    table = table_after(text, "#### Groups of site")
+    assert {len(row) for row in table} == {5}
+    rows = {row[0]: row for row in table[1:]}
+    assert set(rows) == {"a\\|b", "&lt;b&gt;x&lt;/b&gt;"}
+    preds, refs = _predictions(CORRECT["student"], [SUPPORT] * len(NAMES))
+    right = preds == refs
+    assert rows["a\\|b"][1] == str(len(right[0::2]))
+    assert rows["a\\|b"][-1] == f"{right[0::2].mean():.3f}"
+    assert rows["&lt;b&gt;x&lt;/b&gt;"][-1] == f"{right[1::2].mean():.3f}"
+
+
+def test_missing_class_is_listed_and_shown_as_na():
+    names, counts = [*NAMES, "ghost"], [*TRAIN_COUNTS, 3]
+    correct = {k: [*v, 0] for k, v in CORRECT.items()}
+    m = make_metrics(names=names, correct=correct, support=[SUPPORT] * 5 + [0], train_counts=counts)
+    card = build_model_card(m)
+    row = table_after(card.text, "### Per class")[-1]
+    assert row[0] == "ghost" and row[2] == "0" and row[3:] == ["n/a"] * 4
+    assert "(accuracy undefined, left out of balanced and worst-class accuracy): ghost." in card.text
+    worst = {r.metric_type: r.metric_value for r in card.data.eval_results}["worst_class_accuracy"]
+    assert worst == pytest.approx(min(CORRECT["student"]) / SUPPORT)  # the empty class is not the worst
+
+
+HOSTILE = [
+    "a|b",
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "---",
+    "x" * 100_000,
+    "two\nlines\r\nand\rmore",
+    "tick`*_[x](y)#\\",
+]
+
+
+def test_hostile_class_names_are_escaped_and_stored_verbatim(tmp_path):
+    m = make_metrics(
+        names=HOSTILE, correct={k: [*v, 5, 5] for k, v in CORRECT.items()}, train_counts=[*TRAIN_COUNTS, 3, 2]
+    )
+    readme = save_card_and_metrics(
+        tmp_path, m, model_id="me/hostile", extra_text="Note <script>x</script>\n---\n| not a table |"
+    )
+    card = ModelCard.load(readme)
+    body = card.text
+    for raw in ("<script", "<img", "onerror=alert(1)>"):
+        assert raw not in body
+    for rows in (table_after(body, "### Per class"), table_after(body, "### Worst classes")):
+        assert len({len(row) for row in rows}) == 1  # every row keeps the header's column count
+    per_class = table_after(body, "### Per class")[1:]
+    assert len(per_class) == len(HOSTILE)
+    assert per_class[0][0] == "a\\|b" and per_class[3][0] == "---"
+    assert per_class[5][0] == "two lines and more"
+    assert per_class[4][0] == "x" * 199 + "…"
+    assert per_class[6][0] == "tick\\`\\*\\_\\[x\\](y)\\#\\\\"
+    # The YAML header parses back and keeps every original name, newlines and length included.
+    assert card.data["hf_fairkd"]["class_names"] == HOSTILE
+    assert (
+        yaml.safe_load(readme.read_text().split("\n---\n")[0].removeprefix("---\n"))["license"]
+        == "apache-2.0"
+    )
+    assert load_subgroup_metrics(tmp_path)["class_names"] == HOSTILE
+
+
+@pytest.mark.parametrize(
+    ("raw", "escaped"),
+    [
+        ("a|b", "a\\|b"),
+        ("<script>alert(1)</script>", "&lt;script&gt;alert(1)&lt;/script&gt;"),
+        ("say \"hi\" & 'bye'", "say &quot;hi&quot; &amp; &#x27;bye&#x27;"),
+        ("one\n\ntwo\r\nthree\u2028four", "one two three four"),
+        ("*_`[]#~\\", "\\*\\_\\`\\[\\]\\#\\~\\\\"),
+        (None, ""),
+        (3.5, "3.5"),
+    ],
+)
+def test_escape_markdown_cell(raw, escaped):
+    assert escape_markdown_cell(raw) == escaped
+
+
+def test_escape_markdown_cell_truncates_before_escaping():
+    assert escape_markdown_cell("abcdef", max_len=4) == "abc…"
+    assert escape_markdown_cell("|" * 10, max_len=4) == "\\|\\|\\|…"  # never cuts an escape in half
+    assert len(escape_markdown_cell("y" * 100_000)) == 200
+
+
+def test_plot_filename_cannot_inject_markdown(metrics):
+    with pytest.raises(ValueError, match="plain relative file name"):
+        build_model_card(metrics, plot_filename="x.png)<script>alert(1)</script>")
+
+
+def test_build_model_card_rejects_non_metrics():
+    with pytest.raises(ValueError, match="subgroup_report"):
+        build_model_card({"accuracy": 0.5})
+
+
+def test_load_subgroup_metrics_from_folder_then_from_card_alone(metrics, tmp_path):
+    save_card_and_metrics(tmp_path, metrics)
+    assert load_subgroup_metrics(tmp_path) == report_to_jsonable(metrics)
+    assert load_subgroup_metrics(str(tmp_path / "subgroup_metrics.json")) == report_to_jsonable(metrics)
+    (tmp_path / "subgroup_metrics.json").unlink()
+    recovered = load_subgroup_metrics(tmp_path)
+    assert recovered["recovered_from"] == "model_card"
+    assert recovered["class_names"] == NAMES and recovered["train_counts"] == TRAIN_COUNTS
+    assert recovered["settings"] == SETTINGS
+    for key in ("student", "teacher", "baseline"):
+        got = [row["accuracy"] for row in recovered[key]["per_class"]]
+        assert got == pytest.approx([k / SUPPORT for k in CORRECT[key]])
+        assert recovered[key]["balanced_accuracy"] == pytest.approx(metrics[key]["balanced_accuracy"])
+        assert recovered[key]["worst_class"] == metrics[key]["worst_class"]
+    assert [d["delta"] for d in recovered["student_minus_baseline"]] == pytest.approx(
+        [(s - b) / SUPPORT for s, b in zip(CORRECT["student"], CORRECT["baseline"])]
+    )
+
+
+def test_load_subgroup_metrics_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither subgroup_metrics.json nor README.md"):
+        load_subgroup_metrics(tmp_path)
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# A card without results\n")
+    with pytest.raises(ValueError, match="hf_fairkd"):
+        load_subgroup_metrics(tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither an existing local path nor a Hub repo id"):
+        load_subgroup_metrics(str(tmp_path / "no" / "such" / "folder"))
+
+
+def test_eval_results_file_parses_with_huggingface_hub(metrics, tmp_path):
+    path = write_eval_results(tmp_path, metrics)
+    assert path == tmp_path / ".eval_results" / "hf_fairkd.yaml"
+    entries = {e.task_id: e for e in parse_eval_result_entries(yaml.safe_load(path.read_text()))}
+    assert entries["balanced_accuracy"].value == pytest.approx(
+        np.mean([k / SUPPORT for k in CORRECT["student"]])
+    )
+    assert {e.dataset_id for e in entries.values()} == {"uoft-cs/cifar10"}
+    local = dict(metrics, settings={**SETTINGS, "dataset_name": "../data/my folder"})
+    assert write_eval_results(tmp_path / "other", local) is None  # not a Hub dataset id: nothing written
+    assert not (tmp_path / "other").exists()
+
+
+# ---------------------------------------------------------------- atomic writes (hf_fairkd.io_utils)
+
+
+def test_atomic_write_json_writes_strict_json_without_leftovers(tmp_path):
+    target = tmp_path / "m.json"
+    atomic_write_json(target, {"a": math.nan, "b": [1.5, math.inf], "c": np.float32(0.25), "d": (1, 2)})
+    assert json.loads(target.read_text()) == {"a": None, "b": [1.5, None], "c": 0.25, "d": [1, 2]}
+    assert os.listdir(tmp_path) == ["m.json"]
+
+
+def test_failed_serialisation_leaves_existing_file_untouched(tmp_path):
+    target = tmp_path / "m.json"
+    atomic_write_text(target, '{"old": true}\n')
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"new": object()})
+    assert target.read_text() == '{"old": true}\n' and os.listdir(tmp_path) == ["m.json"]
+
+
+def test_failure_inside_atomic_path_keeps_old_file_and_removes_temp(tmp_path):
+    target = tmp_path / "plot.png"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a fi")
+        raise RuntimeError("writer crashed")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["plot.png"]
+
+
+def test_reader_never_sees_half_a_file(tmp_path):
+    target = tmp_path / "big.json"
+    payloads = [{"v": i, "data": [i] * 20_000} for i in range(2)]
+    atomic_write_json(target, payloads[0])
+    stop, seen, errors = threading.Event(), set(), []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                seen.add(json.loads(target.read_text())["v"])
+            except Exception as err:  # noqa: BLE001 - any parse error is a torn read
+                errors.append(err)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(40):
+        atomic_write_json(target, payloads[i % 2])
+    stop.set()
+    reader.join()
+    assert not errors and seen <= {0, 1}
+    assert os.listdir(tmp_path) == ["big.json"]

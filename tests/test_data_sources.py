@@ -1,0 +1,278 @@
+"""Sources (embedded digits, local folders, presets, Hub ids) and load_long_tailed end to end."""
+
+import logging
+from collections import Counter
+
+import numpy as np
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from PIL import Image as PILImage
+from sklearn.datasets import load_digits
+
+from hf_fairkd.data import (
+    load_digits_dataset,
+    load_long_tailed,
+    load_source,
+    long_tail_counts,
+    long_tail_info,
+    sources,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_dataset()
+
+
+def labelled(n_per_class, num_classes, offset=0):
+    labels = np.repeat(np.arange(num_classes), n_per_class)
+    return Dataset.from_dict(
+        {"row_id": np.arange(len(labels)) + offset, "label": labels},
+        features=Features(
+            {"row_id": Value("int64"), "label": ClassLabel(names=[f"k{i}" for i in range(num_classes)])}
+        ),
+    )
+
+
+@pytest.fixture
+def saved_dict(tmp_path):
+    path = tmp_path / "saved"
+    DatasetDict(train=labelled(60, 5), test=labelled(8, 5, offset=10_000)).save_to_disk(str(path))
+    return str(path)
+
+
+# -------------------------------------------------------------------------------------------------- digits
+def test_digits_features_and_sizes(digits):
+    assert len(digits["train"]) + len(digits["test"]) == 1797
+    assert isinstance(digits["train"].features["image"], Image)
+    assert digits["train"].features["label"] == ClassLabel(names=[str(i) for i in range(10)])
+    assert np.bincount(digits["test"]["label"], minlength=10).tolist() == [30] * 10
+    first = digits["train"][0]["image"]
+    assert first.mode == "L" and first.size == (8, 8)
+
+
+def test_digits_pixels_equal_sklearn_scaled(digits):
+    sk = load_digits()
+    # Independent scaling: round-half-up of v * 255 / 16 in integer arithmetic.
+    expected = (sk.images.astype(np.int64) * 255 + 8) // 16
+    want = Counter((int(y), img.astype(np.uint8).tobytes()) for img, y in zip(expected, sk.target))
+    got = Counter()
+    for split in ("train", "test"):
+        for row in digits[split]:
+            got[(row["label"], np.asarray(row["image"]).tobytes())] += 1
+    assert got == want  # same images, labels and multiplicities: nothing lost, duplicated or rescaled
+
+
+def test_digits_split_is_seeded():
+    a = load_digits_dataset(test_per_class=3, seed=1)["test"]
+    b = load_digits_dataset(test_per_class=3, seed=1)["test"]
+    c = load_digits_dataset(test_per_class=3, seed=2)["test"]
+
+    def pixels(ds):
+        return [np.asarray(im).tobytes() for im in ds["image"]]
+
+    assert pixels(a) == pixels(b) != pixels(c)
+
+
+# ------------------------------------------------------------------------------------------ load_source
+def test_load_source_digits():
+    dsd, label, image = load_source("digits")
+    assert (label, image) == ("label", "image")
+    assert set(dsd) == {"train", "test"}
+
+
+def test_load_source_save_to_disk_folder(saved_dict):
+    dsd, label, image = load_source(saved_dict)
+    assert (label, image) == ("label", None)
+    assert len(dsd["train"]) == 300 and len(dsd["test"]) == 40
+
+
+def test_load_source_single_dataset_carves_balanced_test(tmp_path, caplog):
+    labelled(10, 3).save_to_disk(str(tmp_path / "single"))
+    with caplog.at_level(logging.WARNING, logger="hf_fairkd.data.sources"):
+        dsd, _, _ = load_source(str(tmp_path / "single"))
+    assert "carving a balanced test split" in caplog.text
+    assert np.bincount(dsd["test"]["label"]).tolist() == [2, 2, 2]  # a fifth of the smallest class
+    assert set(dsd["train"]["row_id"]).isdisjoint(dsd["test"]["row_id"])
+    assert len(dsd["train"]) + len(dsd["test"]) == 30
+
+
+def test_load_source_image_folder(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    for name, n in [("cat", 6), ("dog", 5)]:
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(n):
+            PILImage.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / name / f"{i}.png"
+            )
+    with caplog.at_level(logging.WARNING):
+        dsd, label, image = load_source(str(tmp_path / "imgs"), cache_dir=str(tmp_path / "cache"))
+    assert (label, image) == ("label", "image")
+    assert dsd["train"].features["label"].names == ["cat", "dog"]
+    assert np.bincount(dsd["test"]["label"]).tolist() == [1, 1]
+    assert len(dsd["train"]) == 9
+    assert "no 'test' split" in caplog.text
+
+
+def test_load_source_hub_like_parquet_folder(tmp_path):
+    root = tmp_path / "hublike" / "plain_text"
+    root.mkdir(parents=True)
+    labelled(4, 3).to_parquet(str(root / "train-00000-of-00001.parquet"))
+    labelled(2, 3, offset=100).to_parquet(str(root / "test-00000-of-00001.parquet"))
+    dsd, label, _ = load_source(str(tmp_path / "hublike"), cache_dir=str(tmp_path / "cache"))
+    assert label == "label"
+    assert len(dsd["train"]) == 12 and len(dsd["test"]) == 6
+    assert sorted(dsd["test"]["row_id"]) == list(range(100, 106))
+
+
+@pytest.mark.parametrize(
+    "preset,hub_id,label,image",
+    [("cifar10", "uoft-cs/cifar10", "label", "img"), ("cifar100", "uoft-cs/cifar100", "fine_label", "img")],
+)
+def test_presets_map_to_hub_ids(monkeypatch, preset, hub_id, label, image):
+    calls = []
+    features = Features(
+        {
+            "img": Image(),
+            "fine_label": ClassLabel(names=["a", "b"]),
+            "coarse_label": ClassLabel(names=["z"]),
+            "label": ClassLabel(names=["a", "b"]),
+        }
+    )
+    tiny = Dataset.from_dict(
+        {"img": [None] * 4, "fine_label": [0, 1, 0, 1], "coarse_label": [0] * 4, "label": [0, 1, 0, 1]},
+        features=features,
+    )
+
+    def fake_load_dataset(path, **kwargs):
+        calls.append(path)
+        return DatasetDict(train=tiny, test=tiny)
+
+    monkeypatch.setattr(sources, "load_dataset", fake_load_dataset)
+    _, got_label, got_image = load_source(preset)
+    assert calls == [hub_id]
+    assert (got_label, got_image) == (label, image)
+
+
+def test_label_autodetect_prefers_named_classlabel():
+    ds = Dataset.from_dict(
+        {"coarse": [0, 1], "fine_label": [1, 0]},
+        features=Features({"coarse": ClassLabel(num_classes=2), "fine_label": ClassLabel(num_classes=2)}),
+    )
+    assert sources.detect_label_column(ds) == "fine_label"
+    with pytest.raises(ValueError, match=r"could not find a label column.*\['x'\]"):
+        sources.detect_label_column(Dataset.from_dict({"x": [1.0]}))
+
+
+def test_hub_errors_are_wrapped(monkeypatch):
+    def failing(path, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(sources, "load_dataset", failing)
+    with pytest.raises(
+        ValueError, match=r"could not load dataset 'someone/thing': offline; pass a local path"
+    ) as err:
+        load_source("someone/thing")
+    assert isinstance(err.value.__cause__, ConnectionError)
+
+
+@pytest.mark.parametrize(
+    "name,match",
+    [
+        ("./no/such/folder", "does not exist and is not a plausible Hub id"),
+        ("/definitely/not/here", "does not exist"),
+        ("not a hub id!", "not a plausible Hub id"),
+    ],
+)
+def test_bad_names(name, match):
+    with pytest.raises(ValueError, match=match):
+        load_source(name)
+
+
+def test_missing_label_column(saved_dict):
+    with pytest.raises(
+        ValueError, match=r"label column 'fine' not found; available columns: \['row_id', 'label'\]"
+    ):
+        load_source(saved_dict, label_column="fine")
+    with pytest.raises(ValueError, match="image column 'img' not found"):
+        load_source(saved_dict, image_column="img")
+
+
+def test_no_test_split_possible(tmp_path):
+    ds = Dataset.from_dict({"label": [0, 0, 1]}, features=Features({"label": ClassLabel(num_classes=2)}))
+    ds.save_to_disk(str(tmp_path / "tiny"))
+    with pytest.raises(ValueError, match="no test split is possible: class 1 has 1 row"):
+        load_source(str(tmp_path / "tiny"))
+
+
+# ------------------------------------------------------------------------------------ load_long_tailed
+def test_load_long_tailed_digits_defaults(digits):
+    dsd = load_long_tailed("digits")
+    assert list(dsd) == ["train", "holdout", "test"]
+    info = long_tail_info(dsd)
+    assert info.imbalance_factor == 10.0 and info.holdout_per_class == 5
+    n_max = int(
+        np.bincount(digits["train"]["label"]).min()
+    )  # smallest class after the 30-per-class test split
+    assert info.long_tail_counts == long_tail_counts(n_max, 10, 10)
+    for split, counts in [
+        ("train", info.train_counts),
+        ("holdout", info.holdout_counts),
+        ("test", info.test_counts),
+    ]:
+        assert np.bincount(dsd[split]["label"], minlength=10).tolist() == counts
+        assert long_tail_info(dsd[split]) == info
+    assert info.holdout_counts == [5] * 10 and info.test_counts == [30] * 10
+    assert [a + b for a, b in zip(info.train_counts, info.holdout_counts)] == info.long_tail_counts
+    # The test split is the source's, untouched.
+    assert [np.asarray(im).tobytes() for im in dsd["test"]["image"]] == [
+        np.asarray(im).tobytes() for im in digits["test"]["image"]
+    ]
+
+
+def test_load_long_tailed_disjoint_and_saved(saved_dict, tmp_path):
+    dsd = load_long_tailed(
+        saved_dict, imbalance_factor=6, holdout_per_class=0.2, rare_classes="reversed", seed=3
+    )
+    info = long_tail_info(dsd)
+    assert info.long_tail_counts == long_tail_counts(60, 5, 6)[::-1]
+    train_ids, holdout_ids = set(dsd["train"]["row_id"]), set(dsd["holdout"]["row_id"])
+    assert train_ids.isdisjoint(holdout_ids) and train_ids | holdout_ids <= set(range(300))
+    assert sorted(dsd["test"]["row_id"]) == list(range(10_000, 10_040))
+    assert info.holdout_per_class == 0.2
+    assert info.holdout_counts == [round(0.2 * c + 1e-9) or 1 for c in info.long_tail_counts]
+    again = load_long_tailed(
+        saved_dict, imbalance_factor=6, holdout_per_class=0.2, rare_classes="reversed", seed=3
+    )
+    assert again["train"]["row_id"] == dsd["train"]["row_id"]
+    from datasets import load_from_disk
+
+    from hf_fairkd.data import save_long_tailed
+
+    save_long_tailed(dsd, tmp_path / "lt")
+    assert long_tail_info(load_from_disk(str(tmp_path / "lt"))) == info
+
+
+def test_default_holdout_is_a_fifth_of_the_rarest_class(saved_dict):
+    info = long_tail_info(load_long_tailed(saved_dict, imbalance_factor=2))  # rarest 30 -> 6
+    assert info.holdout_per_class == 6 and info.holdout_counts == [6] * 5
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"holdout_per_class": 1000}, "holdout larger than a class: class 4 has 10 rows"),
+        ({"imbalance_factor": 0.5}, "imbalance_factor must be a finite number >= 1"),
+        ({"imbalance_factor": 100}, r"imbalance_factor <= 60"),
+        ({"label_column": "nope"}, "available columns"),
+        ({"profile": "linear"}, "profile must be one of"),
+    ],
+)
+def test_load_long_tailed_validates_before_selecting(saved_dict, monkeypatch, kwargs, match):
+    def boom(*args, **kw):
+        raise AssertionError("rows selected before validation")
+
+    monkeypatch.setattr(Dataset, "select", boom)
+    args = {"imbalance_factor": 6, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        load_long_tailed(saved_dict, **args)

@@ -1,0 +1,431 @@
+"""subgroup_report / flatten_report / report_to_jsonable / paired_delta against independent expectations."""
+
+import itertools
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score
+
+from hf_fairkd.metrics import flatten_report, paired_delta, report_to_jsonable, subgroup_report
+
+
+def _random_case(n=600, num_classes=7, p_correct=0.6, seed=1):
+    rng = np.random.default_rng(seed)
+    refs = np.concatenate([np.arange(num_classes), rng.integers(0, num_classes, n - num_classes)])
+    noise = rng.integers(0, num_classes, n)
+    preds = np.where(rng.random(n) < p_correct, refs, noise)
+    return preds, refs
+
+
+def _rows(accuracies_as_fractions):
+    """Hand-made rows: class c gets `total` rows of which `right` are predicted correctly (else class+1)."""
+    preds, refs = [], []
+    num_classes = len(accuracies_as_fractions)
+    for c, (right, total) in enumerate(accuracies_as_fractions):
+        refs += [c] * total
+        preds += [c] * right + [(c + 1) % num_classes] * (total - right)
+    return np.array(preds), np.array(refs)
+
+
+# --- point estimates -------------------------------------------------------------------------------
+
+
+def test_per_class_accuracy_matches_sklearn_recall():
+    preds, refs = _random_case()
+    report = subgroup_report(preds, refs, num_classes=7, n_bootstrap=0)
+    expected = recall_score(refs, preds, average=None, labels=list(range(7)))
+    got = [row["accuracy"] for row in report["per_class"]]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    assert [row["support"] for row in report["per_class"]] == np.bincount(refs, minlength=7).tolist()
+    assert [row["correct"] for row in report["per_class"]] == [
+        int(np.sum((refs == c) & (preds == c))) for c in range(7)
+    ]
+    assert report["accuracy"] == pytest.approx(accuracy_score(refs, preds), abs=1e-12)
+    assert report["num_examples"] == len(refs) and report["num_classes"] == 7
+
+
+def test_balanced_accuracy_matches_sklearn():
+    preds, refs = _random_case(seed=5)
+    report = subgroup_report(preds, refs, n_bootstrap=0)
+    assert report["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(refs, preds), abs=1e-12)
+
+
+def test_scores_are_argmaxed_and_width_sets_num_classes():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(50, 5))
+    refs = rng.integers(0, 4, 50)  # class 4 never appears as a reference
+    with pytest.warns(UserWarning, match=r"examples: 4\."):
+        from_scores = subgroup_report(scores, refs, n_bootstrap=0)
+    with pytest.warns(UserWarning):
+        from_ids = subgroup_report(scores.argmax(axis=1), refs, num_classes=5, n_bootstrap=0)
+    assert from_scores["num_classes"] == 5
+    assert json.dumps(report_to_jsonable(from_scores)) == json.dumps(report_to_jsonable(from_ids))
+
+
+def test_worst_class_and_worst_k_break_ties_by_lowest_class_id():
+    # accuracies: 0 -> 1/2, 1 -> 1/4, 2 -> 1/4, 3 -> 1/1, 4 -> 1/2
+    preds, refs = _rows([(1, 2), (1, 4), (1, 4), (1, 1), (1, 2)])
+    names = ["a", "b", "c", "d", "e"]
+    report = subgroup_report(preds, refs, class_names=names, worst_k=3, n_bootstrap=0)
+    assert report["worst_class_accuracy"] == 0.25
+    assert (report["worst_class"], report["worst_class_id"]) == ("b", 1)
+    assert report["worst_k_classes"] == ["b", "c", "a"]  # 0 beats 4 on the tie at 1/2
+    assert report["worst_k_accuracy"] == pytest.approx((0.25 + 0.25 + 0.5) / 3)
+    assert report["worst_k"] == 3
+
+
+def test_worst_k_is_capped_at_number_of_supported_classes():
+    preds, refs = _rows([(1, 2), (2, 2)])
+    report = subgroup_report(preds, refs, worst_k=5, n_bootstrap=0)
+    assert report["worst_k"] == 2
+    assert report["worst_k_accuracy"] == pytest.approx(0.75)
+
+
+# --- missing classes -------------------------------------------------------------------------------
+
+
+def test_absent_classes_are_nan_warned_and_excluded():
+    # class 2 ("c2") has no evaluation rows; class 1 is at 0 accuracy, so NaN must not be taken for 0.
+    preds = np.array([0, 0, 0, 3, 3, 0])
+    refs = np.array([0, 0, 1, 3, 3, 1])
+    names = ["c0", "c1", "c2", "c3"]
+    with pytest.warns(UserWarning, match="c2"):
+        report = subgroup_report(preds, refs, class_names=names, train_counts=[5, 5, 5, 500], worst_k=3)
+    row = report["per_class"][2]
+    assert math.isnan(row["accuracy"]) and math.isnan(row["ci_low"]) and math.isnan(row["ci_high"])
+    assert row["support"] == 0 and row["correct"] == 0
+    assert report["missing_classes"] == ["c2"]
+    assert report["balanced_accuracy"] == pytest.approx((1.0 + 0.0 + 1.0) / 3)
+    assert report["worst_class"] == "c1"
+    assert report["worst_k"] == 3 and "c2" not in report["worst_k_classes"]
+    assert report["worst_k_accuracy"] == pytest.approx(2 / 3)
+    assert report["shot_groups"]["few"]["accuracy"] == pytest.approx(0.5)  # mean of c0 and c1 only
+    assert report["shot_groups"]["few"]["classes"] == ["c0", "c1", "c2"]
+
+
+def test_no_warning_when_every_class_is_present():
+    preds, refs = _random_case()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = subgroup_report(preds, refs, num_classes=7, n_bootstrap=10)
+    assert report["missing_classes"] == []
+
+
+# --- shot groups -----------------------------------------------------------------------------------
+
+
+def test_shot_groups_use_strict_outer_and_inclusive_medium_bounds():
+    train_counts = [101, 100, 20, 19, 500, 0]
+    # per-class accuracies 1, 1/2, 0, 1/4, 1/2, 1
+    preds, refs = _rows([(2, 2), (1, 2), (0, 3), (1, 4), (2, 4), (1, 1)])
+    report = subgroup_report(preds, refs, train_counts=train_counts, n_bootstrap=0)
+    groups = report["shot_groups"]
+    assert report["shot_thresholds"] == {"many_above": 100, "few_below": 20}
+    assert groups["many"]["classes"] == ["0", "4"]
+    assert groups["medium"]["classes"] == ["1", "2"]
+    assert groups["few"]["classes"] == ["3", "5"]
+    assert groups["many"]["accuracy"] == pytest.approx((1.0 + 0.5) / 2)
+    assert groups["medium"]["accuracy"] == pytest.approx((0.5 + 0.0) / 2)
+    assert groups["few"]["accuracy"] == pytest.approx((0.25 + 1.0) / 2)
+    assert [groups[g]["support"] for g in ("many", "medium", "few")] == [6, 5, 5]
+    assert [groups[g]["num_classes"] for g in ("many", "medium", "few")] == [2, 2, 2]
+    assert [row["train_count"] for row in report["per_class"]] == train_counts
+
+
+def test_custom_shot_thresholds_and_empty_group():
+    preds, refs = _rows([(1, 1), (1, 2)])
+    report = subgroup_report(preds, refs, train_counts=[60, 8], shot_thresholds=(50, 10), n_bootstrap=0)
+    assert report["shot_groups"]["many"]["classes"] == ["0"]
+    assert report["shot_groups"]["few"]["classes"] == ["1"]
+    medium = report["shot_groups"]["medium"]
+    assert math.isnan(medium["accuracy"]) and medium["num_classes"] == 0 and medium["support"] == 0
+
+
+def test_no_train_counts_gives_no_shot_groups():
+    preds, refs = _rows([(1, 1), (1, 2)])
+    report = subgroup_report(preds, refs, n_bootstrap=0)
+    assert report["shot_groups"] == {} and report["groups"] == {}
+    assert all(row["train_count"] is None for row in report["per_class"])
+
+
+# --- groups ----------------------------------------------------------------------------------------
+
+PREDS = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+REFS = np.array([0, 1, 0, 0, 1, 1, 0, 0])  # correct: 1 1 0 1 1 0 1 0
+SEX = ["f", "f", "f", "m", "m", "m", "m", "f"]
+AGE = ["old", "young", "young", "old", "young", "young", "old", "old"]
+SITE = [1, 1, 2, 2, 1, 1, 2, 2]
+
+
+def test_group_column_summary_by_hand():
+    report = subgroup_report(PREDS, REFS, groups={"sex": SEX}, n_bootstrap=0)
+    sex = report["groups"]["sex"]
+    # f rows 0,1,2,7 -> correct 1,1,0,0; m rows 3,4,5,6 -> correct 1,1,0,1
+    assert sex["by_group"] == {"f": {"accuracy": 0.5, "support": 4}, "m": {"accuracy": 0.75, "support": 4}}
+    assert (sex["min"], sex["max"]) == (0.5, 0.75)
+    assert sex["difference"] == pytest.approx(0.25)
+    assert sex["ratio"] == pytest.approx(0.5 / 0.75)
+    assert sex["worst_group"] == "f"
+
+
+def test_group_intersections_by_hand():
+    report = subgroup_report(PREDS, REFS, groups={"sex": SEX, "age": AGE}, n_bootstrap=0)
+    assert list(report["groups"]) == ["sex", "age", "sex&age"]
+    cross = report["groups"]["sex&age"]["by_group"]
+    # f&old rows 0,7 -> 1,0; f&young rows 1,2 -> 1,0; m&old rows 3,6 -> 1,1; m&young rows 4,5 -> 1,0
+    assert cross == {
+        "f&old": {"accuracy": 0.5, "support": 2},
+        "f&young": {"accuracy": 0.5, "support": 2},
+        "m&old": {"accuracy": 1.0, "support": 2},
+        "m&young": {"accuracy": 0.5, "support": 2},
+    }
+    assert report["groups"]["sex&age"]["worst_group"] == "f&old"
+    assert report["groups"]["sex&age"]["difference"] == pytest.approx(0.5)
+
+
+def test_three_columns_give_pairs_and_the_full_intersection():
+    groups = {"sex": SEX, "age": AGE, "site": SITE}
+    report = subgroup_report(PREDS, REFS, groups=groups, n_bootstrap=0)
+    assert list(report["groups"]) == ["sex", "age", "site", "sex&age", "sex&site", "age&site", "sex&age&site"]
+    full = report["groups"]["sex&age&site"]["by_group"]
+    correct = (PREDS == REFS).astype(float)
+    expected = {}
+    for i in range(len(REFS)):
+        expected.setdefault(f"{SEX[i]}&{AGE[i]}&{SITE[i]}", []).append(correct[i])
+    assert set(full) == set(expected)
+    for key, hits in expected.items():
+        assert full[key] == {"accuracy": pytest.approx(np.mean(hits)), "support": len(hits)}
+
+
+def test_groups_match_pandas_groupby():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(3)
+    n = 2000
+    preds, refs = _random_case(n=n, seed=3)
+    frame = pd.DataFrame(
+        {
+            "a": rng.choice(["x", "y", "z"], n),
+            "b": rng.integers(0, 4, n),
+            "hit": (preds == refs).astype(float),
+        }
+    )
+    report = subgroup_report(preds, refs, groups={"a": frame["a"], "b": frame["b"].to_numpy()}, n_bootstrap=0)
+    for cols, name in ((["a"], "a"), (["b"], "b"), (["a", "b"], "a&b")):
+        stats = frame.groupby(cols)["hit"].agg(["mean", "size"])
+        got = report["groups"][name]
+        assert len(got["by_group"]) == len(stats)
+        for key, row in stats.iterrows():
+            label = "&".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+            assert got["by_group"][label]["accuracy"] == pytest.approx(row["mean"], abs=1e-12)
+            assert got["by_group"][label]["support"] == row["size"]
+        assert got["min"] == pytest.approx(stats["mean"].min()) and got["max"] == pytest.approx(
+            stats["mean"].max()
+        )
+
+
+def test_unorderable_group_values_keep_first_appearance_order():
+    preds, refs = np.array([0, 1, 0, 1]), np.array([0, 1, 1, 1])
+    report = subgroup_report(preds, refs, groups={"g": [None, "a", 1, None]}, n_bootstrap=0)
+    by_group = report["groups"]["g"]["by_group"]
+    assert list(by_group) == ["None", "a", "1"]
+    assert by_group["None"] == {"accuracy": 1.0, "support": 2}
+    assert by_group["1"] == {"accuracy": 0.0, "support": 1}
+
+
+# --- bootstrap -------------------------------------------------------------------------------------
+
+
+def test_interval_contains_estimate_and_narrows_with_more_data():
+    widths = []
+    for n_per_class in (40, 4000):
+        preds, refs = _rows([(int(0.7 * n_per_class), n_per_class), (int(0.4 * n_per_class), n_per_class)])
+        report = subgroup_report(preds, refs, n_bootstrap=500, seed=0)
+        for row in report["per_class"]:
+            assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
+            assert row["ci_low"] < row["ci_high"]
+        low, high = report["worst_class_accuracy_ci"]
+        assert low <= report["worst_class_accuracy"] <= high
+        widths.append(report["per_class"][0]["ci_high"] - report["per_class"][0]["ci_low"])
+    assert widths[1] < widths[0] / 5  # width shrinks like 1/sqrt(n): a factor of 10 here
+
+
+def test_stratified_bootstrap_matches_explicit_row_resampling():
+    """Drawing binomial correct counts must match resampling the class's rows with replacement."""
+    preds, refs = _rows([(13, 20), (30, 50)])
+    report = subgroup_report(preds, refs, n_bootstrap=20000, seed=0)
+    rng = np.random.default_rng(123)
+    explicit_min = np.full(20000, np.inf)
+    for c, row in enumerate(report["per_class"]):
+        hits = (preds == refs)[refs == c].astype(float)
+        reps = hits[rng.integers(0, len(hits), size=(20000, len(hits)))].mean(axis=1)
+        explicit_min = np.minimum(explicit_min, reps)
+        assert row["ci_low"] == pytest.approx(np.quantile(reps, 0.025), abs=0.011)
+        assert row["ci_high"] == pytest.approx(np.quantile(reps, 0.975), abs=0.011)
+    low, high = report["worst_class_accuracy_ci"]
+    assert low == pytest.approx(np.quantile(explicit_min, 0.025), abs=0.011)
+    assert high == pytest.approx(np.quantile(explicit_min, 0.975), abs=0.011)
+
+
+def test_worst_class_interval_lies_below_every_class_interval():
+    preds, refs = _random_case(n=300, seed=7)
+    report = subgroup_report(preds, refs, n_bootstrap=300)
+    low, high = report["worst_class_accuracy_ci"]
+    assert low <= min(r["ci_low"] for r in report["per_class"]) + 1e-12
+    assert high <= min(r["ci_high"] for r in report["per_class"]) + 1e-12
+
+
+def test_seeded_determinism_and_seed_sensitivity():
+    preds, refs = _random_case(n=200, seed=2)
+    a = subgroup_report(preds, refs, n_bootstrap=200, seed=11)
+    b = subgroup_report(preds, refs, n_bootstrap=200, seed=11)
+    c = subgroup_report(preds, refs, n_bootstrap=200, seed=12)
+    assert a == b
+    assert [r["ci_low"] for r in a["per_class"]] != [r["ci_low"] for r in c["per_class"]]
+
+
+def test_zero_bootstrap_gives_nan_intervals_and_level_is_reported():
+    preds, refs = _rows([(1, 2), (2, 2)])
+    report = subgroup_report(preds, refs, n_bootstrap=0, confidence_level=0.9)
+    assert all(math.isnan(r["ci_low"]) and math.isnan(r["ci_high"]) for r in report["per_class"])
+    assert all(math.isnan(v) for v in report["worst_class_accuracy_ci"])
+    assert (report["n_bootstrap"], report["confidence_level"]) == (0, 0.9)
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+GOOD = {"predictions": [0, 1, 1], "references": [0, 1, 0]}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"predictions": [0, 1], "references": [0, 1, 0]}, "one prediction per reference"),
+        ({"predictions": [], "references": []}, "empty"),
+        ({"predictions": [0, 1, 2], "references": [0, 1, 0], "num_classes": 2}, "predictions hold values"),
+        ({"predictions": [0, 1, 1], "references": [0, 3, 0], "num_classes": 3}, "references hold values"),
+        ({"predictions": [0, 1, 1], "references": [0, -1, 0]}, "references hold values"),
+        ({**GOOD, "class_names": ["a", "b", "c"], "num_classes": 2}, "class_names has 3"),
+        ({**GOOD, "train_counts": [10, 10, 10], "num_classes": 2}, "train_counts has 3"),
+        ({**GOOD, "train_counts": [10]}, "references hold values"),  # 1 class inferred from counts
+        ({**GOOD, "groups": {"age": ["a", "b"]}}, "'age'"),
+        ({**GOOD, "n_bootstrap": -1}, "n_bootstrap"),
+        ({**GOOD, "confidence_level": 1.5}, "confidence_level"),
+        ({**GOOD, "worst_k": 0}, "worst_k"),
+        ({**GOOD, "shot_thresholds": (10, 20)}, "few_below"),
+        ({"predictions": [0.5, 1, 1], "references": [0, 1, 0]}, "integer class ids"),
+        ({"predictions": np.zeros((3, 4)), "references": [0, 1, 0], "num_classes": 3}, "score columns"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        subgroup_report(**kwargs)
+
+
+def test_group_length_error_comes_before_the_bootstrap(monkeypatch):
+    def no_bootstrap(*args, **kwargs):  # the check must fire before any resampling starts
+        raise AssertionError("bootstrap ran before input validation")
+
+    monkeypatch.setattr(np.random, "default_rng", no_bootstrap)
+    with pytest.raises(ValueError, match="'site'"):
+        subgroup_report(**GOOD, groups={"site": [1, 2, 3, 4]}, n_bootstrap=10)
+
+
+# --- flatten / json --------------------------------------------------------------------------------
+
+
+def test_flatten_keys_and_values():
+    with pytest.warns(UserWarning):
+        report = subgroup_report(
+            PREDS,
+            REFS,
+            class_names=["cat", "dog", "fox"],
+            train_counts=[200, 50, 5],
+            groups={"sex": SEX, "age": AGE},
+            n_bootstrap=0,
+        )
+    flat = flatten_report(report, prefix="test_")
+    expected_keys = {"accuracy", "balanced_accuracy", "worst_class_accuracy", "worst_k_accuracy"}
+    expected_keys |= {f"accuracy_class/{n}" for n in ("cat", "dog", "fox")}
+    expected_keys |= {"accuracy_many", "accuracy_medium", "accuracy_few"}
+    expected_keys |= {f"accuracy_group/sex/{v}" for v in ("f", "m")}
+    expected_keys |= {f"accuracy_group/age/{v}" for v in ("old", "young")}
+    expected_keys |= {f"accuracy_group/sex&age/{s}&{a}" for s, a in itertools.product("fm", ("old", "young"))}
+    assert set(flat) == {f"test_{k}" for k in expected_keys}
+    assert all(type(v) is float for v in flat.values())
+    assert flat["test_accuracy"] == report["accuracy"]
+    assert flat["test_accuracy_group/sex/m"] == 0.75
+    assert flat["test_accuracy_class/dog"] == report["per_class"][1]["accuracy"]
+    assert math.isnan(flat["test_accuracy_class/fox"])  # fox has no evaluation rows
+
+
+def test_flatten_without_train_counts_or_groups():
+    flat = flatten_report(subgroup_report(PREDS, REFS, n_bootstrap=0))
+    assert set(flat) == {
+        "accuracy",
+        "balanced_accuracy",
+        "worst_class_accuracy",
+        "worst_k_accuracy",
+        "accuracy_class/0",
+        "accuracy_class/1",
+    }
+
+
+def test_jsonable_round_trip_without_nan():
+    with pytest.warns(UserWarning):
+        report = subgroup_report(PREDS, REFS, num_classes=3, train_counts=[1, 2, 3], groups={"s": SEX})
+    with pytest.raises(ValueError):
+        json.dumps(report, allow_nan=False)  # NaN for the missing class: the conversion is needed
+    text = json.dumps(report_to_jsonable(report), allow_nan=False)
+    back = json.loads(text)
+    assert back["per_class"][2]["accuracy"] is None and back["per_class"][2]["ci_low"] is None
+    assert back["per_class"][0]["accuracy"] == report["per_class"][0]["accuracy"]
+    assert back["groups"] == report["groups"]
+    assert back["shot_groups"]["many"]["accuracy"] is None  # no class has over 100 training examples
+    extra = report_to_jsonable(
+        {"a": np.float32(0.5), "b": (np.int64(3), float("inf")), "c": np.array([1.0, np.nan])}
+    )
+    assert extra == {"a": 0.5, "b": [3, None], "c": [1.0, None]}
+    assert type(extra["b"][0]) is int
+
+
+# --- paired delta ----------------------------------------------------------------------------------
+
+
+def test_paired_delta_of_a_model_with_itself_is_exactly_zero():
+    preds, refs = _random_case(n=500, seed=4)
+    with pytest.warns(UserWarning):
+        rows = paired_delta(preds, preds, refs, num_classes=8, n_bootstrap=300)
+    for row in rows[:7]:
+        assert row["delta"] == 0.0 and row["ci_low"] == 0.0 and row["ci_high"] == 0.0
+    assert rows[7]["class_id"] == 7 and all(math.isnan(rows[7][k]) for k in ("delta", "ci_low", "ci_high"))
+
+
+def test_paired_delta_point_estimates_and_paired_bootstrap():
+    rng = np.random.default_rng(9)
+    preds_a, refs = _random_case(n=400, num_classes=3, p_correct=0.7, seed=9)
+    preds_b = np.where(rng.random(len(refs)) < 0.2, (preds_a + 1) % 3, preds_a)  # b: a with 20% flips
+    rows = paired_delta(preds_a, preds_b, refs, class_names=["x", "y", "z"], n_bootstrap=20000, seed=0)
+    rep_a = subgroup_report(preds_a, refs, n_bootstrap=0)
+    rep_b = subgroup_report(preds_b, refs, n_bootstrap=0)
+    rng = np.random.default_rng(77)
+    for c, row in enumerate(rows):
+        assert row["name"] == "xyz"[c]
+        expected = rep_a["per_class"][c]["accuracy"] - rep_b["per_class"][c]["accuracy"]
+        assert row["delta"] == pytest.approx(expected, abs=1e-12)
+        # explicit paired resampling: the same rows for both models
+        diff = ((preds_a == refs).astype(float) - (preds_b == refs))[refs == c]
+        reps = diff[rng.integers(0, len(diff), size=(20000, len(diff)))].mean(axis=1)
+        assert row["ci_low"] == pytest.approx(np.quantile(reps, 0.025), abs=0.02)
+        assert row["ci_high"] == pytest.approx(np.quantile(reps, 0.975), abs=0.02)
+        assert row["ci_low"] <= row["delta"] <= row["ci_high"]
+
+
+def test_paired_delta_infers_classes_from_both_models_and_checks_lengths():
+    with pytest.warns(UserWarning, match="examples: 2"):
+        rows = paired_delta([0, 0], [0, 2], [0, 1], n_bootstrap=0)
+    assert len(rows) == 3
+    with pytest.raises(ValueError, match="one prediction per reference"):
+        paired_delta([0, 1], [0, 1, 1], [0, 1])

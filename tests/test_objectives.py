@@ -1,0 +1,264 @@
+"""Each registered objective against the formula in methods.md, computed by hand with numpy."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from hf_fairkd import DistillationArguments, objectives
+from hf_fairkd.objectives import OBJECTIVES, STUDENT_OBJECTIVES, TEACHER_OBJECTIVES, get_objective
+
+COUNTS = torch.tensor([60.0, 30.0, 10.0])
+PRIOR = np.array([0.6, 0.3, 0.1])
+S = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-0.5, 1.5, 0.0]], dtype=torch.float64)
+T = torch.tensor([[1.0, 2.0, 0.0], [3.0, -1.0, 0.5], [0.0, 0.2, 2.5]], dtype=torch.float64)
+Y = torch.tensor([0, 2, 1])
+
+
+def args(**kw):
+    base = dict(
+        alpha=0.4,
+        temperature=2.0,
+        kd_convention="hinton",
+        teacher_logit_mode="raw",
+        teacher_logit_tau=1.0,
+        teacher_logit_shift=None,
+        ada_alpha_level="class",
+        ada_alpha_mapping="linear",
+        ada_alpha_threshold=0.5,
+        ada_alpha_instance_mode="prob",
+        reliability_pseudo_count=1.0,
+        margin_level="class",
+        margin_scale=1.0,
+        margin_on="one_hot",
+        balanced_form="logit_adjusted",
+        logit_adjustment_tau=1.0,
+        dro_tradeoff=1.0,
+        dro_base="prior",
+        dro_tau=1.0,
+        dro_step_size=0.1,
+        dro_update_every=2,
+        dro_error_weighting="label",
+        dro_holdout_batch_size=8,
+        label_smoothing_epsilon=0.1,
+        kd_sim_rho=1.0,
+    )
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def softmax(z, temperature=1.0):
+    z = np.asarray(z, dtype=np.float64) / temperature
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def ce_soft(q, z):
+    return -(q * np.log(softmax(z))).sum(-1)
+
+
+def onehot(y, m=3):
+    return np.eye(m)[np.asarray(y)]
+
+
+def kd_hand(s, t, y, alpha, temperature, convention, s_onehot=None, s_teacher=None, targets=None):
+    s_onehot = s if s_onehot is None else s_onehot
+    s_teacher = s if s_teacher is None else s_teacher
+    p = softmax(t, temperature) if targets is None else targets
+    alpha = np.broadcast_to(alpha, (len(y),))
+    one = (1 - alpha) * ce_soft(onehot(y), s_onehot)
+    if convention == "hinton":
+        q = softmax(s_teacher, temperature)
+        return one + alpha * temperature**2 * (p * (np.log(p) - np.log(q))).sum(-1)
+    return one + alpha * ce_soft(p, s_teacher)
+
+
+def run(name, a, teacher_logits=T, reliability=None, similarity=None):
+    obj = get_objective(name)(a, COUNTS)
+    if reliability is not None:
+        obj.teacher_reliability = torch.tensor(reliability)
+    if similarity is not None:
+        obj.class_similarity = similarity
+    return obj, obj.compute(S, Y, teacher_logits if obj.uses_teacher else None)
+
+
+def test_registry_names_and_split():
+    assert {"ce", "kd", "ada_alpha", "ada_margin", "balanced_kd", "robust_kd", "label_smoothing", "kd_pt", "kd_sim"} <= set(
+        STUDENT_OBJECTIVES
+    )
+    assert set(TEACHER_OBJECTIVES) == {"erm", "balanced", "dro"}
+    assert objectives == sorted(OBJECTIVES)
+    with pytest.raises(ValueError, match="Registered objectives: .*robust_kd"):
+        get_objective("fairness_magic")
+
+
+def test_ce_and_erm_are_one_hot_cross_entropy():
+    for name in ("ce", "erm"):
+        _, out = run(name, args())
+        np.testing.assert_allclose(out.per_example.numpy(), ce_soft(onehot(Y), S.numpy()), rtol=1e-6)
+
+
+@pytest.mark.parametrize("convention", ["hinton", "mix"])
+def test_kd_both_conventions(convention):
+    _, out = run("kd", args(kd_convention=convention))
+    expected = kd_hand(S.numpy(), T.numpy(), Y, 0.4, 2.0, convention)
+    np.testing.assert_allclose(out.per_example.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose((out.components["one_hot"] + out.components["distill"]).numpy(), expected, rtol=1e-6)
+
+
+def test_kd_with_prior_adjusted_teacher():
+    _, out = run("kd", args(teacher_logit_mode="prior_adjusted", teacher_logit_tau=0.5, kd_convention="mix"))
+    t = T.numpy() - 0.5 * np.log(PRIOR)
+    np.testing.assert_allclose(out.per_example.numpy(), kd_hand(S.numpy(), t, Y, 0.4, 2.0, "mix"), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mapping", ["linear", "normalized", "threshold"])
+def test_ada_alpha_class_level(mapping):
+    r = [0.9, 0.3, 0.6]
+    _, out = run("ada_alpha", args(ada_alpha_mapping=mapping, alpha=0.8), reliability=r)
+    r = np.array(r)
+    a = {
+        "linear": 0.8 * r,
+        "normalized": 0.8 * (r - r.min()) / (r.max() - r.min()),
+        "threshold": 0.8 * (r >= 0.5),
+    }[mapping][Y.numpy()]
+    np.testing.assert_allclose(out.per_example.numpy(), kd_hand(S.numpy(), T.numpy(), Y, a, 2.0, "hinton"), rtol=1e-6)
+
+
+def test_ada_alpha_instance_level():
+    _, out = run("ada_alpha", args(ada_alpha_level="instance", ada_alpha_instance_mode="prob", alpha=0.9))
+    a = 0.9 * softmax(T.numpy())[np.arange(3), Y.numpy()]
+    np.testing.assert_allclose(out.per_example.numpy(), kd_hand(S.numpy(), T.numpy(), Y, a, 2.0, "hinton"), rtol=1e-6)
+    _, out = run("ada_alpha", args(ada_alpha_level="instance", ada_alpha_instance_mode="correct", alpha=0.9))
+    a = 0.9 * (T.numpy().argmax(-1) == Y.numpy())  # teacher right on rows 1? [1, 0, 2] vs [0, 2, 1] -> none
+    np.testing.assert_allclose(out.per_example.numpy(), kd_hand(S.numpy(), T.numpy(), Y, a, 2.0, "hinton"), rtol=1e-6)
+
+
+@pytest.mark.parametrize("margin_on", ["one_hot", "both"])
+def test_ada_margin_class_level(margin_on):
+    r = np.array([0.9, 0.3, 0.6])
+    _, out = run("ada_margin", args(margin_on=margin_on, margin_scale=2.0, kd_convention="mix"), reliability=r.tolist())
+    u = 1 - r
+    d = 2.0 * (u[:, None] - u[None, :])
+    adjusted = S.numpy() + d[Y.numpy()]
+    expected = kd_hand(
+        S.numpy(), T.numpy(), Y, 0.4, 2.0, "mix", s_onehot=adjusted, s_teacher=adjusted if margin_on == "both" else None
+    )
+    np.testing.assert_allclose(out.per_example.numpy(), expected, rtol=1e-6)
+    # the one-hot part is the margin softmax loss log(1 + sum_{j!=y} exp(D_yj + s_j - s_y))
+    s, y = S.numpy()[0], 0
+    margin_loss = math.log(1 + sum(math.exp(d[y, j] + s[j] - s[y]) for j in (1, 2)))
+    assert out.components["one_hot"][0].item() == pytest.approx(0.6 * margin_loss, rel=1e-6)
+
+
+def test_ada_margin_instance_level():
+    _, out = run("ada_margin", args(margin_level="instance", margin_scale=0.5))
+    t = T.numpy()
+    rows = 0.5 * (t - t[np.arange(3), Y.numpy()][:, None])
+    expected = kd_hand(S.numpy(), t, Y, 0.4, 2.0, "hinton", s_onehot=S.numpy() + rows)
+    np.testing.assert_allclose(out.per_example.numpy(), expected, rtol=1e-6)
+
+
+def test_balanced_kd_forms():
+    _, out = run("balanced_kd", args(kd_convention="mix", logit_adjustment_tau=1.0))
+    adjusted = S.numpy() + np.log(PRIOR)
+    q = 0.6 * onehot(Y) + 0.4 * softmax(T.numpy(), 2.0)
+    np.testing.assert_allclose(out.per_example.numpy(), ce_soft(q, adjusted), rtol=1e-6)
+    _, out = run("balanced_kd", args(kd_convention="mix", balanced_form="reweighted"))
+    w = 1 / (3 * PRIOR[Y.numpy()])
+    np.testing.assert_allclose(out.per_example.numpy(), w * ce_soft(q, S.numpy()), rtol=1e-6)
+
+
+def test_balanced_teacher_is_logit_adjusted_ce():
+    _, out = run("balanced", args(logit_adjustment_tau=1.0))
+    np.testing.assert_allclose(out.per_example.numpy(), ce_soft(onehot(Y), S.numpy() + np.log(PRIOR)), rtol=1e-6)
+    _, out = run("balanced", args(balanced_form="posthoc"))
+    np.testing.assert_allclose(out.per_example.numpy(), ce_soft(onehot(Y), S.numpy()), rtol=1e-6)
+
+
+def test_robust_kd_loss_and_update():
+    a = args(kd_convention="mix", dro_tradeoff=0.5, dro_base="uniform", dro_tau=1.0, dro_step_size=0.2)
+    obj, out = run("robust_kd", a)
+    lam = np.full(3, 1 / 3)
+    w = 0.5 * np.full(3, 1 / 3) + 0.5 * lam
+    adjusted = S.numpy() - (np.log(w) - np.log(PRIOR))
+    q = 0.6 * onehot(Y) + 0.4 * softmax(T.numpy(), 2.0)
+    np.testing.assert_allclose(out.per_example.numpy(), ce_soft(q, adjusted), rtol=1e-6)
+    # one exponentiated-gradient step on a known error vector
+    obj.update(torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64), torch.tensor([4.0, 4.0, 4.0], dtype=torch.float64))
+    raw = lam * np.exp(0.2 * np.array([0.0, 0.25, 0.75]))
+    np.testing.assert_allclose(obj.multipliers.numpy(), raw / raw.sum(), rtol=1e-6)
+    assert out.scalars["class_weight_min"] == pytest.approx(1 / 3)
+    # the loss now follows the new weights
+    w = 0.5 / 3 + 0.5 * raw / raw.sum()
+    out = obj.compute(S, Y, T)
+    np.testing.assert_allclose(out.per_example.numpy(), ce_soft(q, S.numpy() - np.log(w) + np.log(PRIOR)), rtol=1e-5)
+    # state round trip
+    other = get_objective("robust_kd")(a, COUNTS)
+    other.load_state_dict(obj.state_dict())
+    torch.testing.assert_close(other.multipliers, obj.multipliers)
+    assert other.num_updates == 1
+
+
+def test_robust_kd_at_zero_tradeoff_is_plain_kd():
+    _, robust = run("robust_kd", args(dro_tradeoff=0.0, dro_base="prior"))
+    _, kd = run("kd", args())
+    torch.testing.assert_close(robust.per_example, kd.per_example, rtol=1e-5, atol=1e-6)
+
+
+def test_dro_teacher_uses_one_hot_targets():
+    obj, out = run("dro", args(dro_tradeoff=1.0))
+    assert not obj.uses_teacher
+    w = np.full(3, 1 / 3)
+    np.testing.assert_allclose(
+        out.per_example.numpy(), ce_soft(onehot(Y), S.numpy() - np.log(w) + np.log(PRIOR)), rtol=1e-6
+    )
+
+
+def test_tang_diagnostics():
+    _, out = run("label_smoothing", args(label_smoothing_epsilon=0.3))
+    np.testing.assert_allclose(out.per_example.numpy(), ce_soft(0.7 * onehot(Y) + 0.1, S.numpy()), rtol=1e-6)
+    _, out = run("kd_pt", args(kd_convention="mix"))
+    p = softmax(T.numpy(), 2.0)
+    pt = np.repeat(((1 - p[np.arange(3), Y.numpy()]) / 2)[:, None], 3, axis=1)
+    pt[np.arange(3), Y.numpy()] = p[np.arange(3), Y.numpy()]
+    np.testing.assert_allclose(out.per_example.numpy(), kd_hand(S.numpy(), None, Y, 0.4, 2.0, "mix", targets=pt), rtol=1e-6)
+    sim = torch.softmax(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)), -1).double()
+    _, out = run("kd_sim", args(kd_convention="mix"), similarity=sim)
+    targets = sim.numpy()[Y.numpy()]
+    np.testing.assert_allclose(
+        out.per_example.numpy(), kd_hand(S.numpy(), None, Y, 0.4, 2.0, "mix", targets=targets), rtol=1e-6
+    )
+
+
+def test_holdout_needs():
+    assert get_objective("ada_alpha")(args(), COUNTS).needs_holdout
+    assert not get_objective("ada_alpha")(args(ada_alpha_level="instance"), COUNTS).needs_holdout
+    assert get_objective("robust_kd")(args(), COUNTS).needs_holdout
+    assert get_objective("dro")(args(), COUNTS).needs_holdout
+    assert not get_objective("kd")(args(), COUNTS).needs_holdout
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"objective": "nope"}, "Unknown objective 'nope'. Registered objectives:"),
+        ({"alpha": 1.5}, "alpha must be in \\[0, 1\\]"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"kd_convention": "other"}, "kd_convention='other' is not one of"),
+        ({"dro_tradeoff": -0.1}, "dro_tradeoff must be in"),
+        ({"teacher_logit_mode": "shift"}, "needs teacher_logit_shift"),
+        ({"label_smoothing_factor": 0.1}, "objective='label_smoothing'"),
+    ],
+)
+def test_arguments_are_validated(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        DistillationArguments(output_dir=str(tmp_path), report_to="none", **overrides)
+
+
+def test_objective_params_are_recorded(tmp_path):
+    a = DistillationArguments(output_dir=str(tmp_path), report_to="none", objective="robust_kd", dro_tradeoff=0.3)
+    params = a.objective_params()
+    assert params["dro_tradeoff"] == 0.3 and params["alpha"] == 0.5 and "hub_token" not in params

@@ -1,0 +1,92 @@
+"""The per-class accuracy plot: a valid, readable PNG written atomically."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib.figure
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_fairkd.plots import plot_per_class_accuracy
+
+try:  # same import dance as conftest.py: `tests` is a namespace package from the repo root
+    from tests.test_cards import CORRECT, NAMES, TRAIN_COUNTS, make_metrics
+except ImportError:
+    from test_cards import CORRECT, NAMES, TRAIN_COUNTS, make_metrics
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+STUDENT_RGB, BASELINE_RGB, TEACHER_RGB = (0xD6, 0x27, 0x28), (0x1F, 0x77, 0xB4), (0x7F, 0x7F, 0x7F)
+
+
+def _pixels_near(image: Image.Image, rgb: tuple[int, int, int], tol: int = 12) -> int:
+    arr = np.asarray(image.convert("RGB")).astype(int)
+    return int((np.abs(arr - np.array(rgb)).max(axis=2) <= tol).sum())
+
+
+def test_plot_is_a_valid_png_of_sane_size(tmp_path):
+    path = plot_per_class_accuracy(make_metrics(), tmp_path / "per_class_accuracy.png")
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+        assert 600 <= width <= 2000 and 400 <= height <= 1500 and width > height
+        for rgb in (STUDENT_RGB, BASELINE_RGB, TEACHER_RGB):
+            assert _pixels_near(image, rgb) > 200  # each model's markers and line are drawn
+    assert os.listdir(tmp_path) == ["per_class_accuracy.png"]  # no temporary file left behind
+
+
+def test_only_models_present_are_drawn(tmp_path):
+    metrics = {k: v for k, v in make_metrics().items() if k not in ("teacher", "baseline")}
+    path = plot_per_class_accuracy(metrics, tmp_path / "p.png")
+    with Image.open(path) as image:
+        assert _pixels_near(image, STUDENT_RGB) > 200
+        assert (
+            _pixels_near(image, BASELINE_RGB, tol=6) < 20
+        )  # no baseline line (a few anti-aliased pixels at most)
+
+
+def test_awkward_inputs_still_plot(tmp_path):
+    # A class without test images (NaN accuracy), one with zero training images, mathtext-like names,
+    # a very long name with a newline, and many classes (only a few get labels).
+    names = [f"${i}$ class\nwith a very long name {'z' * 50}" for i in range(30)]
+    counts = [int(1000 * 0.8**i) for i in range(30)]
+    counts[-1] = 0
+    correct = {k: [min(19, 5 + (i * 7) % 15) for i in range(30)] for k in CORRECT}
+    support = [20] * 29 + [0]
+    for key in correct:
+        correct[key][-1] = 0
+    metrics = make_metrics(names=names, correct=correct, support=support, train_counts=counts)
+    path = plot_per_class_accuracy(metrics, tmp_path / "nested" / "p.png", title="A $title$ with\nnewline")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 600
+
+
+def test_existing_plot_survives_a_failed_save(tmp_path, monkeypatch):
+    target = tmp_path / "p.png"
+    target.write_bytes(b"previous plot")
+
+    def broken_savefig(self, fname, **kwargs):
+        with open(fname, "wb") as handle:
+            handle.write(PNG_SIGNATURE + b"trunc")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken_savefig)
+    with pytest.raises(OSError, match="disk full"):
+        plot_per_class_accuracy(make_metrics(), target)
+    assert target.read_bytes() == b"previous plot" and os.listdir(tmp_path) == ["p.png"]
+
+
+def test_missing_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="student"):
+        plot_per_class_accuracy({"teacher": {}}, tmp_path / "p.png")
+    metrics = make_metrics()
+    metrics["train_counts"] = None
+    for row in metrics["student"]["per_class"]:
+        row["train_count"] = None
+    with pytest.raises(ValueError, match="train_counts"):
+        plot_per_class_accuracy(metrics, tmp_path / "p.png")
+    assert len(NAMES) == len(TRAIN_COUNTS)  # the shared fixture data stayed consistent

@@ -1,0 +1,246 @@
+"""DistillationTrainer end to end on tiny models: loss falls, accumulation invariance, resume, teachers, errors."""
+
+import os
+
+import pytest
+import torch
+from tiny_models import image_dataset, make_bert, make_vit, text_dataset, tiny_args
+from transformers import AutoModelForImageClassification, TrainerCallback
+
+from hf_fairkd import DistillationTrainer
+from hf_fairkd.objectives import OBJECTIVES
+from hf_fairkd.trainer import OBJECTIVE_STATE_NAME
+
+
+@pytest.fixture(scope="module")
+def data():
+    return image_dataset((24, 12, 6), seed=0), image_dataset((6, 6, 6), seed=1), image_dataset((10, 10, 10), seed=2)
+
+
+@pytest.fixture(scope="module")
+def teacher(data, tmp_path_factory):
+    """A teacher trained here with ERM (the 'same machinery'), saved and loadable with from_pretrained."""
+    train, _, _ = data
+    path = tmp_path_factory.mktemp("teacher")
+    trainer = DistillationTrainer(
+        model=make_vit(seed=1, hidden=32), args=tiny_args(path, objective="erm", max_steps=40), train_dataset=train
+    )
+    trainer.train()
+    trainer.save_model(str(path / "model"))
+    return str(path / "model")
+
+
+def eval_loss(trainer, dataset):
+    return trainer.evaluate(dataset)["eval_loss"]
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_every_objective_trains_and_the_loss_falls(objective, data, teacher, tmp_path):
+    train, holdout, _ = data
+    args = tiny_args(tmp_path, objective=objective, max_steps=25, dro_update_every=5)
+    trainer = DistillationTrainer(
+        model=make_vit(seed=0), args=args, teacher=teacher, train_dataset=train, holdout_dataset=holdout
+    )
+    before = eval_loss(trainer, train)
+    trainer.train()
+    after = eval_loss(trainer, train)
+    assert after < before * 0.95, (objective, before, after)
+    if objective in ("robust_kd", "dro"):
+        assert trainer.objective.num_updates == 25 // 5 - (1 if 25 % 5 == 0 else 0)
+        assert not torch.allclose(trainer.objective.multipliers, torch.full((3,), 1 / 3))
+
+
+def test_losses_components_and_class_weights_are_logged(data, teacher, tmp_path):
+    train, holdout, _ = data
+    args = tiny_args(tmp_path, objective="robust_kd", max_steps=10, logging_steps=5, dro_update_every=2)
+    trainer = DistillationTrainer(
+        model=make_vit(), args=args, teacher=teacher, train_dataset=train, holdout_dataset=holdout
+    )
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged, trainer.state.log_history
+    for key in ("loss_one_hot", "loss_distill", "alpha_mean", "class_weight_min", "class_weight_max"):
+        assert key in logged[-1], key
+    assert logged[-1]["class_weight_min"] <= 1 / 3 <= logged[-1]["class_weight_max"]
+    assert logged[-1]["class_weight_argmax"] in (0.0, 1.0, 2.0)
+
+
+def test_evaluation_reports_per_class_metrics(data, teacher, tmp_path):
+    train, _, test = data
+    trainer = DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path), teacher=teacher, train_dataset=train)
+    metrics = trainer.evaluate(test)
+    for key in ("eval_accuracy", "eval_balanced_accuracy", "eval_worst_class_accuracy", "eval_accuracy_class/bird"):
+        assert key in metrics, sorted(metrics)
+    assert metrics["eval_worst_class_accuracy"] <= metrics["eval_balanced_accuracy"]
+
+
+def _one_step_params(tmp_path, model_fn, dataset, batch, accumulation, objective="kd", teacher=None):
+    args = tiny_args(
+        tmp_path / f"{batch}x{accumulation}",
+        objective=objective,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=0.5,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+    )
+    trainer = DistillationTrainer(model=model_fn(), args=args, teacher=teacher, train_dataset=dataset)
+    trainer.train()
+    loss = trainer.state.log_history[0]["loss"]
+    return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}, loss
+
+
+@pytest.mark.parametrize("kind", ["vit", "bert"])
+def test_gradient_accumulation_invariance(kind, tmp_path):
+    if kind == "vit":
+        dataset, model_fn = image_dataset((3, 3, 2), seed=3), lambda: make_vit(seed=5)
+        teacher = make_vit(seed=9)
+    else:
+        dataset, model_fn = text_dataset((3, 3, 2), seed=3), lambda: make_bert(seed=5)
+        teacher = make_bert(seed=9)
+    assert len(dataset) == 8
+    params_a, loss_a = _one_step_params(tmp_path, model_fn, dataset, 8, 1, teacher=teacher)
+    params_b, loss_b = _one_step_params(tmp_path, model_fn, dataset, 1, 8, teacher=teacher)
+    start = model_fn()
+    moved = max((params_a[k] - p).abs().max().item() for k, p in start.named_parameters())
+    assert moved > 1e-3  # the step did something, so equality below means something
+    assert loss_a == pytest.approx(loss_b, rel=1e-4)
+    for name in params_a:
+        torch.testing.assert_close(params_a[name], params_b[name], rtol=1e-4, atol=1e-6)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_resume_continues_exactly(data, teacher, tmp_path):
+    train, holdout, _ = data
+    common = dict(objective="robust_kd", max_steps=12, dro_update_every=2, save_strategy="steps", save_steps=4)
+
+    def make(out, callbacks=None):
+        return DistillationTrainer(
+            model=make_vit(seed=3),
+            args=tiny_args(out, **common),
+            teacher=teacher,
+            train_dataset=train,
+            holdout_dataset=holdout,
+            callbacks=callbacks,
+        )
+
+    full = make(tmp_path / "full")
+    full.train()
+
+    crashed = make(tmp_path / "resumed", callbacks=[StopAt(6)])
+    with pytest.raises(KeyboardInterrupt):
+        crashed.train()
+    checkpoint = tmp_path / "resumed" / "out" / "checkpoint-4"
+    assert (checkpoint / OBJECTIVE_STATE_NAME).exists()
+    resumed = make(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    torch.testing.assert_close(resumed.objective.multipliers, full.objective.multipliers, rtol=0, atol=0)
+    assert resumed.objective.num_updates == full.objective.num_updates == 5
+    for (name, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_resume_refuses_a_checkpoint_without_objective_state(data, teacher, tmp_path):
+    train, holdout, _ = data
+    args = tiny_args(tmp_path, objective="robust_kd", max_steps=4, save_strategy="steps", save_steps=2)
+    trainer = DistillationTrainer(
+        model=make_vit(), args=args, teacher=teacher, train_dataset=train, holdout_dataset=holdout
+    )
+    trainer.train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    os.remove(checkpoint / OBJECTIVE_STATE_NAME)
+    again = DistillationTrainer(
+        model=make_vit(), args=args, teacher=teacher, train_dataset=train, holdout_dataset=holdout
+    )
+    with pytest.raises(ValueError, match="has no fairkd_objective_state"):
+        again.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_teacher_is_frozen_in_eval_mode_and_not_wrapped(data, teacher, tmp_path):
+    train, _, _ = data
+    trainer = DistillationTrainer(
+        model=make_vit(), args=tiny_args(tmp_path, teacher_dtype="bfloat16"), teacher=teacher, train_dataset=train
+    )
+    assert not trainer.teacher.training
+    assert all(not p.requires_grad for p in trainer.teacher.parameters())
+    assert next(trainer.teacher.parameters()).dtype == torch.bfloat16
+    assert isinstance(trainer.teacher, type(AutoModelForImageClassification.from_pretrained(teacher)))
+    before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    trainer.train()
+    for k, v in trainer.teacher.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_teacher_with_reordered_labels_is_mapped(data, tmp_path):
+    train, _, _ = data
+    batch = {"pixel_values": train[:5]["pixel_values"], "labels": train[:5]["labels"]}
+    teacher = make_vit(seed=4)
+    # the same teacher with its classes stored in another order (rows of the head permuted)
+    reordered = make_vit(seed=4, names=["bird", "cat", "dog"])
+    reordered.load_state_dict(teacher.state_dict())
+    perm = torch.tensor([2, 0, 1])  # reordered class k is original class perm[k]
+    with torch.no_grad():
+        reordered.classifier.weight.copy_(teacher.classifier.weight[perm])
+        reordered.classifier.bias.copy_(teacher.classifier.bias[perm])
+    losses = []
+    for t in (teacher, reordered):
+        trainer = DistillationTrainer(model=make_vit(seed=0), args=tiny_args(tmp_path), teacher=t, train_dataset=train)
+        losses.append(trainer.compute_loss(trainer.model, dict(batch)).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+def test_teacher_with_other_classes_is_refused(data, tmp_path):
+    train, _, _ = data
+    other = make_vit(names=["cat", "dog", "horse"])
+    with pytest.raises(ValueError, match=r"only in the student: \['bird'\], only in the teacher: \['horse'\]"):
+        DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path), teacher=other, train_dataset=train)
+
+
+def test_bad_setups_fail_before_training(data, teacher, tmp_path):
+    train, _, _ = data
+    with pytest.raises(ValueError, match="needs a holdout split"):
+        DistillationTrainer(
+            model=make_vit(), args=tiny_args(tmp_path, objective="ada_alpha"), teacher=teacher, train_dataset=train
+        )
+    with pytest.raises(ValueError, match="distils from a teacher"):
+        DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path, objective="kd"), train_dataset=train)
+    with pytest.raises(ValueError, match="Could not load the teacher"):
+        DistillationTrainer(
+            model=make_vit(), args=tiny_args(tmp_path), teacher=str(tmp_path / "missing"), train_dataset=train
+        )
+
+
+def test_cached_teacher_column_checks(data, tmp_path):
+    train, _, _ = data
+    plain = train.with_format(None)
+    wrong = plain.add_column("teacher_logits", [[0.0, 1.0]] * len(plain)).with_format("torch")
+    trainer = DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path, max_steps=1), train_dataset=wrong)
+    with pytest.raises(ValueError, match="Teacher logits have 2 classes but the student has 3"):
+        trainer.train()
+    bad = plain.add_column("teacher_logits", [[0.0, float("nan"), 1.0]] * len(plain)).with_format("torch")
+    trainer = DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path, max_steps=1), train_dataset=bad)
+    with pytest.raises(ValueError, match="Non-finite teacher logits in the batch at step 0"):
+        trainer.train()
+
+
+def test_posthoc_balanced_teacher_shifts_the_bias(data, tmp_path):
+    train, _, _ = data
+    args = tiny_args(tmp_path, objective="balanced", balanced_form="posthoc", max_steps=2, learning_rate=0.0)
+    trainer = DistillationTrainer(model=make_vit(), args=args, train_dataset=train)
+    bias = trainer.model.classifier.bias.detach().clone()
+    trainer.train()
+    prior = torch.tensor([24.0, 12.0, 6.0]) / 42
+    torch.testing.assert_close(trainer.model.classifier.bias.detach(), bias - prior.log())
