@@ -1,31 +1,34 @@
-"""hf_fairkd: knowledge distillation that protects rare classes, on the Hugging Face stack."""
+"""hf_fairkd: knowledge distillation that protects rare classes, on the Hugging Face stack.
+
+Imports are lazy so that `hf_fairkd.data` or `hf_fairkd.metrics` do not pull in transformers and torch.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .config import DistillationArguments
-from .objectives import OBJECTIVES, STUDENT_OBJECTIVES, TEACHER_OBJECTIVES, get_objective, register_objective
-from .trainer import DistillationTrainer
+_LAZY = {
+    "DistillationArguments": "hf_fairkd.config",
+    "DistillationTrainer": "hf_fairkd.trainer",
+    "OBJECTIVES": "hf_fairkd.objectives",
+    "STUDENT_OBJECTIVES": "hf_fairkd.objectives",
+    "TEACHER_OBJECTIVES": "hf_fairkd.objectives",
+    "get_objective": "hf_fairkd.objectives",
+    "register_objective": "hf_fairkd.objectives",
+    "load_subgroup_metrics": "hf_fairkd.cards",
+    "subgroup_report": "hf_fairkd.metrics",
+    "load_long_tailed": "hf_fairkd.data",
+}
 
-objectives = sorted(OBJECTIVES)
+__all__ = [*sorted(_LAZY), "available_objectives"]
 
 
-def load_subgroup_metrics(
-    repo_id_or_path: str, revision: str | None = None, token: str | None = None
-) -> dict:
-    """The subgroup metrics of a distilled model, from a local folder or a Hub repo (file, else the card)."""
-    from .cards import load_subgroup_metrics as _load
-
-    return _load(repo_id_or_path, revision=revision, token=token)
+def available_objectives() -> list[str]:
+    """The registered objective names (students and teachers); also `hf_fairkd.objectives.names()`."""
+    return importlib.import_module("hf_fairkd.objectives").names()
 
 
-__all__ = [
-    "DistillationArguments",
-    "DistillationTrainer",
-    "OBJECTIVES",
-    "STUDENT_OBJECTIVES",
-    "TEACHER_OBJECTIVES",
-    "get_objective",
-    "load_subgroup_metrics",
-    "objectives",
-    "register_objective",
-]
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hf_fairkd' has no attribute {name!r}")

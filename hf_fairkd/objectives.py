@@ -31,6 +31,11 @@ def register_objective(name: str):
     return wrap
 
 
+def names() -> list[str]:
+    """The registered objective names, sorted."""
+    return sorted(OBJECTIVES)
+
+
 def get_objective(name: str) -> type[Objective]:
     """The registered objective class for ``name``; unknown names list the known ones."""
     try:

@@ -18,13 +18,14 @@ from transformers import Trainer
 from . import teacher as teacher_lib
 from .config import DistillationArguments
 from .objectives import get_objective
+from .teacher_cache import CACHE_COLUMNS, DENSE_COLUMN, cached_logits_from_batch
 
 logger = logging.getLogger(__name__)
 
 OBJECTIVE_STATE_NAME = "fairkd_objective_state.safetensors"
-TEACHER_LOGITS_COLUMN = "teacher_logits"
+TEACHER_LOGITS_COLUMN = DENSE_COLUMN
 # Batch keys that are not student inputs.
-NON_MODEL_KEYS = ("labels", "label", TEACHER_LOGITS_COLUMN)
+NON_MODEL_KEYS = ("labels", "label", *CACHE_COLUMNS)
 
 
 def class_counts_from_dataset(dataset, num_classes: int) -> torch.Tensor:
@@ -140,7 +141,9 @@ class DistillationTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------ set-up
     def _check_teacher_needs(self, teacher, train_dataset) -> None:
-        has_cache = train_dataset is not None and TEACHER_LOGITS_COLUMN in (train_dataset.column_names or [])
+        has_cache = train_dataset is not None and bool(
+            set(CACHE_COLUMNS) & set(train_dataset.column_names or [])
+        )
         if self.objective.uses_teacher and teacher is None and not has_cache:
             raise ValueError(
                 f"objective={self.objective.name!r} distils from a teacher: pass `teacher=` (a model, a local path or a "
@@ -154,8 +157,7 @@ class DistillationTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if TEACHER_LOGITS_COLUMN not in self._signature_columns:
-            self._signature_columns.append(TEACHER_LOGITS_COLUMN)
+        self._signature_columns += [c for c in CACHE_COLUMNS if c not in self._signature_columns]
 
     def _prepare_objective(self) -> None:
         """Once per run: teacher reliability on the holdout and class similarities, as the objective needs."""
@@ -232,7 +234,7 @@ class DistillationTrainer(Trainer):
     def _split_batch(self, batch: dict) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
         labels = batch["labels"] if "labels" in batch else batch["label"]
         model_inputs = {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
-        return model_inputs, labels, batch.get(TEACHER_LOGITS_COLUMN)
+        return model_inputs, labels, cached_logits_from_batch(batch, self.objective.num_classes)
 
     def _holdout_teacher_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         all_logits, all_labels = [], []
@@ -340,7 +342,9 @@ class DistillationTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        self._reload_weights_with_key_conversion(resume_from_checkpoint, model if model is not None else self.model)
+        self._reload_weights_with_key_conversion(
+            resume_from_checkpoint, model if model is not None else self.model
+        )
         path = os.path.join(resume_from_checkpoint, OBJECTIVE_STATE_NAME)
         if not os.path.exists(path):
             if self.objective.state_dict():

@@ -3,7 +3,9 @@
 # HF_ENDPOINT, HF_HOME and HF_HUB_DISABLE_XET once, when it is first imported, and pytest imports this
 # conftest before any test module. The server itself starts lazily, only when `hub_server` is used.
 # ======================================================================================================
+import atexit
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -20,6 +22,7 @@ def _free_loopback_port() -> int:
 HUB_PORT = _free_loopback_port()
 HUB_URL = f"http://127.0.0.1:{HUB_PORT}"
 HF_HOME_DIR = tempfile.mkdtemp(prefix="hf_fairkd_tests_hf_home_")
+atexit.register(shutil.rmtree, HF_HOME_DIR, ignore_errors=True)  # the session cache dies with it
 
 if "huggingface_hub" in sys.modules:  # too late: the client would keep talking to its old endpoint
     raise RuntimeError(
