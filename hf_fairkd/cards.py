@@ -67,7 +67,7 @@ def escape_markdown_cell(text: Any, max_len: int = 200) -> str:
     s = "".join(ch for ch in s if ch.isprintable())  # drop control characters and invisible breaks
     if len(s) > max_len:
         s = s[: max(max_len - 1, 0)].rstrip() + "…"
-    return _MD_SPECIAL.sub(r"\\\1", s)
+    return html.escape(_MD_SPECIAL.sub(r"\\\1", s), quote=True)
 
 
 def _num(value: Any) -> float | None:

@@ -6,6 +6,7 @@ it, and errors are re-raised without the original exception attached (that may c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -114,7 +115,8 @@ def _with_retries(call, *, retries: int, backoff: float, repo_id: str, token: st
             return call()
         except Exception as err:  # noqa: BLE001 - classified right below
             if attempt == retries or not _is_transient(err):
-                err.hf_fairkd_attempts = attempt + 1
+                with contextlib.suppress(AttributeError):
+                    err.hf_fairkd_attempts = attempt + 1
                 raise
             delay = backoff * 2**attempt
             logger.warning(
@@ -180,11 +182,16 @@ def push_output_dir(
         _with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True), **retry)
         if revision not in (None, "main"):
             _with_retries(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), **retry)
-        operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(root / rel)) for rel in files]
-        return _with_retries(
-            lambda: api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision),
-            **retry,
-        )
+
+        def commit():
+            # Fresh operations per attempt: the client stores upload state on them. If a dropped response
+            # hid a commit that did land, the retry finds every file unchanged and makes no empty commit.
+            operations = [
+                CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(root / rel)) for rel in files
+            ]
+            return api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
+
+        return _with_retries(commit, **retry)
     except Exception as err:  # noqa: BLE001 - every failure becomes one clear HubPushError
         failure = _explain(err, repo_id, root, token, getattr(err, "hf_fairkd_attempts", 1))
     # Raised outside the except block so the original exception (which may hold headers) is not chained.

@@ -123,6 +123,9 @@ def test_push_is_one_commit_and_reads_back(hub_server, hub_token, output_dir):
     assert len(history) == 3 and history[0].oid == second.oid and history[0].title == "Re-evaluate"
     assert load_subgroup_metrics(repo_id)["settings"]["seed"] == 99
     assert load_subgroup_metrics(repo_id, revision=info.oid)["settings"]["seed"] == 7  # old revision kept
+    # Pushing the same folder again changes nothing, so the client makes no empty commit (safe re-runs).
+    assert push_output_dir(output_dir, repo_id, token=hub_token).oid == second.oid
+    assert len(hub_server.commits(repo_id)) == 3
 
 
 def test_metrics_recovered_from_card_when_file_is_absent(hub_server, hub_token, output_dir):
