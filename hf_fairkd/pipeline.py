@@ -27,7 +27,7 @@ DEFAULT_OUTPUT_DIR = "outputs/distill_vit"
 # Defaults the recipes use where TrainingArguments' own defaults suit fine-tuning large models, not this.
 RECIPE_TRAINING_DEFAULTS = {
     "output_dir": DEFAULT_OUTPUT_DIR,
-    "num_train_epochs": 20,
+    "num_train_epochs": 30,
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 128,
     "learning_rate": 2e-3,
@@ -74,7 +74,7 @@ class ModelArguments:
     )
     patch_size: int = field(default=4, metadata={"help": "Patch size of fresh ViTs."})
     image_size: int = field(
-        default=32, metadata={"help": "Input resolution of fresh ViTs (images are resized)."}
+        default=16, metadata={"help": "Input resolution of fresh ViTs (images are resized)."}
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom code from the Hub when loading models (off: safer)."}
@@ -190,6 +190,14 @@ def resolved_config(*dataclass_objects) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ data
+class PreparedSplits(dict):
+    """train / holdout / test with their transforms, plus the class counts the objectives need."""
+
+    def __init__(self, splits, class_counts):
+        super().__init__(splits)
+        self.class_counts = class_counts
+
+
 def load_data(data_args: DataArguments):
     """The long-tailed DatasetDict (train / holdout / test) and its metadata."""
     from .data import load_long_tailed, long_tail_info
@@ -264,6 +272,19 @@ def with_image_transform(dataset, processor, image_column: str, label_column: st
         return {"pixel_values": pixel_values, "labels": torch.as_tensor(batch[label_column])}
 
     return dataset.with_transform(transform)
+
+
+def prepare_splits(splits, info, processor, augment: bool = False) -> PreparedSplits:
+    """Every split with the image transform (augmentation on train only), and the training class counts."""
+    return PreparedSplits(
+        {
+            name: with_image_transform(
+                split, processor, info.image_column, info.label_column, augment=augment and name == "train"
+            )
+            for name, split in splits.items()
+        },
+        class_counts=info.train_counts,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -390,14 +411,6 @@ def predict_logits(trainer, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(logits, dtype=np.float32), np.asarray(output.label_ids)
 
 
-class PreparedSplits(dict):
-    """train / holdout / test with their transforms, plus the class counts the objectives need."""
-
-    def __init__(self, splits, class_counts):
-        super().__init__(splits)
-        self.class_counts = class_counts
-
-
 # ------------------------------------------------------------------------------------------------ results
 def build_run_metrics(
     logits: dict[str, np.ndarray],
@@ -480,9 +493,12 @@ def write_run_config(output_dir: str, config: dict) -> None:
 
 def evaluation_trainer(model, args: DistillationArguments, splits, processor=None):
     """A trainer that only predicts (objective erm: no teacher needed), for a model trained elsewhere."""
+    import tempfile
+
     from .trainer import DistillationTrainer
 
-    eval_args = stage_args(args, objective="erm", output_dir=os.path.join(args.output_dir, "eval"))
+    # an output folder of its own that nobody reads: prediction writes nothing there
+    eval_args = stage_args(args, objective="erm", output_dir=tempfile.mkdtemp(prefix="hf_fairkd_eval_"))
     return DistillationTrainer(
         model=model, args=eval_args, class_counts=splits.class_counts, processing_class=processor
     )

@@ -56,19 +56,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
         f"{sum(info.test_counts)}. Per-class training counts: {info.train_counts}"
     )
     processor = pipeline.make_image_processor(model_args)
-    prepared = pipeline.PreparedSplits(
-        {
-            name: pipeline.with_image_transform(
-                split,
-                processor,
-                info.image_column,
-                info.label_column,
-                augment=data_args.augment and name == "train",
-            )
-            for name, split in splits.items()
-        },
-        class_counts=info.train_counts,
-    )
+    prepared = pipeline.prepare_splits(splits, info, processor, augment=data_args.augment)
     student = pipeline.student_model(model_args, info.class_names, seed=args.seed)
 
     # ---- teacher: given (checked against the data before anything trains) or trained here

@@ -1,0 +1,292 @@
+"""Teacher-cache throughput, size, and the accuracy cost of storing only the top-k logits.
+
+Run from the repo root:  python benchmarks/teacher_cache.py
+Writes benchmarks/results/teacher_cache.json and prints a table.
+
+1. Throughput: `build_teacher_cache` (Dataset.map over the dataset's torch format, dense float16 and top-10)
+   against the teacher's bare forward over the same batches, already stacked in memory, under
+   inference_mode; plus the alternative the issue mentioned (read ``dataset[start:end]``, run the teacher,
+   attach the column at the end). Repetitions are interleaved in rotating order; medians are reported.
+2. Size: Arrow bytes per example of the cache columns (dense and top-10 of 100 classes).
+3. Accuracy: a 100-class synthetic task with 20 super-classes of 5 (the teacher's probabilities carry
+   which classes are alike). A ViT teacher is trained with ERM, cached densely and as top-10, and the same
+   student (same seed) is distilled (kd) from each cache; test accuracy is reported for every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Array3D, ClassLabel, Dataset, Features, concatenate_datasets, disable_progress_bars
+from transformers import ViTConfig, ViTForImageClassification
+from transformers.utils import logging as hf_logging
+
+import hf_fairkd.teacher_cache as tc
+from hf_fairkd import DistillationArguments, DistillationTrainer
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results" / "teacher_cache.json"
+NUM_CLASSES, TOP_K, BATCH = 100, 10, 64
+GOALS = {"cache_over_raw_throughput": 0.90}
+
+
+def vit(hidden, layers, image, channels, seed, heads=4) -> ViTForImageClassification:
+    torch.manual_seed(seed)
+    names = [f"c{i:02d}" for i in range(NUM_CLASSES)]
+    config = ViTConfig(
+        image_size=image,
+        patch_size=4,
+        num_channels=channels,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=NUM_CLASSES,
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
+    return ViTForImageClassification(config)
+
+
+def images(pixels: np.ndarray, labels: np.ndarray) -> Dataset:
+    features = Features(
+        {"pixel_values": Array3D(pixels.shape[1:], "float32"), "labels": ClassLabel(num_classes=NUM_CLASSES)}
+    )
+    return Dataset.from_dict({"pixel_values": pixels, "labels": labels}, features=features).with_format(
+        "torch"
+    )
+
+
+# ------------------------------------------------------------------------------------------ throughput
+def build_by_slices(dataset: Dataset, teacher, batch_size: int) -> Dataset:
+    """The alternative to Dataset.map: formatted slices in, one column attached at the end."""
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            pixels = dataset[start : start + batch_size]["pixel_values"]
+            chunks.append(teacher(pixel_values=pixels).logits.float().numpy().astype(np.float16))
+    column = Dataset.from_dict(
+        {tc.DENSE_COLUMN: np.concatenate(chunks)},
+        features=Features(tc._cache_features(NUM_CLASSES, "float16", None)),
+    )
+    return concatenate_datasets([dataset, column], axis=1)
+
+
+def throughput(repetitions: int, rows: int) -> dict:
+    rng = np.random.default_rng(0)
+    data = images(rng.normal(size=(rows, 3, 32, 32)).astype(np.float32), rng.integers(0, NUM_CLASSES, rows))
+    teacher = vit(128, 4, 32, 3, seed=1).eval()
+    batches = [data[i : i + BATCH]["pixel_values"] for i in range(0, rows, BATCH)]
+
+    def raw():
+        with torch.inference_mode():
+            for pixels in batches:
+                teacher(pixel_values=pixels).logits.float().numpy()
+
+    runs = {
+        "raw_forward": raw,
+        "build_dense": lambda: tc.build_teacher_cache(data, teacher, batch_size=BATCH),
+        "build_topk": lambda: tc.build_teacher_cache(data, teacher, batch_size=BATCH, top_k=TOP_K),
+        "slices_dense": lambda: build_by_slices(data, teacher, BATCH),
+    }
+    for run in runs.values():  # warm-up
+        run()
+    seconds = {name: [] for name in runs}
+    names = list(runs)
+    for rep in range(repetitions):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            start = time.perf_counter()
+            runs[name]()
+            seconds[name].append(time.perf_counter() - start)
+    per_second = {name: rows / statistics.median(times) for name, times in seconds.items()}
+    dense = tc.build_teacher_cache(data, teacher, batch_size=BATCH)
+    topk = tc.build_teacher_cache(data, teacher, batch_size=BATCH, top_k=TOP_K)
+    return {
+        "rows": rows,
+        "examples_per_second": {k: round(v, 1) for k, v in per_second.items()},
+        "raw_seconds": {k: [round(x, 4) for x in v] for k, v in seconds.items()},
+        "cache_over_raw_throughput": per_second["build_dense"] / per_second["raw_forward"],
+        # the same ratio from the repetitions run side by side, median over the repetitions
+        "cache_over_raw_throughput_paired": statistics.median(
+            r / c for r, c in zip(seconds["raw_forward"], seconds["build_dense"])
+        ),
+        "topk_cache_over_raw_throughput": per_second["build_topk"] / per_second["raw_forward"],
+        "map_over_slices_throughput": per_second["build_dense"] / per_second["slices_dense"],
+        "bytes_per_example_dense": dense.data.table.select([tc.DENSE_COLUMN]).nbytes / rows,
+        "bytes_per_example_topk": topk.data.table.select(list(tc.TOPK_COLUMNS)).nbytes / rows,
+    }
+
+
+# ------------------------------------------------------------------------------------------ accuracy
+def hierarchical_task(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """8x8 one-channel images: super-class pattern + weaker class pattern + noise."""
+    rng = np.random.default_rng(1234)  # the same class patterns for train and test
+    coarse = rng.normal(size=(20, 64))
+    fine = rng.normal(size=(NUM_CLASSES, 64))
+    means = 1.0 * coarse[np.arange(NUM_CLASSES) // 5] + 0.6 * fine
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(NUM_CLASSES), per_class)
+    pixels = means[labels] + rng.normal(scale=1.0, size=(len(labels), 64))
+    order = rng.permutation(len(labels))
+    return pixels[order].reshape(-1, 1, 8, 8).astype(np.float32), labels[order]
+
+
+# (temperature, alpha): the package defaults, and a strong-distillation setting common on CIFAR
+KD_SETTINGS = {"T2_alpha0.5": (2.0, 0.5), "T4_alpha0.9": (4.0, 0.9)}
+
+
+def train_args(out: Path, objective: str, steps: int, temperature=2.0, alpha=0.5) -> DistillationArguments:
+    return DistillationArguments(
+        output_dir=str(out),
+        objective=objective,
+        per_device_train_batch_size=BATCH,
+        learning_rate=3e-3,
+        max_steps=steps,
+        lr_scheduler_type="cosine",
+        warmup_steps=steps // 20,
+        logging_steps=10_000,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        temperature=temperature,
+        alpha=alpha,
+    )
+
+
+def accuracy(model, test: Dataset) -> float:
+    model.eval()
+    with torch.inference_mode():
+        batch = test[:]
+        predictions = model(pixel_values=batch["pixel_values"]).logits.argmax(-1)
+    return float((predictions == batch["labels"]).float().mean())
+
+
+def distillation_accuracy(steps: int, out: Path) -> dict:
+    train = images(*hierarchical_task(per_class=30, seed=0))
+    test = images(*hierarchical_task(per_class=20, seed=1))
+    teacher = vit(64, 2, 8, 1, seed=1)
+    DistillationTrainer(model=teacher, args=train_args(out, "erm", 2 * steps), train_dataset=train).train()
+    teacher.eval()
+    caches = {
+        "dense": tc.build_teacher_cache(train, teacher),
+        f"top{TOP_K}": tc.build_teacher_cache(train, teacher, top_k=TOP_K),
+    }
+    with torch.inference_mode():
+        logits = teacher(pixel_values=train[:]["pixel_values"]).logits
+    results = {"teacher": accuracy(teacher, test)}
+    for temperature in (2.0, 4.0):
+        probs = torch.softmax(logits / temperature, -1)
+        results[f"teacher_top{TOP_K}_mass_at_T{temperature:g}"] = float(
+            probs.topk(TOP_K, -1).values.sum(-1).mean()
+        )
+
+    def student_accuracy(objective, dataset, **kd) -> float:
+        student = vit(32, 1, 8, 1, seed=0, heads=2)
+        args = train_args(out, objective, steps, **kd)
+        DistillationTrainer(model=student, args=args, train_dataset=dataset).train()
+        return accuracy(student, test)
+
+    results["student_ce"] = student_accuracy("ce", train)
+    default_fill = tc.TOPK_FILL
+    for setting, (temperature, alpha) in KD_SETTINGS.items():
+        kd = {"temperature": temperature, "alpha": alpha}
+        results[f"student_kd_dense_{setting}"] = student_accuracy("kd", caches["dense"], **kd)
+        try:
+            for fill in tc.TOPK_FILLS:
+                tc.TOPK_FILL = fill
+                key = f"student_kd_top{TOP_K}_{fill}_{setting}"
+                results[key] = student_accuracy("kd", caches[f"top{TOP_K}"], **kd)
+        finally:
+            tc.TOPK_FILL = default_fill
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (see benchmarks/README.md)")
+    parser.add_argument("--repetitions", type=int, default=15)
+    parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=600, help="student training steps (teacher: twice)")
+    cli = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    hf_logging.set_verbosity_error()
+    disable_progress_bars()
+    torch.set_num_threads(cli.threads)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    speed = throughput(cli.repetitions, cli.rows)
+    print(f"throughput done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    out = REPO / "benchmarks" / "results" / "_teacher_cache_tmp"
+    accuracies = distillation_accuracy(cli.steps, out)
+    ratio = speed["cache_over_raw_throughput"]
+    results = {
+        "cache_over_raw_throughput": round(ratio, 4),
+        "goals": {"cache_over_raw_throughput": {"target": ">= 0.90", "met": ratio >= 0.90}},
+        "bytes_per_example_dense": speed["bytes_per_example_dense"],
+        "bytes_per_example_topk": speed["bytes_per_example_topk"],
+        "top_k": TOP_K,
+        "num_classes": NUM_CLASSES,
+        "accuracy": {k: round(v, 4) for k, v in accuracies.items()},
+        "throughput": {
+            k: v for k, v in speed.items() if k not in ("bytes_per_example_dense", "bytes_per_example_topk")
+        },
+        "setup": {
+            "throughput_teacher": "ViT hidden 128, 4 layers, image 32x32x3, patch 4, 100 classes, batch 64",
+            "accuracy_task": "100 classes = 20 super-classes x 5, 8x8x1 images, 30 train / 20 test per class",
+            "accuracy_teacher": f"ViT hidden 64, 2 layers, ERM, {2 * cli.steps} steps",
+            "accuracy_student": f"ViT hidden 32, 1 layer, seed 0, {cli.steps} steps, kd (hinton) in each KD_SETTING",
+            "kd_settings": KD_SETTINGS,
+            "cache_dtype": "float16",
+        },
+        "seconds_total": round(time.perf_counter() - started, 1),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+    }
+    eps = speed["examples_per_second"]
+    print(f"{'measurement':<36}{'value':>12}")
+    for name in ("raw_forward", "build_dense", "build_topk", "slices_dense"):
+        print(f"{name + ' (examples/s)':<36}{eps[name]:>12.1f}")
+    print(
+        f"{'cache_over_raw_throughput':<36}{ratio:>12.4f}   goal >= 0.90: {'met' if ratio >= 0.90 else 'MISSED'}"
+    )
+    print(f"{'  same, paired repetitions':<36}{speed['cache_over_raw_throughput_paired']:>12.4f}")
+    print(f"{'topk_cache_over_raw_throughput':<36}{speed['topk_cache_over_raw_throughput']:>12.4f}")
+    print(f"{'map_over_slices_throughput':<36}{speed['map_over_slices_throughput']:>12.4f}")
+    print(f"{'bytes_per_example_dense':<36}{speed['bytes_per_example_dense']:>12.1f}")
+    print(f"{'bytes_per_example_topk':<36}{speed['bytes_per_example_topk']:>12.1f}")
+    for name, value in accuracies.items():
+        print(f"{'accuracy ' + name:<36}{value:>12.4f}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, RESULTS)
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

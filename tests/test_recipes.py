@@ -1,0 +1,157 @@
+"""The recipes end to end on the embedded digits, on a tiny budget, and their bad-input errors."""
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--num_train_epochs", "1", "--max_steps", "6", "--per_device_train_batch_size", "16",
+    "--student_hidden_size", "16", "--student_num_layers", "1", "--student_num_heads", "2",
+    "--teacher_hidden_size", "16", "--teacher_num_layers", "1", "--teacher_num_heads", "2",
+    "--image_size", "8", "--patch_size", "4", "--disable_tqdm", "true", "--logging_steps", "2",
+]  # fmt: skip
+
+
+def load_recipe(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tree_hashes(folder: Path) -> dict:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    argv = [*TINY, "--output_dir", str(out), "--objective", "robust_kd", "--dro_update_every", "2", "--hub_token",
+            "hf_secretTOKEN123456"]  # fmt: skip
+    metrics = load_recipe("distill_vit").main(argv)
+    return out, metrics
+
+
+def test_default_recipe_writes_every_output(distilled):
+    out, metrics = distilled
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "subgroup_metrics.json",
+                 "per_class_accuracy.png", "README.md", "run_config.json", "training_args.json"):  # fmt: skip
+        assert (out / name).exists(), name
+    assert not list(out.rglob("*.bin")), "only safetensors / JSON are written"
+    saved = json.loads((out / "subgroup_metrics.json").read_text())
+    assert {"student", "teacher", "baseline", "train_counts", "settings", "dataset"} <= set(saved)
+    assert saved["settings"]["objective"] == "robust_kd"
+    assert saved["train_counts"] == [139, 106, 81, 61, 46, 35, 26, 19, 13, 9]
+    assert sum(row["support"] for row in saved["student"]["per_class"]) == 300
+    for sub in ("teacher", "baseline"):
+        assert AutoModelForImageClassification.from_pretrained(out / sub).config.num_labels == 10
+
+
+def test_saved_student_reproduces_the_reported_accuracy(distilled):
+    from hf_fairkd import pipeline
+    from hf_fairkd.data import load_long_tailed
+
+    out, metrics = distilled
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    processor = AutoImageProcessor.from_pretrained(out)
+    test = load_long_tailed("digits")["test"]
+    batch = pipeline.with_image_transform(test, processor, "image", "label")[: len(test)]
+    with torch.no_grad():
+        predictions = model(pixel_values=batch["pixel_values"]).logits.argmax(-1).numpy()
+    accuracy = float(np.mean(predictions == batch["labels"].numpy()))
+    assert accuracy == pytest.approx(metrics["student"]["accuracy"], abs=1e-9)
+
+
+def test_no_token_in_any_output(distilled):
+    out, _ = distilled
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert b"hf_secretTOKEN123456" not in path.read_bytes(), path
+
+
+def test_existing_output_dir_is_refused_and_left_intact(distilled):
+    out, _ = distilled
+    before = tree_hashes(out)
+    with pytest.raises(ValueError, match="already holds a run.*--overwrite_output_dir.*Nothing was deleted"):
+        load_recipe("distill_vit").main([*TINY, "--output_dir", str(out)])
+    assert tree_hashes(out) == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset_name", "/no/such/dataset"], "does not exist|could not load"),
+        (["--label_column_name", "nope"], "nope"),
+        (["--objective", "magic"], "Unknown objective 'magic'"),
+        (["--imbalance_factor", "0.5"], "imbalance_factor|rho"),
+    ],
+)
+def test_bad_input_fails_before_training(tmp_path, extra, message):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        load_recipe("distill_vit").main([*TINY, "--output_dir", str(out), *extra])
+    assert not (out / "baseline").exists()
+
+
+def test_teacher_with_other_classes_is_refused_before_training(tmp_path):
+    from hf_fairkd.pipeline import build_vit
+
+    teacher = build_vit(list("abcdefghij"), hidden_size=16, num_layers=1, num_heads=2, image_size=8, patch_size=4, seed=0)
+    teacher.save_pretrained(tmp_path / "teacher")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="do not share a label space"):
+        load_recipe("distill_vit").main(
+            [*TINY, "--output_dir", str(out), "--teacher_model_name_or_path", str(tmp_path / "teacher")]
+        )
+    assert not (out / "baseline").exists()
+
+
+def test_yaml_config_with_cli_override_and_given_teacher(tmp_path, distilled):
+    run, _ = distilled
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "objective: ada_alpha\nalpha: 0.7\nnum_train_epochs: 1\nmax_steps: 4\nimage_size: 8\npatch_size: 4\n"
+        "student_hidden_size: 16\nstudent_num_layers: 1\nstudent_num_heads: 2\ndisable_tqdm: true\n"
+        f"teacher_model_name_or_path: {run / 'teacher'}\n"
+    )
+    out = tmp_path / "out"
+    metrics = load_recipe("distill_vit").main([str(config), "--output_dir", str(out), "--alpha", "0.3"])
+    assert metrics["settings"]["objective"] == "ada_alpha"
+    assert metrics["settings"]["objective_params"]["alpha"] == 0.3
+    assert metrics["settings"]["teacher_objective"] == "given"
+    resolved = json.loads((out / "run_config.json").read_text())
+    assert resolved["DistillationArguments"]["alpha"] == 0.3
+    assert not (out / "teacher").exists()
+
+
+@pytest.mark.parametrize("objective", ["balanced", "dro"])
+def test_train_teacher_recipe(tmp_path, objective):
+    out = tmp_path / objective
+    metrics = load_recipe("train_teacher").main([*TINY, "--output_dir", str(out), "--objective", objective])
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert model.config.num_labels == 10
+    assert 0.0 <= metrics["teacher"]["accuracy"] <= 1.0 and "ece" in metrics["teacher_calibration"]
+    assert (out / "subgroup_metrics.json").exists()
+
+
+def test_cli_reports_bad_input_as_a_one_line_error(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "distill_vit.py"), "--output_dir", str(tmp_path / "o"), "--alpha", "3"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "error: alpha must be in [0, 1]" in result.stderr
+    assert "Traceback" not in result.stderr
