@@ -68,6 +68,14 @@ class DistillationArguments(TrainingArguments):
             "Precision the frozen teacher runs in (targets are always computed in float32).", TEACHER_DTYPES
         ),
     )
+    teacher_topk_fill: str = field(
+        default="renormalize",
+        metadata=_choice(
+            "With a top-k teacher cache: 'renormalize' the k stored probabilities, or 'spread' the remaining mass "
+            "uniformly over the other classes.",
+            ("renormalize", "spread"),
+        ),
+    )
     # ada_alpha (Lukasik et al.)
     ada_alpha_level: str = field(
         default="class", metadata=_choice("Adapt the teacher weight per class or per example.", LEVELS)
@@ -198,6 +206,7 @@ class DistillationArguments(TrainingArguments):
             "balanced_form": BALANCED_FORMS,
             "dro_base": DRO_BASES,
             "dro_error_weighting": DRO_ERROR_WEIGHTINGS,
+            "teacher_topk_fill": ("renormalize", "spread"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

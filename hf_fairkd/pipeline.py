@@ -19,6 +19,7 @@ import torch
 
 from .config import DistillationArguments
 from .io_utils import atomic_write_json
+from .teacher_cache import CACHE_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,18 @@ class ModelArguments:
     teacher_objective: str = field(
         default="erm", metadata={"help": "How a teacher trained here is trained: erm, balanced or dro."}
     )
+    teacher_signal: str = field(
+        default="auto",
+        metadata={
+            "help": "'cached': run the teacher once over train/holdout and store its logits; 'online': run it every "
+            "step (needed with augmentation); 'auto': cached unless --augment."
+        },
+    )
     teacher_num_train_epochs: float | None = field(
-        default=None, metadata={"help": "Epochs for a teacher trained here (default: num_train_epochs)."}
+        default=None,
+        metadata={
+            "help": "Epochs for a teacher trained here (default: twice num_train_epochs: it is larger)."
+        },
     )
     patch_size: int = field(default=4, metadata={"help": "Patch size of fresh ViTs."})
     image_size: int = field(
@@ -269,7 +280,9 @@ def with_image_transform(dataset, processor, image_column: str, label_column: st
                 image = image.crop((x, y, x + image.width - 2 * pad, y + image.height - 2 * pad))
             images.append(image)
         pixel_values = processor(images, return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixel_values, "labels": torch.as_tensor(batch[label_column])}
+        out = {"pixel_values": pixel_values, "labels": torch.as_tensor(batch[label_column])}
+        out.update({c: torch.as_tensor(np.asarray(batch[c])) for c in CACHE_COLUMNS if c in batch})
+        return out
 
     return dataset.with_transform(transform)
 
@@ -402,6 +415,36 @@ def get_objective_uses_teacher(name: str) -> bool:
     from .objectives import get_objective
 
     return get_objective(name).uses_teacher
+
+
+def use_cached_teacher(model_args: ModelArguments, data_args: DataArguments) -> bool:
+    """Whether the distillation reads a cached teacher signal; a cache cannot follow random augmentation."""
+    signal = model_args.teacher_signal
+    if signal not in ("auto", "cached", "online"):
+        raise ValueError(f"--teacher_signal {signal!r}: use auto, cached or online.")
+    if signal == "cached" and data_args.augment:
+        raise ValueError(
+            "--teacher_signal cached with --augment: cached logits belong to un-augmented images. Use "
+            "--teacher_signal online, or drop --augment."
+        )
+    return signal == "cached" or (signal == "auto" and not data_args.augment)
+
+
+def cache_teacher_signal(splits: PreparedSplits, teacher, processor, batch_size: int) -> None:
+    """Replace train and holdout by copies carrying the teacher's logits (computed once, gathered in order)."""
+    from accelerate import PartialState
+
+    from .teacher_cache import build_teacher_cache
+
+    for name in ("train", "holdout"):
+        if len(splits[name]):
+            splits[name] = build_teacher_cache(
+                splits[name],
+                teacher,
+                batch_size=batch_size,
+                preprocessing_id=processor.to_json_string(),
+                accelerator=PartialState() if PartialState().num_processes > 1 else None,
+            )
 
 
 def predict_logits(trainer, dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from transformers import Trainer
 from . import teacher as teacher_lib
 from .config import DistillationArguments
 from .objectives import get_objective
-from .teacher_cache import CACHE_COLUMNS, DENSE_COLUMN, cached_logits_from_batch
+from .teacher_cache import CACHE_COLUMNS, DENSE_COLUMN, cached_logits_from_batch, check_cache
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +117,15 @@ class DistillationTrainer(Trainer):
             )
         elif not self.objective.uses_teacher:
             teacher = None
-        if self.objective.uses_teacher and train_dataset is not None:
-            from .teacher_cache import check_cache  # refuses a cache of another teacher / label space
-
-            check_cache(
-                train_dataset, teacher=teacher, num_classes=num_classes, id2label=model.config.id2label
-            )
+        if self.objective.uses_teacher:
+            for dataset in (
+                train_dataset,
+                holdout_dataset,
+            ):  # refuse a cache of another teacher / label space
+                if dataset is not None:
+                    check_cache(
+                        dataset, teacher=teacher, num_classes=num_classes, id2label=model.config.id2label
+                    )
         if compute_metrics is None:
             from .metrics.trainer_metrics import SubgroupMetrics
 
@@ -243,7 +246,13 @@ class DistillationTrainer(Trainer):
     def _split_batch(self, batch: dict) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
         labels = batch["labels"] if "labels" in batch else batch["label"]
         model_inputs = {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
-        return model_inputs, labels, cached_logits_from_batch(batch, self.objective.num_classes)
+        return (
+            model_inputs,
+            labels,
+            cached_logits_from_batch(
+                batch, self.objective.num_classes, topk_fill=self.args.teacher_topk_fill
+            ),
+        )
 
     def _holdout_teacher_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         all_logits, all_labels = [], []

@@ -34,6 +34,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     from accelerate import PartialState
 
     from hf_fairkd.cards import save_card_and_metrics
+    from hf_fairkd.objectives import get_objective
     from hf_fairkd.teacher import label_permutation, load_teacher
 
     state = PartialState()
@@ -44,6 +45,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     if model_args.teacher_objective not in ("erm", "balanced", "dro"):
         raise ValueError(f"--teacher_objective {model_args.teacher_objective!r}: use erm, balanced or dro.")
     output_dir = args.output_dir
+    pipeline.use_cached_teacher(model_args, data_args)  # validates --teacher_signal before any work
     pipeline.check_output_dir(
         output_dir, overwrite=run_args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint)
     )
@@ -77,7 +79,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
             args,
             output_dir=teacher_dir,
             objective=teacher_objective,
-            num_train_epochs=model_args.teacher_num_train_epochs or args.num_train_epochs,
+            num_train_epochs=model_args.teacher_num_train_epochs or 2 * args.num_train_epochs,
         )
         teacher_trainer = pipeline.train_stage(
             pipeline.teacher_model(model_args, info.class_names, args.seed),
@@ -87,6 +89,12 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
             save_dir=teacher_dir,
         )
         teacher = teacher_trainer.model
+
+    if pipeline.use_cached_teacher(model_args, data_args) and get_objective(args.objective).uses_teacher:
+        say(
+            "Caching the teacher's logits on train and holdout (computed once; the teacher is not run per step)."
+        )
+        pipeline.cache_teacher_signal(prepared, teacher, processor, args.per_device_eval_batch_size)
 
     # ---- one-hot baseline, then the distilled student
     say("Training the one-hot baseline student (objective ce).")

@@ -14,7 +14,11 @@ from hf_fairkd.trainer import OBJECTIVE_STATE_NAME
 
 @pytest.fixture(scope="module")
 def data():
-    return image_dataset((24, 12, 6), seed=0), image_dataset((6, 6, 6), seed=1), image_dataset((10, 10, 10), seed=2)
+    return (
+        image_dataset((24, 12, 6), seed=0),
+        image_dataset((6, 6, 6), seed=1),
+        image_dataset((10, 10, 10), seed=2),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +27,9 @@ def teacher(data, tmp_path_factory):
     train, _, _ = data
     path = tmp_path_factory.mktemp("teacher")
     trainer = DistillationTrainer(
-        model=make_vit(seed=1, hidden=32), args=tiny_args(path, objective="erm", max_steps=40), train_dataset=train
+        model=make_vit(seed=1, hidden=32),
+        args=tiny_args(path, objective="erm", max_steps=40),
+        train_dataset=train,
     )
     trainer.train()
     trainer.save_model(str(path / "model"))
@@ -67,9 +73,16 @@ def test_losses_components_and_class_weights_are_logged(data, teacher, tmp_path)
 
 def test_evaluation_reports_per_class_metrics(data, teacher, tmp_path):
     train, _, test = data
-    trainer = DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path), teacher=teacher, train_dataset=train)
+    trainer = DistillationTrainer(
+        model=make_vit(), args=tiny_args(tmp_path), teacher=teacher, train_dataset=train
+    )
     metrics = trainer.evaluate(test)
-    for key in ("eval_accuracy", "eval_balanced_accuracy", "eval_worst_class_accuracy", "eval_accuracy_class/bird"):
+    for key in (
+        "eval_accuracy",
+        "eval_balanced_accuracy",
+        "eval_worst_class_accuracy",
+        "eval_accuracy_class/bird",
+    ):
         assert key in metrics, sorted(metrics)
     assert metrics["eval_worst_class_accuracy"] <= metrics["eval_balanced_accuracy"]
 
@@ -124,7 +137,9 @@ class StopAt(TrainerCallback):
 
 def test_resume_continues_exactly(data, teacher, tmp_path):
     train, holdout, _ = data
-    common = dict(objective="robust_kd", max_steps=12, dro_update_every=2, save_strategy="steps", save_steps=4)
+    common = dict(
+        objective="robust_kd", max_steps=12, dro_update_every=2, save_strategy="steps", save_steps=4
+    )
 
     def make(out, callbacks=None):
         return DistillationTrainer(
@@ -172,7 +187,10 @@ def test_resume_refuses_a_checkpoint_without_objective_state(data, teacher, tmp_
 def test_teacher_is_frozen_in_eval_mode_and_not_wrapped(data, teacher, tmp_path):
     train, _, _ = data
     trainer = DistillationTrainer(
-        model=make_vit(), args=tiny_args(tmp_path, teacher_dtype="bfloat16"), teacher=teacher, train_dataset=train
+        model=make_vit(),
+        args=tiny_args(tmp_path, teacher_dtype="bfloat16"),
+        teacher=teacher,
+        train_dataset=train,
     )
     assert not trainer.teacher.training
     assert all(not p.requires_grad for p in trainer.teacher.parameters())
@@ -197,7 +215,9 @@ def test_teacher_with_reordered_labels_is_mapped(data, tmp_path):
         reordered.classifier.bias.copy_(teacher.classifier.bias[perm])
     losses = []
     for t in (teacher, reordered):
-        trainer = DistillationTrainer(model=make_vit(seed=0), args=tiny_args(tmp_path), teacher=t, train_dataset=train)
+        trainer = DistillationTrainer(
+            model=make_vit(seed=0), args=tiny_args(tmp_path), teacher=t, train_dataset=train
+        )
         losses.append(trainer.compute_loss(trainer.model, dict(batch)).item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
@@ -205,7 +225,9 @@ def test_teacher_with_reordered_labels_is_mapped(data, tmp_path):
 def test_teacher_with_other_classes_is_refused(data, tmp_path):
     train, _, _ = data
     other = make_vit(names=["cat", "dog", "horse"])
-    with pytest.raises(ValueError, match=r"only in the student: \['bird'\], only in the teacher: \['horse'\]"):
+    with pytest.raises(
+        ValueError, match=r"only in the student: \['bird'\], only in the teacher: \['horse'\]"
+    ):
         DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path), teacher=other, train_dataset=train)
 
 
@@ -213,7 +235,10 @@ def test_bad_setups_fail_before_training(data, teacher, tmp_path):
     train, _, _ = data
     with pytest.raises(ValueError, match="needs a holdout split"):
         DistillationTrainer(
-            model=make_vit(), args=tiny_args(tmp_path, objective="ada_alpha"), teacher=teacher, train_dataset=train
+            model=make_vit(),
+            args=tiny_args(tmp_path, objective="ada_alpha"),
+            teacher=teacher,
+            train_dataset=train,
         )
     with pytest.raises(ValueError, match="distils from a teacher"):
         DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path, objective="kd"), train_dataset=train)
@@ -224,16 +249,24 @@ def test_bad_setups_fail_before_training(data, teacher, tmp_path):
 
 
 def test_cached_teacher_column_checks(data, tmp_path):
+    from hf_fairkd.teacher_cache import build_teacher_cache
+
     train, _, _ = data
     plain = train.with_format(None)
+    handmade = plain.add_column("teacher_logits", [[0.0, 1.0, 2.0]] * len(plain)).with_format("torch")
+    with pytest.raises(ValueError, match="no teacher-cache record"):
+        DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path, max_steps=1), train_dataset=handmade)
+    trainer = DistillationTrainer(
+        model=make_vit(),
+        args=tiny_args(tmp_path, max_steps=1),
+        train_dataset=build_teacher_cache(train, make_vit(seed=4)),
+    )
     wrong = plain.add_column("teacher_logits", [[0.0, 1.0]] * len(plain)).with_format("torch")
-    trainer = DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path, max_steps=1), train_dataset=wrong)
     with pytest.raises(ValueError, match="Teacher logits have 2 classes but the student has 3"):
-        trainer.train()
+        trainer.evaluate(wrong)  # eval datasets are not checked at start-up, so the per-batch checks fire
     bad = plain.add_column("teacher_logits", [[0.0, float("nan"), 1.0]] * len(plain)).with_format("torch")
-    trainer = DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path, max_steps=1), train_dataset=bad)
     with pytest.raises(ValueError, match="Non-finite teacher logits in the batch at step 0"):
-        trainer.train()
+        trainer.evaluate(bad)
 
 
 def test_posthoc_balanced_teacher_shifts_the_bias(data, tmp_path):
