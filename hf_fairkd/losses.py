@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+
 def _float(x: torch.Tensor) -> torch.Tensor:
     """At least float32 (half-precision logits lose too much in a log-softmax); float64 stays float64."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()

@@ -40,6 +40,7 @@ RECIPE_TRAINING_DEFAULTS = {
     "report_to": "none",
     "remove_unused_columns": False,
     "dataloader_num_workers": 0,
+    "dataloader_pin_memory": torch.cuda.is_available(),  # pinning needs an accelerator; on a CPU it only warns
 }
 
 
@@ -171,17 +172,24 @@ def parse_recipe_args(dataclass_types, argv: list[str] | None = None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def check_processes(state) -> None:
+    """Refuse a multi-process launch in which every process would train alone (CPU without --use_cpu)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > state.num_processes:
+        raise ValueError(
+            f"Launched as {launched} processes but each would train alone (no GPU and --use_cpu is off): pass "
+            "--use_cpu true, or launch one process."
+        )
+
+
 def check_output_dir(output_dir: str, *, overwrite: bool, resuming: bool) -> None:
     """Refuse to mix two runs in one folder; nothing is ever deleted here."""
     path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--output_dir {output_dir} is a file; pass a folder path.")
+    check_writable(path, what="--output_dir")
     if not path.exists():
         return
-    if not path.is_dir():
-        raise ValueError(f"--output_dir {output_dir} is a file; pass a folder path.")
-    if not os.access(path, os.W_OK):
-        raise ValueError(
-            f"--output_dir {output_dir} is not writable; choose another folder or fix its permissions."
-        )
     entries = sorted(p.name for p in path.iterdir())
     if entries and not overwrite and not resuming:
         raise ValueError(
@@ -189,6 +197,48 @@ def check_output_dir(output_dir: str, *, overwrite: bool, resuming: bool) -> Non
             "Pass --overwrite_output_dir to write over it, --resume_from_checkpoint to continue it, or choose another "
             "--output_dir. Nothing was deleted."
         )
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Create (and remove) a probe file in ``path``, or in its nearest existing parent, before any training.
+
+    `os.access` is not enough: it says yes to root on a read-only mount, and the first real write would come
+    only after the teacher has trained.
+    """
+    import tempfile
+
+    probe_dir = path
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"{what} {path} is not writable ({probe_dir}: {err.strerror or err}); choose another folder, or fix "
+            "its permissions or free space."
+        ) from None
+
+
+DISK_FULL_MESSAGE = (
+    "error: writing the outputs failed ({reason}). Free disk space, raise the quota / file-size limit or fix the "
+    "permissions (or pass another --output_dir), then re-run with --resume_from_checkpoint true to continue from the "
+    "last complete checkpoint. The card, metrics file and plot are written atomically: none is left half-written."
+)
+
+
+def disk_write_failure(err: BaseException) -> str | None:
+    """The reason when ``err`` is a failed write (full disk, file-size limit, quota, read-only), else None."""
+    import errno
+    import re
+
+    codes = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES}
+    if isinstance(err, OSError) and err.errno in codes:
+        return err.strerror + (f": {err.filename}" if err.filename else "")
+    match = re.search(r"I/O error: (.+?) \(os error (\d+)\)", str(err))  # how safetensors (Rust) reports them
+    if match and int(match.group(2)) in codes:
+        return match.group(1)
+    return None
 
 
 def resolved_config(*dataclass_objects) -> dict:
@@ -214,7 +264,7 @@ def load_data(data_args: DataArguments):
     from .data import load_long_tailed, long_tail_info
 
     holdout = data_args.holdout_per_class
-    if holdout is not None and holdout >= 1:
+    if holdout is not None and (holdout >= 1 or holdout == 0):  # 0: no holdout (the CLI parses floats)
         if holdout != int(holdout):
             raise ValueError(
                 f"--holdout_per_class {holdout} must be a whole number of rows, or a fraction below 1."
@@ -238,8 +288,58 @@ def load_data(data_args: DataArguments):
         )
     for split in ("train", "test"):
         if len(splits[split]) == 0:
-            raise ValueError(f"The {split} split of {data_args.dataset_name} is empty.")
+            raise ValueError(
+                f"The {split} split of {data_args.dataset_name} is empty; supply a dataset whose {split} split has "
+                "rows (without a 'test' split, a balanced one is carved from train)."
+            )
+    check_images(splits, info.image_column)
     return splits, info
+
+
+def check_images(splits, image_column: str) -> None:
+    """Decode every image once, before any training: a corrupt file (e.g. a truncated JPEG) fails here, by
+    name, instead of inside a data loader hours later."""
+    import io
+
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    for name, split in splits.items():
+        if not isinstance(split.features.get(image_column), ImageFeature) or not len(split):
+            continue
+        raw = split.select_columns([image_column]).cast_column(image_column, ImageFeature(decode=False))
+        row = 0
+        for batch in raw.iter(batch_size=256):
+            for value in batch[image_column]:
+                where = (value or {}).get("path") or "bytes embedded in the dataset"
+                try:
+                    if not value or not (value.get("bytes") or value.get("path")):
+                        raise ValueError("the row has no image")
+                    source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+                    with Image.open(source) as image:
+                        image.load()
+                except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
+                    raise ValueError(
+                        f"Image {row} of the {name} split ({where}) cannot be decoded: {type(err).__name__}: {err}. "
+                        "Replace or remove that file (or filter the row out of the dataset), then re-run."
+                    ) from None
+                row += 1
+
+
+def check_holdout(objectives: dict[str, str], args: DistillationArguments, info) -> None:
+    """Refuse, before any training, objectives that read the holdout (teacher reliability, class-DRO) when the
+    holdout is empty. ``objectives`` maps the flag that chose each objective to its name."""
+    from .objectives import get_objective
+
+    if sum(info.holdout_counts):
+        return
+    counts = torch.tensor(info.train_counts, dtype=torch.float64)
+    for flag, name in objectives.items():
+        if get_objective(name)(args, counts).needs_holdout:
+            raise ValueError(
+                f"{flag} {name} needs a holdout split (teacher reliability or class-DRO updates) but the holdout is "
+                "empty: set --holdout_per_class to 1 or more (or a fraction below 1), or choose another objective."
+            )
 
 
 def make_image_processor(model_args: ModelArguments):
@@ -536,12 +636,16 @@ def write_run_config(output_dir: str, config: dict) -> None:
 
 def evaluation_trainer(model, args: DistillationArguments, splits, processor=None):
     """A trainer that only predicts (objective erm: no teacher needed), for a model trained elsewhere."""
+    import atexit
+    import shutil
     import tempfile
 
     from .trainer import DistillationTrainer
 
-    # an output folder of its own that nobody reads: prediction writes nothing there
-    eval_args = stage_args(args, objective="erm", output_dir=tempfile.mkdtemp(prefix="hf_fairkd_eval_"))
+    # an output folder of its own that nobody reads (prediction writes nothing there), removed at exit
+    folder = tempfile.mkdtemp(prefix="hf_fairkd_eval_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    eval_args = stage_args(args, objective="erm", output_dir=folder)
     return DistillationTrainer(
         model=model, args=eval_args, class_counts=splits.class_counts, processing_class=processor
     )

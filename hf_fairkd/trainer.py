@@ -6,9 +6,12 @@ training loop, evaluation loop, saving and pushing stay the Trainer's own.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,6 +55,87 @@ def class_counts_from_dataset(dataset, num_classes: int) -> torch.Tensor:
             "set the student's num_labels / id2label to the dataset's classes."
         )
     return torch.tensor(np.bincount(labels, minlength=num_classes), dtype=torch.float64)
+
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE_FILE = "trainer_state.json"  # the Trainer writes it last: its presence marks a finished save
+
+
+def checkpoint_problem(folder: str | os.PathLike, required: tuple[str, ...] = ()) -> str | None:
+    """Why ``folder`` is not a complete checkpoint, or None if it is.
+
+    A kill mid-save leaves files missing or cut short: trainer_state.json is written last, a safetensors header
+    must cover its whole file, and torch pickles are zip archives whose directory sits at their very end.
+    """
+    import zipfile
+
+    from safetensors import safe_open
+
+    path = Path(folder)
+    names = sorted(p.name for p in path.iterdir() if p.is_file())
+    for name in (TRAINER_STATE_FILE, *required):
+        if name not in names:
+            return f"it has no {name} (its save was interrupted)"
+    for name in names:
+        file = path / name
+        try:
+            if name.endswith(".json"):
+                json.loads(file.read_text(encoding="utf-8"))
+            elif name.endswith(".safetensors"):
+                with safe_open(file, framework="pt"):
+                    pass
+            elif name.endswith((".pt", ".pth", ".bin")) and not zipfile.is_zipfile(file):
+                return f"{name} is truncated (not a complete torch archive)"
+        except Exception as err:  # noqa: BLE001 - any read failure means the file is broken
+            return f"{name} is unreadable ({type(err).__name__}: {err})"
+    return None
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """checkpoint-<step> sub-folders of ``folder``, oldest step first."""
+    if not folder.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(resume, output_dir: str, required: tuple[str, ...] = ()) -> str | None:
+    """The checkpoint to resume from, given `Trainer.train`'s ``resume_from_checkpoint``.
+
+    None / False / "false": none. True / "true": the latest complete checkpoint of ``output_dir``; a folder of
+    checkpoints: its latest complete one. Incomplete checkpoints (a kill mid-save) are skipped with a warning;
+    if none is complete, training starts from step 0 (what an uninterrupted run does). A checkpoint folder
+    named explicitly must be complete, else a ValueError says why.
+    """
+    text = str(resume).strip().lower() if isinstance(resume, bool | str) else None
+    if resume is None or text in ("false", "", "none"):
+        return None
+    if text == "true":
+        search = Path(output_dir)
+    else:
+        search = Path(resume)
+        if not search.is_dir():
+            raise ValueError(
+                f"--resume_from_checkpoint {resume} is not a folder: pass a checkpoint-<step> folder, the output "
+                "directory holding them, or true (the latest complete checkpoint of --output_dir)."
+            )
+        if not _checkpoints(search):  # a single checkpoint, named explicitly
+            problem = checkpoint_problem(search, required)
+            if problem:
+                raise ValueError(
+                    f"Checkpoint {resume} is incomplete: {problem}. Resume from an earlier checkpoint, or pass "
+                    f"--resume_from_checkpoint {search.parent} (or true) to use the latest complete one."
+                )
+            return str(search)
+    for candidate in reversed(_checkpoints(search)):
+        problem = checkpoint_problem(candidate, required)
+        if problem is None:
+            return str(candidate)
+        logger.warning("Skipping incomplete checkpoint %s: %s. Trying the one before it.", candidate, problem)
+    logger.warning("No complete checkpoint in %s: training starts from step 0.", search)
+    return None
 
 
 class DistillationTrainer(Trainer):
@@ -334,7 +418,12 @@ class DistillationTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if "loss" in logs else "eval"
-        averaged = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        averaged = {k: sum(v) / len(v) for k, v in sorted(self._metrics[mode].items()) if v}
+        if averaged and self.accelerator.num_processes > 1:
+            # every process logs (the Trainer calls log on all of them) and holds the same keys: average the
+            # components over processes, as the Trainer does for 'loss'
+            values = torch.tensor(list(averaged.values()), dtype=torch.float64, device=self.args.device)
+            averaged = dict(zip(averaged, self.accelerator.reduce(values, reduction="mean").tolist()))
         if mode == "eval":
             averaged = {f"eval_{k}": v for k, v in averaged.items()}
         if "class_weight_argmax" in averaged:  # a class id, not something to average
@@ -345,18 +434,22 @@ class DistillationTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
-        from safetensors.torch import save_file
+        # The objective state goes in FIRST: the Trainer writes trainer_state.json last and only then rotates
+        # old checkpoints, so a folder with trainer_state.json is complete (see `checkpoint_problem`).
+        if self.args.should_save:
+            from safetensors.torch import save_file
 
-        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.objective.state_dict().items()}
-        tmp = os.path.join(folder, OBJECTIVE_STATE_NAME + ".tmp")
-        save_file(
-            state, tmp, metadata={"objective": self.objective.name, "last_dro_step": str(self._last_dro_step)}
-        )
-        os.replace(tmp, os.path.join(folder, OBJECTIVE_STATE_NAME))
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            stale = os.path.join(folder, TRAINER_STATE_FILE)  # left by an earlier, interrupted run
+            if os.path.exists(stale):
+                os.remove(stale)
+            state = {k: v.detach().cpu().contiguous() for k, v in self.objective.state_dict().items()}
+            tmp = os.path.join(folder, OBJECTIVE_STATE_NAME + ".tmp")
+            metadata = {"objective": self.objective.name, "last_dro_step": str(self._last_dro_step)}
+            save_file(state, tmp, metadata=metadata)
+            os.replace(tmp, os.path.join(folder, OBJECTIVE_STATE_NAME))
+        super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -424,9 +517,10 @@ class DistillationTrainer(Trainer):
     def create_model_card(self, **kwargs) -> None:
         """Write the subgroup card, metrics file and plot (the recipe sets `subgroup_metrics`; otherwise the
         student is evaluated on `eval_dataset`). Without either, the stock Trainer card is written."""
+        # predict() needs every process, so the metrics come before the rank-0 check
+        metrics = self.subgroup_metrics or self._metrics_from_eval_dataset()
         if not self.is_world_process_zero():
             return
-        metrics = self.subgroup_metrics or self._metrics_from_eval_dataset()
         if metrics is None:
             logger.warning("No subgroup metrics and no eval_dataset: writing the generic Trainer model card.")
             super().create_model_card(**kwargs)
@@ -482,9 +576,9 @@ class DistillationTrainer(Trainer):
 
         repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
         self.save_model(_internal_call=True)
+        self.create_model_card(**kwargs)  # on every process: it may evaluate, which needs all of them
         if not self.is_world_process_zero():
             return None
-        self.create_model_card(**kwargs)
         return push_output_dir(
             self.args.output_dir,
             repo_id,
@@ -494,9 +588,20 @@ class DistillationTrainer(Trainer):
             **({"commit_message": commit_message} if commit_message else {}),
         )
 
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """No pushes during training. The stock one uploads a pickle of the arguments (`hub_token` in clear),
+        the teacher/ and baseline/ folders and half-trained weights without a card; `push_to_hub` publishes the
+        finished output in one commit instead."""
+        if not getattr(self, "_said_no_checkpoint_push", False):
+            logger.info("Checkpoints are not pushed to the Hub; the finished student is, in one commit.")
+            self._said_no_checkpoint_push = True
+
     # ------------------------------------------------------------------------------------------ after training
-    def train(self, *args, **kwargs):
-        output = super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`Trainer.train`, resuming only from a complete checkpoint (`resolve_checkpoint`)."""
+        required = (OBJECTIVE_STATE_NAME,) if self.objective.state_dict() else ()
+        resume = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir, required)
+        output = super().train(resume, *args, **kwargs)
         self.apply_posthoc_adjustment()
         return output
 

@@ -38,6 +38,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     from hf_fairkd.teacher import label_permutation, load_teacher
 
     state = PartialState()
+    pipeline.check_processes(state)
     logging.basicConfig(
         level=logging.INFO if state.is_main_process else logging.WARNING, format="%(message)s"
     )
@@ -52,6 +53,10 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
 
     # ---- data
     splits, info = pipeline.load_data(data_args)
+    trained_here = (
+        {} if model_args.teacher_model_name_or_path else {"--teacher_objective": model_args.teacher_objective}
+    )
+    pipeline.check_holdout({"--objective": args.objective, **trained_here}, args, info)
     say(
         f"Dataset {data_args.dataset_name}: {len(info.class_names)} classes, {sum(info.train_counts)} training rows "
         f"(rho={info.imbalance_factor:g}, {info.profile}), holdout {sum(info.holdout_counts)}, test "
@@ -167,3 +172,9 @@ if __name__ == "__main__":
     except ValueError as err:  # bad input: a clear message, no traceback wall
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:  # a full disk mid-run: say so, and how to continue
+        reason = pipeline.disk_write_failure(err)
+        if reason is None:
+            raise
+        print(pipeline.DISK_FULL_MESSAGE.format(reason=reason), file=sys.stderr)
+        sys.exit(1)

@@ -39,6 +39,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     from hf_fairkd.io_utils import atomic_write_json
 
     state = PartialState()
+    pipeline.check_processes(state)
     logging.basicConfig(
         level=logging.INFO if state.is_main_process else logging.WARNING, format="%(message)s"
     )

@@ -54,7 +54,9 @@ def test_card_and_metrics_read_back_as_data(pushed):
     assert "knowledge-distillation" in card.data.tags and card.data.library_name == "transformers"
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results["worst_class_accuracy"] == pytest.approx(metrics["student"]["worst_class_accuracy"])
-    for name, count, row in zip(metrics["class_names"], metrics["train_counts"], metrics["student"]["per_class"]):
+    for name, count, row in zip(
+        metrics["class_names"], metrics["train_counts"], metrics["student"]["per_class"]
+    ):
         assert f"\n| {name} | {count} | {row['support']} |" in card.text  # one per-class table row per class
     remote = hf_fairkd.load_subgroup_metrics(REPO)
     assert remote == json.loads((out / "subgroup_metrics.json").read_text())

@@ -72,7 +72,9 @@ def test_label_smoothing_and_kd_pt_targets():
 def test_class_similarity_targets_rows_are_softmaxed_cosines():
     w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     sim = losses.class_similarity_targets(w, rho=0.5)
-    cos = np.array([[1, 0, 1 / math.sqrt(2)], [0, 1, 1 / math.sqrt(2)], [1 / math.sqrt(2), 1 / math.sqrt(2), 1]])
+    cos = np.array(
+        [[1, 0, 1 / math.sqrt(2)], [0, 1, 1 / math.sqrt(2)], [1 / math.sqrt(2), 1 / math.sqrt(2), 1]]
+    )
     np.testing.assert_allclose(sim.numpy(), np_softmax(cos, 0.5), rtol=1e-5)
 
 
@@ -87,7 +89,9 @@ def test_alpha_mappings():
         torch.tensor([0.0, 0.8, 0.8]),
     )
     # all classes equally reliable: normalisation has nothing to spread, keep the full weight
-    torch.testing.assert_close(losses.alpha_from_reliability(torch.ones(3), mapping="normalized"), torch.ones(3))
+    torch.testing.assert_close(
+        losses.alpha_from_reliability(torch.ones(3), mapping="normalized"), torch.ones(3)
+    )
 
 
 def test_smoothed_recall_shrinks_small_classes_toward_overall():
@@ -142,7 +146,9 @@ def test_dro_weights_and_offsets():
     w_uniform = losses.dro_class_weights(lam, prior, tradeoff=0.0, base="uniform")
     torch.testing.assert_close(w_uniform, torch.full((3,), 1 / 3))
     # b = 0 with the prior base and tau = 1: c = pi / pi = 1, no offset, plain KD
-    offsets = losses.dro_logit_offsets(losses.dro_class_weights(lam, prior, tradeoff=0.0), prior.log(), tau=1.0)
+    offsets = losses.dro_logit_offsets(
+        losses.dro_class_weights(lam, prior, tradeoff=0.0), prior.log(), tau=1.0
+    )
     torch.testing.assert_close(offsets, torch.zeros(3), atol=1e-6, rtol=0)
     # uniform weights and tau = 1: offsets = log pi + log m, i.e. logit adjustment up to a constant
     off_u = losses.dro_logit_offsets(torch.full((3,), 1 / 3), prior.log(), tau=1.0)

@@ -86,9 +86,17 @@ def run(name, a, teacher_logits=T, reliability=None, similarity=None):
 
 
 def test_registry_names_and_split():
-    assert {"ce", "kd", "ada_alpha", "ada_margin", "balanced_kd", "robust_kd", "label_smoothing", "kd_pt", "kd_sim"} <= set(
-        STUDENT_OBJECTIVES
-    )
+    assert {
+        "ce",
+        "kd",
+        "ada_alpha",
+        "ada_margin",
+        "balanced_kd",
+        "robust_kd",
+        "label_smoothing",
+        "kd_pt",
+        "kd_sim",
+    } <= set(STUDENT_OBJECTIVES)
     assert set(TEACHER_OBJECTIVES) == {"erm", "balanced", "dro"}
     assert hf_fairkd.available_objectives() == hf_fairkd.objectives.names() == sorted(OBJECTIVES)
     with pytest.raises(ValueError, match="Registered objectives: .*robust_kd"):
@@ -106,7 +114,9 @@ def test_kd_both_conventions(convention):
     _, out = run("kd", args(kd_convention=convention))
     expected = kd_hand(S.numpy(), T.numpy(), Y, 0.4, 2.0, convention)
     np.testing.assert_allclose(out.per_example.numpy(), expected, rtol=1e-6)
-    np.testing.assert_allclose((out.components["one_hot"] + out.components["distill"]).numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        (out.components["one_hot"] + out.components["distill"]).numpy(), expected, rtol=1e-6
+    )
 
 
 def test_kd_with_prior_adjusted_teacher():
@@ -125,27 +135,42 @@ def test_ada_alpha_class_level(mapping):
         "normalized": 0.8 * (r - r.min()) / (r.max() - r.min()),
         "threshold": 0.8 * (r >= 0.5),
     }[mapping][Y.numpy()]
-    np.testing.assert_allclose(out.per_example.numpy(), kd_hand(S.numpy(), T.numpy(), Y, a, 2.0, "hinton"), rtol=1e-6)
+    np.testing.assert_allclose(
+        out.per_example.numpy(), kd_hand(S.numpy(), T.numpy(), Y, a, 2.0, "hinton"), rtol=1e-6
+    )
 
 
 def test_ada_alpha_instance_level():
     _, out = run("ada_alpha", args(ada_alpha_level="instance", ada_alpha_instance_mode="prob", alpha=0.9))
     a = 0.9 * softmax(T.numpy())[np.arange(3), Y.numpy()]
-    np.testing.assert_allclose(out.per_example.numpy(), kd_hand(S.numpy(), T.numpy(), Y, a, 2.0, "hinton"), rtol=1e-6)
+    np.testing.assert_allclose(
+        out.per_example.numpy(), kd_hand(S.numpy(), T.numpy(), Y, a, 2.0, "hinton"), rtol=1e-6
+    )
     _, out = run("ada_alpha", args(ada_alpha_level="instance", ada_alpha_instance_mode="correct", alpha=0.9))
     a = 0.9 * (T.numpy().argmax(-1) == Y.numpy())  # teacher right on rows 1? [1, 0, 2] vs [0, 2, 1] -> none
-    np.testing.assert_allclose(out.per_example.numpy(), kd_hand(S.numpy(), T.numpy(), Y, a, 2.0, "hinton"), rtol=1e-6)
+    np.testing.assert_allclose(
+        out.per_example.numpy(), kd_hand(S.numpy(), T.numpy(), Y, a, 2.0, "hinton"), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("margin_on", ["one_hot", "both"])
 def test_ada_margin_class_level(margin_on):
     r = np.array([0.9, 0.3, 0.6])
-    _, out = run("ada_margin", args(margin_on=margin_on, margin_scale=2.0, kd_convention="mix"), reliability=r.tolist())
+    _, out = run(
+        "ada_margin", args(margin_on=margin_on, margin_scale=2.0, kd_convention="mix"), reliability=r.tolist()
+    )
     u = 1 - r
     d = 2.0 * (u[:, None] - u[None, :])
     adjusted = S.numpy() + d[Y.numpy()]
     expected = kd_hand(
-        S.numpy(), T.numpy(), Y, 0.4, 2.0, "mix", s_onehot=adjusted, s_teacher=adjusted if margin_on == "both" else None
+        S.numpy(),
+        T.numpy(),
+        Y,
+        0.4,
+        2.0,
+        "mix",
+        s_onehot=adjusted,
+        s_teacher=adjusted if margin_on == "both" else None,
     )
     np.testing.assert_allclose(out.per_example.numpy(), expected, rtol=1e-6)
     # the one-hot part is the margin softmax loss log(1 + sum_{j!=y} exp(D_yj + s_j - s_y))
@@ -174,7 +199,9 @@ def test_balanced_kd_forms():
 
 def test_balanced_teacher_is_logit_adjusted_ce():
     _, out = run("balanced", args(logit_adjustment_tau=1.0))
-    np.testing.assert_allclose(out.per_example.numpy(), ce_soft(onehot(Y), S.numpy() + np.log(PRIOR)), rtol=1e-6)
+    np.testing.assert_allclose(
+        out.per_example.numpy(), ce_soft(onehot(Y), S.numpy() + np.log(PRIOR)), rtol=1e-6
+    )
     _, out = run("balanced", args(balanced_form="posthoc"))
     np.testing.assert_allclose(out.per_example.numpy(), ce_soft(onehot(Y), S.numpy()), rtol=1e-6)
 
@@ -188,14 +215,18 @@ def test_robust_kd_loss_and_update():
     q = 0.6 * onehot(Y) + 0.4 * softmax(T.numpy(), 2.0)
     np.testing.assert_allclose(out.per_example.numpy(), ce_soft(q, adjusted), rtol=1e-6)
     # one exponentiated-gradient step on a known error vector
-    obj.update(torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64), torch.tensor([4.0, 4.0, 4.0], dtype=torch.float64))
+    obj.update(
+        torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64), torch.tensor([4.0, 4.0, 4.0], dtype=torch.float64)
+    )
     raw = lam * np.exp(0.2 * np.array([0.0, 0.25, 0.75]))
     np.testing.assert_allclose(obj.multipliers.numpy(), raw / raw.sum(), rtol=1e-6)
     assert out.scalars["class_weight_min"] == pytest.approx(1 / 3)
     # the loss now follows the new weights
     w = 0.5 / 3 + 0.5 * raw / raw.sum()
     out = obj.compute(S, Y, T)
-    np.testing.assert_allclose(out.per_example.numpy(), ce_soft(q, S.numpy() - np.log(w) + np.log(PRIOR)), rtol=1e-5)
+    np.testing.assert_allclose(
+        out.per_example.numpy(), ce_soft(q, S.numpy() - np.log(w) + np.log(PRIOR)), rtol=1e-5
+    )
     # state round trip
     other = get_objective("robust_kd")(a, COUNTS)
     other.load_state_dict(obj.state_dict())
@@ -225,7 +256,9 @@ def test_tang_diagnostics():
     p = softmax(T.numpy(), 2.0)
     pt = np.repeat(((1 - p[np.arange(3), Y.numpy()]) / 2)[:, None], 3, axis=1)
     pt[np.arange(3), Y.numpy()] = p[np.arange(3), Y.numpy()]
-    np.testing.assert_allclose(out.per_example.numpy(), kd_hand(S.numpy(), None, Y, 0.4, 2.0, "mix", targets=pt), rtol=1e-6)
+    np.testing.assert_allclose(
+        out.per_example.numpy(), kd_hand(S.numpy(), None, Y, 0.4, 2.0, "mix", targets=pt), rtol=1e-6
+    )
     sim = torch.softmax(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)), -1).double()
     _, out = run("kd_sim", args(kd_convention="mix"), similarity=sim)
     targets = sim.numpy()[Y.numpy()]
@@ -260,6 +293,8 @@ def test_arguments_are_validated(tmp_path, overrides, message):
 
 
 def test_objective_params_are_recorded(tmp_path):
-    a = DistillationArguments(output_dir=str(tmp_path), report_to="none", objective="robust_kd", dro_tradeoff=0.3)
+    a = DistillationArguments(
+        output_dir=str(tmp_path), report_to="none", objective="robust_kd", dro_tradeoff=0.3
+    )
     params = a.objective_params()
     assert params["dro_tradeoff"] == 0.3 and params["alpha"] == 0.5 and "hub_token" not in params

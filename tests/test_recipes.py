@@ -31,7 +31,9 @@ def load_recipe(name):
 
 def tree_hashes(folder: Path) -> dict:
     return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
     }
 
 
@@ -108,7 +110,9 @@ def test_bad_input_fails_before_training(tmp_path, extra, message):
 def test_teacher_with_other_classes_is_refused_before_training(tmp_path):
     from hf_fairkd.pipeline import build_vit
 
-    teacher = build_vit(list("abcdefghij"), hidden_size=16, num_layers=1, num_heads=2, image_size=8, patch_size=4, seed=0)
+    teacher = build_vit(
+        list("abcdefghij"), hidden_size=16, num_layers=1, num_heads=2, image_size=8, patch_size=4, seed=0
+    )
     teacher.save_pretrained(tmp_path / "teacher")
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="do not share a label space"):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 from datasets import (
@@ -95,6 +98,20 @@ def _is_image_folder(path: str) -> bool:
     return found_image
 
 
+def _empty_saved_splits(path: str) -> list[str]:
+    """Splits of a save_to_disk folder that hold no data file (no rows)."""
+    dict_file = os.path.join(path, "dataset_dict.json")
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        splits = json.loads(Path(dict_file).read_text())["splits"] if os.path.exists(dict_file) else [""]
+        states = {split: Path(path, split, "state.json") for split in splits}
+        return [
+            s or "train"
+            for s, f in states.items()
+            if f.exists() and not json.loads(f.read_text())["_data_files"]
+        ]
+    return []  # an unusual layout: let load_from_disk report on it
+
+
 def _load_local(path: str, cache_dir: str | None):
     if os.path.isfile(path):
         ext = os.path.splitext(path)[1].lower()
@@ -104,11 +121,25 @@ def _load_local(path: str, cache_dir: str | None):
             )
         return load_dataset(_FILE_BUILDERS[ext], data_files={"train": path}, cache_dir=cache_dir)
     if any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json")):
+        empty = _empty_saved_splits(path)
+        if empty:  # datasets writes no shard for an empty split, then fails to read it back (IndexError)
+            raise ValueError(
+                f"{path!r} (saved with save_to_disk) has no rows in split(s) {empty}; add rows to them or drop "
+                "them, then save again (without a 'test' split, a balanced one is carved from train)"
+            )
         return load_from_disk(path)  # written by save_to_disk
     if _is_image_folder(path):
         return load_dataset("imagefolder", data_dir=path, cache_dir=cache_dir)
     # A Hub-like layout (README.md with configs, or plain_text/train-*.parquet etc.)
-    return load_dataset(path, cache_dir=cache_dir)
+    try:
+        return load_dataset(path, cache_dir=cache_dir)
+    except ValueError as err:
+        if "corresponds to no data" not in str(err):
+            raise
+        raise ValueError(  # datasets' own words ('Instruction "test" corresponds to no data!') name no fix
+            f"{path!r} has an empty split ({err}); add rows to it or remove its files (without a 'test' split, a "
+            "balanced one is carved from train)"
+        ) from None
 
 
 def _raw_load(name_or_path: str, cache_dir: str | None):
@@ -254,6 +285,14 @@ def load_long_tailed(
     train_src = source["train"]
     labels = read_labels(train_src, label_column)
     names = class_names_of(train_src, label_column, labels)
+    test_labels = read_labels(source["test"], label_column)
+    for split, split_labels in (("train", labels), ("test", test_labels)):
+        if len(split_labels) and split_labels.max() >= len(names):
+            raise ValueError(
+                f"label column {label_column!r} of the {split} split holds label {int(split_labels.max())} but "
+                f"there are {len(names)} class names ({names[:10]}{', ...' if len(names) > 10 else ''}); fix the "
+                "labels or the ClassLabel names so that every label is an index into them"
+            )
     keep, order, per_class = plan_long_tail(
         labels,
         len(names),
@@ -272,7 +311,6 @@ def load_long_tailed(
     train_pos, holdout_pos = plan_holdout(lt_labels, len(names), holdout_per_class, seed=seed)
     # Only now are rows selected: one select per split, on the original train split.
     train, holdout = train_src.select(keep[train_pos]), train_src.select(keep[holdout_pos])
-    test_labels = read_labels(source["test"], label_column)
     info = LongTailInfo(
         source=name_or_path,
         label_column=label_column,
