@@ -6,12 +6,9 @@ training loop, evaluation loop, saving and pushing stay the Trainer's own.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,13 +16,18 @@ from torch import nn
 from transformers import Trainer
 
 from . import teacher as teacher_lib
+from .checkpoints import (
+    OBJECTIVE_STATE_NAME,
+    read_objective_state,
+    resolve_checkpoint,
+    write_objective_state,
+)
 from .config import DistillationArguments
 from .objectives import get_objective
 from .teacher_cache import CACHE_COLUMNS, DENSE_COLUMN, cached_logits_from_batch, check_cache
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVE_STATE_NAME = "fairkd_objective_state.safetensors"
 TRAINING_ARGS_JSON = "training_args.json"
 TEACHER_LOGITS_COLUMN = DENSE_COLUMN
 # Batch keys that are not student inputs.
@@ -55,87 +57,6 @@ def class_counts_from_dataset(dataset, num_classes: int) -> torch.Tensor:
             "set the student's num_labels / id2label to the dataset's classes."
         )
     return torch.tensor(np.bincount(labels, minlength=num_classes), dtype=torch.float64)
-
-
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-TRAINER_STATE_FILE = "trainer_state.json"  # the Trainer writes it last: its presence marks a finished save
-
-
-def checkpoint_problem(folder: str | os.PathLike, required: tuple[str, ...] = ()) -> str | None:
-    """Why ``folder`` is not a complete checkpoint, or None if it is.
-
-    A kill mid-save leaves files missing or cut short: trainer_state.json is written last, a safetensors header
-    must cover its whole file, and torch pickles are zip archives whose directory sits at their very end.
-    """
-    import zipfile
-
-    from safetensors import safe_open
-
-    path = Path(folder)
-    names = sorted(p.name for p in path.iterdir() if p.is_file())
-    for name in (TRAINER_STATE_FILE, *required):
-        if name not in names:
-            return f"it has no {name} (its save was interrupted)"
-    for name in names:
-        file = path / name
-        try:
-            if name.endswith(".json"):
-                json.loads(file.read_text(encoding="utf-8"))
-            elif name.endswith(".safetensors"):
-                with safe_open(file, framework="pt"):
-                    pass
-            elif name.endswith((".pt", ".pth", ".bin")) and not zipfile.is_zipfile(file):
-                return f"{name} is truncated (not a complete torch archive)"
-        except Exception as err:  # noqa: BLE001 - any read failure means the file is broken
-            return f"{name} is unreadable ({type(err).__name__}: {err})"
-    return None
-
-
-def _checkpoints(folder: Path) -> list[Path]:
-    """checkpoint-<step> sub-folders of ``folder``, oldest step first."""
-    if not folder.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))
-    ]
-    return [p for _, p in sorted(found)]
-
-
-def resolve_checkpoint(resume, output_dir: str, required: tuple[str, ...] = ()) -> str | None:
-    """The checkpoint to resume from, given `Trainer.train`'s ``resume_from_checkpoint``.
-
-    None / False / "false": none. True / "true": the latest complete checkpoint of ``output_dir``; a folder of
-    checkpoints: its latest complete one. Incomplete checkpoints (a kill mid-save) are skipped with a warning;
-    if none is complete, training starts from step 0 (what an uninterrupted run does). A checkpoint folder
-    named explicitly must be complete, else a ValueError says why.
-    """
-    text = str(resume).strip().lower() if isinstance(resume, bool | str) else None
-    if resume is None or text in ("false", "", "none"):
-        return None
-    if text == "true":
-        search = Path(output_dir)
-    else:
-        search = Path(resume)
-        if not search.is_dir():
-            raise ValueError(
-                f"--resume_from_checkpoint {resume} is not a folder: pass a checkpoint-<step> folder, the output "
-                "directory holding them, or true (the latest complete checkpoint of --output_dir)."
-            )
-        if not _checkpoints(search):  # a single checkpoint, named explicitly
-            problem = checkpoint_problem(search, required)
-            if problem:
-                raise ValueError(
-                    f"Checkpoint {resume} is incomplete: {problem}. Resume from an earlier checkpoint, or pass "
-                    f"--resume_from_checkpoint {search.parent} (or true) to use the latest complete one."
-                )
-            return str(search)
-    for candidate in reversed(_checkpoints(search)):
-        problem = checkpoint_problem(candidate, required)
-        if problem is None:
-            return str(candidate)
-        logger.warning("Skipping incomplete checkpoint %s: %s. Trying the one before it.", candidate, problem)
-    logger.warning("No complete checkpoint in %s: training starts from step 0.", search)
-    return None
 
 
 class DistillationTrainer(Trainer):
@@ -437,18 +358,8 @@ class DistillationTrainer(Trainer):
         # The objective state goes in FIRST: the Trainer writes trainer_state.json last and only then rotates
         # old checkpoints, so a folder with trainer_state.json is complete (see `checkpoint_problem`).
         if self.args.should_save:
-            from safetensors.torch import save_file
-
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            os.makedirs(folder, exist_ok=True)
-            stale = os.path.join(folder, TRAINER_STATE_FILE)  # left by an earlier, interrupted run
-            if os.path.exists(stale):
-                os.remove(stale)
-            state = {k: v.detach().cpu().contiguous() for k, v in self.objective.state_dict().items()}
-            tmp = os.path.join(folder, OBJECTIVE_STATE_NAME + ".tmp")
-            metadata = {"objective": self.objective.name, "last_dro_step": str(self._last_dro_step)}
-            save_file(state, tmp, metadata=metadata)
-            os.replace(tmp, os.path.join(folder, OBJECTIVE_STATE_NAME))
+            write_objective_state(folder, self.objective, self._last_dro_step)
         super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -456,27 +367,9 @@ class DistillationTrainer(Trainer):
         self._reload_weights_with_key_conversion(
             resume_from_checkpoint, model if model is not None else self.model
         )
-        path = os.path.join(resume_from_checkpoint, OBJECTIVE_STATE_NAME)
-        if not os.path.exists(path):
-            if self.objective.state_dict():
-                raise ValueError(
-                    f"{resume_from_checkpoint} has no {OBJECTIVE_STATE_NAME}: it was not written by DistillationTrainer "
-                    f"with objective={self.objective.name!r}, or its save was interrupted. Resume from an earlier "
-                    "checkpoint."
-                )
-            return
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as f:
-            saved_objective = f.metadata().get("objective")
-            state = {k: f.get_tensor(k) for k in f.keys()}
-            self._last_dro_step = int(f.metadata().get("last_dro_step", -1))
-        if saved_objective != self.objective.name:
-            raise ValueError(
-                f"{resume_from_checkpoint} was saved with objective={saved_objective!r}, not {self.objective.name!r}."
-            )
-        self.objective.load_state_dict(state)
-        logger.info("Restored %s state from %s", self.objective.name, resume_from_checkpoint)
+        last_dro_step = read_objective_state(resume_from_checkpoint, self.objective)
+        if last_dro_step is not None:
+            self._last_dro_step = last_dro_step
 
     def _reload_weights_with_key_conversion(self, checkpoint: str, model: nn.Module) -> None:
         """Reload the checkpoint's weights through `from_pretrained`.

@@ -28,6 +28,8 @@ import torch  # noqa: E402
 from tiny_models import image_dataset, make_vit, tiny_args  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
+from hf_fairkd.trainer import DistillationTrainer  # noqa: E402
+
 # Shared with the test: what the run is made of.
 TRAIN_COUNTS = (24, 12, 6)
 HOLDOUT_COUNTS = (7, 6, 6)  # 19 rows: the two ranks hold 10 and 9 of them
@@ -55,7 +57,8 @@ def robust_kd_args(out_dir: Path, **overrides):
         max_grad_norm=0.0,  # no clipping: the gradients recorded are the raw ones
         logging_steps=1,
         dro_update_every=2,
-        dro_holdout_batch_size=11,  # odd: the ranks evaluate 6 and 5 holdout rows per update
+        dro_holdout_batch_size=11,  # odd: the ranks evaluate 6 and 5 holdout rows per update ...
+        per_device_eval_batch_size=5,  # ... in 2 and 1 batches: only the sums may be collective
         dro_step_size=0.5,
         dro_tradeoff=0.5,
     )
@@ -89,20 +92,24 @@ class FirstGradients(TrainerCallback):
             }
 
 
+class RecordingTrainer(DistillationTrainer):
+    """Records which training rows each of this rank's micro-batches held."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[list[float]] = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.seen.append(row_fingerprints(inputs["pixel_values"]))
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
 def main(out_dir: Path) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
     from hf_fairkd.metrics import report_to_jsonable, subgroup_report
-    from hf_fairkd.trainer import DistillationTrainer
-
-    class RecordingTrainer(DistillationTrainer):
-        """Records which training rows each of this rank's micro-batches held."""
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if model.training:
-                self.seen.append(row_fingerprints(inputs["pixel_values"]))
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     train, holdout, test = datasets()
@@ -117,10 +124,11 @@ def main(out_dir: Path) -> None:
     teacher_trainer.save_model(str(out_dir / "teacher"))
     teacher = teacher_trainer.accelerator.unwrap_model(teacher_trainer.model)
 
-    # 2. Its per-class holdout reliability (ada_alpha, class level), computed at the first step.
+    # 2. Its per-class holdout reliability (ada_alpha, class level), computed at the first step from 10 and
+    # 9 holdout rows (4 and 3 batches of 3) on the two ranks.
     reliability_trainer = DistillationTrainer(
         model=make_vit(seed=STUDENT_SEED),
-        args=tiny_args(out_dir / "ada_run", objective="ada_alpha", max_steps=1, per_device_eval_batch_size=4),
+        args=tiny_args(out_dir / "ada_run", objective="ada_alpha", max_steps=1, per_device_eval_batch_size=3),
         teacher=teacher,
         train_dataset=train,
         holdout_dataset=holdout,
@@ -138,7 +146,6 @@ def main(out_dir: Path) -> None:
         holdout_dataset=holdout,
         callbacks=[first_gradients],
     )
-    trainer.seen = []
     trainer.train()
     trainer.save_model(str(out_dir / "student"))
     rank = trainer.accelerator.process_index

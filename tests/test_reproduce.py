@@ -1,0 +1,155 @@
+"""The CIFAR-10-LT reproduction script and its table, end to end on a tiny synthetic CIFAR-like dataset.
+
+The dataset is built here with the Hub CIFAR layout (plain_text/{train,test}-*.parquet, an ``img`` Image
+column and a ``label`` ClassLabel column of the 10 CIFAR names), so the script's data path is exercised
+without reading anything outside the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import ClassLabel, Dataset, Features, Image
+from PIL import Image as PILImage
+
+REPO = Path(__file__).resolve().parent.parent
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+N_MAX, RHO, TEST_PER_CLASS = 30, 10.0, 5
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _split(per_class: int, seed: int) -> Dataset:
+    """Random 32x32 PNGs whose mean colour depends on the class (so a model can learn something)."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label in range(10):
+        for _ in range(per_class):
+            pixels = rng.integers(0, 100, size=(32, 32, 3)) + np.array([label * 15, 0, 150 - label * 15])
+            buffer = io.BytesIO()
+            PILImage.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
+            images.append({"bytes": buffer.getvalue(), "path": None})
+            labels.append(label)
+    features = Features({"img": Image(), "label": ClassLabel(names=CIFAR_NAMES)})
+    return Dataset.from_dict({"img": images, "label": labels}, features=features)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repro")
+    data = root / "cifar_like" / "plain_text"
+    data.mkdir(parents=True)
+    _split(N_MAX, seed=0).to_parquet(str(data / "train-00000-of-00001.parquet"))
+    _split(TEST_PER_CLASS, seed=1).to_parquet(str(data / "test-00000-of-00001.parquet"))
+    output = root / "out" / "cifar10_lt.json"
+    # fmt: off
+    argv = [
+        "--dataset_name", str(root / "cifar_like"), "--output", str(output), "--work_dir", str(root / "work"),
+        "--imbalance_factor", str(RHO), "--holdout_per_class", "1", "--seeds", "0", "--tradeoffs", "0", "1",
+        "--robust_tradeoff", "1", "--student_epochs", "1", "--teacher_epochs", "1", "--student_hidden", "16",
+        "--student_layers", "1", "--teacher_hidden", "32", "--teacher_layers", "1", "--num_heads", "2",
+        "--image_size", "16", "--patch_size", "8", "--batch_size", "32", "--n_bootstrap", "50",
+    ]
+    # fmt: on
+    _load("reproduce_cifar10_lt").main(argv)
+    with open(output, encoding="utf-8") as f:
+        return json.load(f), output
+
+
+def test_json_structure_and_plan(results):
+    data, _ = results
+    assert set(data) == {"runs", "config", "machine"}
+    runs, config = data["runs"], data["config"]
+    assert [r["name"] for r in runs] == config["planned_runs"]
+    teachers = [r for r in runs if r["objective"] == "teacher"]
+    assert sorted(r["params"]["teacher_objective"] for r in teachers) == ["balanced", "dro", "erm"]
+    students = {
+        (r["teacher"], r["objective"], r["params"].get("dro_tradeoff")) for r in runs if r not in teachers
+    }
+    expected = {
+        (None, "ce", None),
+        ("erm", "kd", None),
+        ("erm", "ada_alpha", None),
+        ("erm", "ada_margin", None),
+    }
+    expected |= {("erm", "balanced_kd", None), ("erm", "robust_kd", 0.0), ("erm", "robust_kd", 1.0)}
+    expected |= {(t, o, b) for t in ("balanced", "dro") for o, b in (("kd", None), ("robust_kd", 1.0))}
+    assert students == expected
+    for run in runs:
+        assert run["seed"] == 0 and run["wall_seconds"] >= 0
+        assert (run["teacher"] is None) == (run["objective"] == "ce")
+    # the exp profile, minus one holdout row per class; the test split untouched
+    profile = [math.floor(N_MAX * RHO ** (-i / 9)) for i in range(10)]
+    assert config["dataset"]["train_counts"] == [n - 1 for n in profile]
+    assert config["dataset"]["holdout_counts"] == [1] * 10
+    assert config["test_examples"] == 10 * TEST_PER_CLASS and config["test_subset"] is False
+
+
+def test_every_run_has_a_per_class_report_and_paired_delta(results):
+    data, _ = results
+    ce = next(r for r in data["runs"] if r["objective"] == "ce")
+    ce_acc = [row["accuracy"] for row in ce["report"]["per_class"]]
+    for run in data["runs"]:
+        per_class = run["report"]["per_class"]
+        assert [row["name"] for row in per_class] == CIFAR_NAMES
+        assert all(row["support"] == TEST_PER_CLASS for row in per_class)
+        predictions = np.array([int(c) for c in run["predictions"]])
+        assert run["report"]["accuracy"] == pytest.approx(np.mean(predictions == np.repeat(np.arange(10), 5)))
+        if run["objective"] == "ce":
+            assert run["delta_vs_ce"] is None
+            continue
+        if run["name"] == "erm/teacher/seed0":  # evaluated before any ce student exists
+            assert run["delta_vs_ce"] is None
+            continue
+        # paired delta = per-class accuracy difference against the same seed's one-hot student
+        deltas = [row["delta"] for row in run["delta_vs_ce"]]
+        assert deltas == pytest.approx([row["accuracy"] - a for row, a in zip(per_class, ce_acc)])
+
+
+def test_teachers_have_calibration(results):
+    data, _ = results
+    for run in (r for r in data["runs"] if r["objective"] == "teacher"):
+        cal = run["calibration"]
+        assert cal["log_loss"] > 0 and 0 <= cal["ece"] <= 1
+        assert len(cal["per_class_calibration_error"]) == 10
+        assert cal["worst_class_calibration_error"] == max(cal["per_class_calibration_error"])
+
+
+def test_robust_kd_at_b0_is_kd(results):
+    """b = 0 with the prior as base gives class weights pi, so c = pi / pi = 1: exactly the kd student."""
+    data, _ = results
+    kd = next(r for r in data["runs"] if r["name"] == "erm/kd/seed0")
+    robust0 = next(r for r in data["runs"] if r["name"] == "erm/robust_kd/b=0/seed0")
+    assert robust0["predictions"] == kd["predictions"]
+    assert robust0["dro_class_weights"] == pytest.approx(np.array(ce_prior(data)), abs=1e-5)
+
+
+def ce_prior(data) -> list[float]:
+    counts = np.array(data["config"]["dataset"]["train_counts"], dtype=float)
+    return list(counts / counts.sum())
+
+
+def test_table_and_plot_from_json_alone(results, tmp_path):
+    data, output = results
+    md, png = tmp_path / "table.md", tmp_path / "pareto.png"
+    _load("make_cifar10_lt_table").main(
+        ["--input", str(output), "--output_md", str(md), "--output_png", str(png)]
+    )
+    text = md.read_text(encoding="utf-8")
+    assert "| teacher → student |" in text and "## Teachers" in text and "## Reading" in text
+    for label in ("| ce |", "| erm → kd |", "| erm → robust_kd (b=0) |", "| dro → robust_kd (b=1) |"):
+        assert label in text
+    for teacher in ("erm", "balanced", "dro"):
+        assert f"| {teacher} |" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
