@@ -30,6 +30,7 @@ from .recipe_args import (  # noqa: F401 - the recipes reach everything through 
     disk_write_failure,
     parse_recipe_args,
     resolved_config,
+    start_run,
     yaml_to_argv,
 )
 from .reporting import build_run_metrics, format_summary, hurt_and_helped  # noqa: F401

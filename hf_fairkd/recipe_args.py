@@ -152,16 +152,31 @@ def yaml_to_argv(path: str) -> list[str]:
     return argv
 
 
-def parse_recipe_args(dataclass_types, argv: list[str] | None = None):
-    """Parse ``[config.yaml] [--overrides]`` into the dataclasses, with the recipe defaults."""
+def parse_recipe_args(dataclass_types=None, argv: list[str] | None = None, **defaults):
+    """Parse ``[config.yaml] [--overrides]`` into the dataclasses (default: model, data, distillation and run
+    arguments), with the recipe defaults and then ``defaults`` (a recipe's own) under the user's values."""
     from transformers import HfArgumentParser
 
+    from .config import DistillationArguments
+
+    dataclass_types = dataclass_types or (ModelArguments, DataArguments, DistillationArguments, RunArguments)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         argv = yaml_to_argv(argv[0]) + argv[1:]
     parser = HfArgumentParser(dataclass_types)
-    parser.set_defaults(**RECIPE_TRAINING_DEFAULTS)
+    parser.set_defaults(**{**RECIPE_TRAINING_DEFAULTS, **defaults})
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def start_run():
+    """The process state of a recipe run: checked launch, and INFO logs from the main process only."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    check_processes(state)
+    level = logging.INFO if state.is_main_process else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s")
+    return state
 
 
 def check_processes(state) -> None:

@@ -24,24 +24,15 @@ logger = logging.getLogger("distill_vit")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, args, run_args = pipeline.parse_recipe_args(
-        (pipeline.ModelArguments, pipeline.DataArguments, DistillationArguments, pipeline.RunArguments), argv
-    )
-    return run(model_args, data_args, args, run_args)
+    return run(*pipeline.parse_recipe_args(argv=argv))
 
 
 def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
-    from accelerate import PartialState
-
     from hf_fairkd.cards import save_card_and_metrics
     from hf_fairkd.objectives import get_objective
     from hf_fairkd.teacher import label_permutation, load_teacher
 
-    state = PartialState()
-    pipeline.check_processes(state)
-    logging.basicConfig(
-        level=logging.INFO if state.is_main_process else logging.WARNING, format="%(message)s"
-    )
+    state = pipeline.start_run()
     say = logger.info
     if model_args.teacher_objective not in ("erm", "balanced", "dro"):
         raise ValueError(f"--teacher_objective {model_args.teacher_objective!r}: use erm, balanced or dro.")

@@ -22,27 +22,13 @@ DEFAULT_OUTPUT_DIR = "outputs/teacher"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--output_dir" not in argv:
-        argv += ["--output_dir", DEFAULT_OUTPUT_DIR]
-    if "--objective" not in argv:
-        argv += ["--objective", "erm"]
-    model_args, data_args, args, run_args = pipeline.parse_recipe_args(
-        (pipeline.ModelArguments, pipeline.DataArguments, DistillationArguments, pipeline.RunArguments), argv
-    )
-    return run(model_args, data_args, args, run_args)
+    return run(*pipeline.parse_recipe_args(argv=argv, output_dir=DEFAULT_OUTPUT_DIR, objective="erm"))
 
 
 def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
-    from accelerate import PartialState
-
     from hf_fairkd.io_utils import atomic_write_json
 
-    state = PartialState()
-    pipeline.check_processes(state)
-    logging.basicConfig(
-        level=logging.INFO if state.is_main_process else logging.WARNING, format="%(message)s"
-    )
+    state = pipeline.start_run()
     if args.objective not in TEACHER_OBJECTIVES:
         raise ValueError(
             f"--objective {args.objective!r} is not a teacher objective; use one of {TEACHER_OBJECTIVES}."
