@@ -2,7 +2,9 @@
 
 Run from the repository root (this machine has no Hub access, so pass the local copy):
 
-    nohup python benchmarks/reproduce_cifar10_lt.py --dataset_name /work/shared/datasets/cifar10 > /tmp/repro.log 2>&1 &
+    nohup python benchmarks/reproduce_cifar10_lt.py --dataset_name /work/shared/datasets/cifar10 \
+        --teacher_epochs 8 --student_epochs 8 > /tmp/repro.log 2>&1 &
+    python benchmarks/reproduce_cifar10_lt.py benchmarks/configs/cifar10_lt_repro_gpu.yaml   # GPU, full size
     python benchmarks/make_cifar10_lt_table.py          # table + Pareto plot from the JSON alone
 
 What runs: three ViT teachers (erm, balanced, dro), each cached once on train + holdout with
@@ -68,15 +70,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="b used for the seeded robust_kd runs and for the balanced / DRO teachers.",
     )
     p.add_argument("--teachers", nargs="+", default=list(TEACHER_OBJECTIVES), choices=TEACHER_OBJECTIVES)
-    p.add_argument("--student_epochs", type=float, default=5)
-    p.add_argument("--teacher_epochs", type=float, default=6)
+    p.add_argument("--student_epochs", type=float, default=8)
+    p.add_argument("--teacher_epochs", type=float, default=10)
     p.add_argument("--student_hidden", type=int, default=64)
     p.add_argument("--student_layers", type=int, default=2)
     p.add_argument("--teacher_hidden", type=int, default=128)
     p.add_argument("--teacher_layers", type=int, default=4)
     p.add_argument("--num_heads", type=int, default=4)
     p.add_argument("--image_size", type=int, default=32)
-    p.add_argument("--patch_size", type=int, default=4)
+    p.add_argument("--patch_size", type=int, default=8)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--learning_rate", type=float, default=2e-3)
     p.add_argument("--weight_decay", type=float, default=0.05)
@@ -89,10 +91,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--dro_step_size", type=float, default=0.2)
     p.add_argument("--n_bootstrap", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared 2-core machine a 2-thread pool slowed training 2-8x).",
+    )
     p.add_argument(
         "--max_runs", type=int, default=None, help="Stop after this many new runs (timing probes)."
     )
+    p.add_argument(
+        "--extra_seeds_only",
+        action="store_true",
+        help="Run only the seeds after the first (step 3 of the plan), from the first teacher saved in --work_dir "
+        "by an earlier run: a second process can do them in parallel; combine the files with --merge.",
+    )
+    p.add_argument(
+        "--merge",
+        default=None,
+        help="Append the runs of this results JSON that --output lacks to --output, then stop (no training).",
+    )
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "auto"], help="'auto': the accelerator the Trainer finds."
+    )
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU only).")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith((".yaml", ".yml")):  # a config file first, CLI overrides after it
+        argv = pipeline.yaml_to_argv(argv[0]) + argv[1:]
     args = p.parse_args(argv)
     if not 0 <= args.robust_tradeoff <= 1 or any(not 0 <= b <= 1 for b in args.tradeoffs):
         raise ValueError("--tradeoffs and --robust_tradeoff must lie in [0, 1].")
@@ -102,49 +127,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def plan_runs(args: argparse.Namespace) -> list[dict]:
-    """Every run in execution order: a teacher, then the students distilled from it.
+    """Every run, in the order that keeps the most useful part if the budget runs out.
 
-    The ce baseline does not use a teacher; it is listed under the ERM teacher (first) so that every
-    later student can be compared with the ce of its seed.
+    1. the first teacher (normally ERM), the ce baseline and every objective from it with the first seed;
+    2. kd and robust_kd (b = --robust_tradeoff) from each other teacher, first seed;
+    3. the other seeds of ce, kd, ada_alpha and robust_kd (b = --robust_tradeoff) from the first teacher.
+    The ce baseline uses no teacher (``teacher`` None); it runs first so every student has its reference.
     """
-    runs = []
-    for teacher in args.teachers:
-        runs.append({"teacher": teacher, "objective": "teacher", "seed": 0, "dro_tradeoff": None})
-        if teacher == args.teachers[0]:
-            runs += [
-                {"teacher": None, "objective": "ce", "seed": s, "dro_tradeoff": None} for s in args.seeds
-            ]
-        if teacher == "erm":
-            for objective in SWEEP_OBJECTIVES[1:]:
-                seeds = args.seeds if objective in SEEDED_OBJECTIVES else args.seeds[:1]
-                runs += [
-                    {"teacher": teacher, "objective": objective, "seed": s, "dro_tradeoff": None}
-                    for s in seeds
-                ]
-            bs = sorted(set(args.tradeoffs) | {args.robust_tradeoff})
-            runs += [
-                {"teacher": teacher, "objective": "robust_kd", "seed": args.seeds[0], "dro_tradeoff": b}
-                for b in bs
-            ]
-            runs += [
-                {
-                    "teacher": teacher,
-                    "objective": "robust_kd",
-                    "seed": s,
-                    "dro_tradeoff": args.robust_tradeoff,
-                }
-                for s in args.seeds[1:]
-            ]
-        else:
-            runs.append({"teacher": teacher, "objective": "kd", "seed": args.seeds[0], "dro_tradeoff": None})
-            runs.append(
-                {
-                    "teacher": teacher,
-                    "objective": "robust_kd",
-                    "seed": args.seeds[0],
-                    "dro_tradeoff": args.robust_tradeoff,
-                }
-            )
+
+    def spec(teacher, objective, seed, b=None):
+        return {"teacher": teacher, "objective": objective, "seed": seed, "dro_tradeoff": b}
+
+    first, seed0 = args.teachers[0], args.seeds[0]
+    runs = [spec(first, "teacher", 0), spec(None, "ce", seed0)]
+    runs += [spec(first, objective, seed0) for objective in SWEEP_OBJECTIVES[1:]]
+    runs += [spec(first, "robust_kd", seed0, b) for b in sorted(set(args.tradeoffs) | {args.robust_tradeoff})]
+    for teacher in args.teachers[1:]:
+        runs += [
+            spec(teacher, "teacher", 0),
+            spec(teacher, "kd", seed0),
+            spec(teacher, "robust_kd", seed0, args.robust_tradeoff),
+        ]
+    if args.extra_seeds_only:
+        runs = []
+    for seed in args.seeds[1:]:
+        runs.append(spec(None, "ce", seed))
+        runs += [spec(first, objective, seed) for objective in SEEDED_OBJECTIVES[1:-1]]
+        runs.append(spec(first, "robust_kd", seed, args.robust_tradeoff))
     return runs
 
 
@@ -210,7 +219,8 @@ def training_args(args: argparse.Namespace, objective: str, seed: int, epochs: f
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        use_cpu=True,
+        use_cpu=args.device == "cpu",
+        bf16=args.bf16,
         alpha=args.alpha,
         temperature=args.temperature,
         kd_convention=args.kd_convention,
@@ -223,9 +233,14 @@ def training_args(args: argparse.Namespace, objective: str, seed: int, epochs: f
 def test_logits(model, test) -> tuple[np.ndarray, np.ndarray]:
     """Logits over the whole test split, in order (one plain forward per chunk)."""
     model.eval()
-    pixels, labels = test["pixel_values"], test["labels"]
+    rows = test[:]  # one torch batch of the whole split
+    pixels, labels = rows["pixel_values"], rows["labels"]
+    device = next(model.parameters()).device
     with torch.inference_mode():
-        logits = [model(pixel_values=pixels[i : i + 500]).logits.float() for i in range(0, len(labels), 500)]
+        logits = [
+            model(pixel_values=pixels[i : i + 500].to(device)).logits.float().cpu()
+            for i in range(0, len(labels), 500)
+        ]
     return torch.cat(logits).numpy(), labels.numpy()
 
 
@@ -315,8 +330,29 @@ def decode_predictions(run: dict) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ main
+def merge_results(output: str, other: str) -> dict:
+    """``output`` plus the runs of ``other`` it lacks (by name); both machines' records are kept."""
+    with open(output, encoding="utf-8") as f:
+        data = json.load(f)
+    with open(other, encoding="utf-8") as f:
+        extra = json.load(f)
+    names = {r["name"] for r in data["runs"]}
+    added = [r for r in extra["runs"] if r["name"] not in names]
+    data["runs"] += added
+    data["machine"]["merged_from"] = {
+        "file": os.path.basename(other),
+        "runs": [r["name"] for r in added],
+        "machine": extra["machine"],
+        "note": "a second process on the same machine, with the same settings",
+    }
+    atomic_write_json(output, data)
+    return data
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        return merge_results(args.output, args.merge)
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 

@@ -161,11 +161,16 @@ def test_cli_reports_bad_input_as_a_one_line_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "config", sorted((ROOT / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_preset_parses_on_this_machine(config):
     from hf_fairkd import pipeline
 
     model_args, data_args, args, _ = pipeline.parse_recipe_args(argv=[str(config)])
     assert args.output_dir.startswith("outputs/") and data_args.dataset_name
     if "cifar" in config.name:
-        assert data_args.imbalance_factor == 100 and model_args.teacher_hidden_size > model_args.student_hidden_size
+        assert (
+            data_args.imbalance_factor == 100
+            and model_args.teacher_hidden_size > model_args.student_hidden_size
+        )
