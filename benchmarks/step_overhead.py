@@ -16,9 +16,9 @@ shared machine) hit all four alike; medians over the timed steps are reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
+import shutil
 import statistics
 import time
 import warnings
@@ -31,6 +31,7 @@ from transformers import Trainer, TrainingArguments, ViTConfig, ViTForImageClass
 from transformers.utils import logging as hf_logging
 
 from hf_fairkd import DistillationArguments, DistillationTrainer
+from hf_fairkd.io_utils import atomic_write_json
 from hf_fairkd.teacher_cache import build_teacher_cache
 
 REPO = Path(__file__).resolve().parent.parent
@@ -212,12 +213,7 @@ def main() -> None:
         print(
             f"{name:<34}{value:>12.4f}   goal <= {GOALS[name]}: {'met' if value <= GOALS[name] else 'MISSED'}"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
-    import shutil
-
+    atomic_write_json(RESULTS, results)  # a reader never sees half a results file
     shutil.rmtree(out, ignore_errors=True)
 
 

@@ -16,9 +16,9 @@ Writes benchmarks/results/teacher_cache.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -33,6 +33,7 @@ from transformers.utils import logging as hf_logging
 
 import hf_fairkd.teacher_cache as tc
 from hf_fairkd import DistillationArguments, DistillationTrainer
+from hf_fairkd.io_utils import atomic_write_json
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "teacher_cache.json"
@@ -279,12 +280,7 @@ def main() -> None:
     print(f"{'bytes_per_example_topk':<36}{speed['bytes_per_example_topk']:>12.1f}")
     for name, value in accuracies.items():
         print(f"{'accuracy ' + name:<36}{value:>12.4f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
-    import shutil
-
+    atomic_write_json(RESULTS, results)  # a reader never sees half a results file
     shutil.rmtree(out, ignore_errors=True)
 
 
