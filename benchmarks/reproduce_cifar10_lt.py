@@ -48,6 +48,21 @@ CUTS = (
 
 
 # ------------------------------------------------------------------------------------------------ arguments
+
+
+def vit(args, class_names, role: str, seed: int):
+    """A fresh ViT of the student's or the teacher's sizes from this script's arguments."""
+    return pipeline.build_vit(
+        class_names,
+        hidden_size=getattr(args, f"{role}_hidden"),
+        num_layers=getattr(args, f"{role}_layers"),
+        num_heads=args.num_heads,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        seed=seed,
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -419,15 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
         if spec["objective"] == "teacher":
             stage = training_args(args, spec["teacher"], spec["seed"], args.teacher_epochs, work)
             trainer = pipeline.train_stage(
-                pipeline.build_vit(
-                    class_names,
-                    hidden_size=args.teacher_hidden,
-                    num_layers=args.teacher_layers,
-                    num_heads=args.num_heads,
-                    image_size=args.image_size,
-                    patch_size=args.patch_size,
-                    seed=spec["seed"] + 1,
-                ),
+                vit(args, class_names, "teacher", spec["seed"] + 1),
                 stage,
                 splits,
             )
@@ -440,15 +447,7 @@ def main(argv: list[str] | None = None) -> dict:
             extra = {} if spec["dro_tradeoff"] is None else {"dro_tradeoff": spec["dro_tradeoff"]}
             stage = training_args(args, spec["objective"], spec["seed"], args.student_epochs, work, **extra)
             trainer = pipeline.train_stage(
-                pipeline.build_vit(
-                    class_names,
-                    hidden_size=args.student_hidden,
-                    num_layers=args.student_layers,
-                    num_heads=args.num_heads,
-                    image_size=args.image_size,
-                    patch_size=args.patch_size,
-                    seed=spec["seed"],
-                ),
+                vit(args, class_names, "student", spec["seed"]),
                 stage,
                 teacher_splits.get(teacher, splits),
             )

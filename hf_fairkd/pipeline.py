@@ -236,33 +236,30 @@ def load_classifier(name_or_path: str, class_names: list[str] | None = None, tru
     )
 
 
-def student_model(model_args: ModelArguments, class_names: list[str], seed: int):
-    if model_args.student_model_name_or_path:
-        torch.manual_seed(seed)
-        return load_classifier(
-            model_args.student_model_name_or_path, class_names, model_args.trust_remote_code
-        )
+def fresh_vit(model_args: ModelArguments, class_names: list[str], role: str, seed: int):
+    """A fresh ViT of the student's or the teacher's sizes (``role``: 'student' or 'teacher')."""
     return build_vit(
         class_names,
-        hidden_size=model_args.student_hidden_size,
-        num_layers=model_args.student_num_layers,
-        num_heads=model_args.student_num_heads,
+        hidden_size=getattr(model_args, f"{role}_hidden_size"),
+        num_layers=getattr(model_args, f"{role}_num_layers"),
+        num_heads=getattr(model_args, f"{role}_num_heads"),
         image_size=model_args.image_size,
         patch_size=model_args.patch_size,
         seed=seed,
     )
 
 
+def student_model(model_args: ModelArguments, class_names: list[str], seed: int):
+    if model_args.student_model_name_or_path:
+        torch.manual_seed(seed)
+        return load_classifier(
+            model_args.student_model_name_or_path, class_names, model_args.trust_remote_code
+        )
+    return fresh_vit(model_args, class_names, "student", seed)
+
+
 def teacher_model(model_args: ModelArguments, class_names: list[str], seed: int):
-    return build_vit(
-        class_names,
-        hidden_size=model_args.teacher_hidden_size,
-        num_layers=model_args.teacher_num_layers,
-        num_heads=model_args.teacher_num_heads,
-        image_size=model_args.image_size,
-        patch_size=model_args.patch_size,
-        seed=seed + 1,
-    )
+    return fresh_vit(model_args, class_names, "teacher", seed + 1)
 
 
 # ------------------------------------------------------------------------------------------------ training
