@@ -4,8 +4,10 @@
 
 Writes benchmarks/results/cifar10_lt_table.md and benchmarks/results/cifar10_lt_pareto.png. Numbers are
 test-set percentages; "a ± s" is the mean and sample standard deviation over seeds (shown when a setting
-ran with several seeds). A "significant drop" is a class whose paired 95% bootstrap interval of
-(student - one-hot student of the same seed) lies below zero; it is not corrected for the 10 classes tested.
+ran with several seeds). A "significant drop" is a class called hurt by hf_fairkd's one rule
+(hf_fairkd.metrics.delta_verdict: exact McNemar test of the student against the one-hot student of the same
+seed, p < 0.05, student worse); it is not corrected for the 10 classes tested. Runs written before the test
+existed (no "p_value" in their rows) are not judged: re-run the reproduction to refresh them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hf_fairkd.io_utils import atomic_path, atomic_write_text  # noqa: E402
+from hf_fairkd.metrics.paired import delta_verdict  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 STUDENT_ORDER = ("ce", "kd", "ada_alpha", "ada_margin", "balanced_kd", "robust_kd")
@@ -78,7 +81,7 @@ def significant_drops(runs: list[dict]) -> dict[str, int]:
     drops = defaultdict(int)
     for run in runs:
         for row in run.get("delta_vs_ce") or []:
-            if row["ci_high"] is not None and row["ci_high"] < 0:
+            if delta_verdict(row) == "hurt":
                 drops[row["name"]] += 1
     return dict(drops)
 
@@ -122,7 +125,10 @@ def main_table(groups: dict) -> list[str]:
             worst = min(deltas, key=deltas.get) if deltas else None
             min_delta = f"{100 * deltas[worst]:+.1f} ({worst})" if worst else "n/a"
             drops = significant_drops(runs)
-            drops_text = ", ".join(f"{n} ({c}/{len(runs)})" for n, c in drops.items()) or "none"
+            tested = any("p_value" in row for r in runs for row in r.get("delta_vs_ce") or [])
+            drops_text = ", ".join(f"{n} ({c}/{len(runs)})" for n, c in drops.items()) or (
+                "none" if tested else "not tested (re-run)"
+            )
         worst_names = sorted({r["worst_class"] for r in reports})
         lines.append(
             f"| {label(key)} | {len(runs)} | {pct([r['accuracy'] for r in reports])} | "
@@ -248,7 +254,7 @@ def reading(groups: dict, teacher_runs: dict, b_robust, names: list[str], counts
     hurt = [n for n in names if n in deltas and deltas[n] < 0]
     out.append(
         f"- **Did KD hurt a rare class?** Mean per-class change kd − ce on the three rarest classes: {rare_text}. "
-        f"Classes with a lower mean: {', '.join(hurt) or 'none'}. Significant drops (paired 95% interval below 0): "
+        f"Classes with a lower mean: {', '.join(hurt) or 'none'}. Significant drops (exact McNemar p < 0.05): "
         + (", ".join(f"{n} in {c}/{len(kd)} seeds" for n, c in drops.items()) or "none")
         + "."
     )

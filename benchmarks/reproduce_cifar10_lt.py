@@ -322,6 +322,7 @@ def evaluate_run(
         labels,
         class_names=names,
         train_counts=info.train_counts,
+        shot_counts=info.long_tail_counts,  # standard shot groups: the counts before the holdout
         n_bootstrap=n_bootstrap,
         seed=0,
     )

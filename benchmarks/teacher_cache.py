@@ -9,8 +9,12 @@ Writes benchmarks/results/teacher_cache.json and prints a table.
    attach the column at the end). Repetitions are interleaved in rotating order; medians are reported.
 2. Size: Arrow bytes per example of the cache columns (dense and top-10 of 100 classes).
 3. Accuracy: a 100-class synthetic task with 20 super-classes of 5 (the teacher's probabilities carry
-   which classes are alike). A ViT teacher is trained with ERM, cached densely and as top-10, and the same
-   student (same seed) is distilled (kd) from each cache; test accuracy is reported for every variant.
+   which classes are alike). A ViT teacher is trained with ERM, cached densely and as top-10, and students
+   (seeds 0..n-1, the same seeds for every variant) are distilled (kd) from each cache at T = 1, 2 and 4,
+   each top-k fill selected the way the trainer reads it: DistillationArguments(teacher_topk_fill=...).
+   After each run the benchmark reads a batch through that trainer's own dataloader and `_split_batch` and
+   checks that the teacher logits it trained on are the ones of the fill it reports (and that the fills'
+   logits differ), so a variant that did not really run fails the benchmark instead of printing a row.
 """
 
 from __future__ import annotations
@@ -144,11 +148,11 @@ def hierarchical_task(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray
     return pixels[order].reshape(-1, 1, 8, 8).astype(np.float32), labels[order]
 
 
-# (temperature, alpha): the package defaults, and a strong-distillation setting common on CIFAR
-KD_SETTINGS = {"T2_alpha0.5": (2.0, 0.5), "T4_alpha0.9": (4.0, 0.9)}
+# (temperature, alpha): T = 1, the package defaults, and a strong-distillation setting common on CIFAR
+KD_SETTINGS = {"T1_alpha0.5": (1.0, 0.5), "T2_alpha0.5": (2.0, 0.5), "T4_alpha0.9": (4.0, 0.9)}
 
 
-def train_args(out: Path, objective: str, steps: int, temperature=2.0, alpha=0.5) -> DistillationArguments:
+def train_args(out: Path, objective: str, steps: int, seed=0, **kd) -> DistillationArguments:
     return DistillationArguments(
         output_dir=str(out),
         objective=objective,
@@ -162,11 +166,10 @@ def train_args(out: Path, objective: str, steps: int, temperature=2.0, alpha=0.5
         eval_strategy="no",
         report_to="none",
         use_cpu=True,
-        seed=0,
+        seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=True,
-        temperature=temperature,
-        alpha=alpha,
+        **kd,
     )
 
 
@@ -178,43 +181,95 @@ def accuracy(model, test: Dataset) -> float:
     return float((predictions == batch["labels"]).float().mean())
 
 
-def distillation_accuracy(steps: int, out: Path) -> dict:
+def trained_on(trainer: DistillationTrainer) -> tuple[torch.Tensor, float]:
+    """The teacher logits of the first training batch as the trainer itself reads them (its dataloader,
+    `_prepare_inputs`, `_split_batch`, hence its `teacher_topk_fill`), checked against the fill it reports;
+    and the mean mass its targets (softmax at its temperature) put outside the stored top k."""
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    _, _, logits = trainer._split_batch(batch)
+    fill = trainer.args.teacher_topk_fill
+    expected = tc.cached_logits_from_batch(batch, NUM_CLASSES, topk_fill=fill)
+    if not torch.equal(logits, expected):
+        raise AssertionError(f"the trainer did not read the cache with teacher_topk_fill={fill!r}")
+    targets = trainer.objective.teacher_probs(logits)
+    top = targets.gather(1, batch[tc.TOPK_INDICES_COLUMN].long()).sum(-1)
+    return logits, float((1 - top).mean())
+
+
+def tail_mass_estimates(cache: Dataset, logits: torch.Tensor) -> dict:
+    """Mass outside the top k at each temperature: the teacher's, and what each fill's logits give."""
+    rows = cache[:]
+    out = {}
+    for temperature in sorted({t for t, _ in KD_SETTINGS.values()}):
+        true = 1 - torch.softmax(logits.double() / temperature, -1).topk(TOP_K, -1).values.sum(-1)
+        out[f"T{temperature:g}"] = {"teacher": float(true.mean())}
+        for fill in tc.TOPK_FILLS:
+            dense = tc.cached_logits_from_batch(rows, NUM_CLASSES, topk_fill=fill).double()
+            top = torch.softmax(dense / temperature, -1).gather(1, rows[tc.TOPK_INDICES_COLUMN].long())
+            out[f"T{temperature:g}"][fill] = float((1 - top.sum(-1)).mean())
+    return out
+
+
+def distillation_accuracy(steps: int, seeds: int, out: Path) -> dict:
     train = images(*hierarchical_task(per_class=30, seed=0))
     test = images(*hierarchical_task(per_class=20, seed=1))
     teacher = vit(64, 2, 8, 1, seed=1)
     DistillationTrainer(model=teacher, args=train_args(out, "erm", 2 * steps), train_dataset=train).train()
     teacher.eval()
-    caches = {
-        "dense": tc.build_teacher_cache(train, teacher),
-        f"top{TOP_K}": tc.build_teacher_cache(train, teacher, top_k=TOP_K),
-    }
+    dense, topk = tc.build_teacher_cache(train, teacher), tc.build_teacher_cache(train, teacher, top_k=TOP_K)
     with torch.inference_mode():
         logits = teacher(pixel_values=train[:]["pixel_values"]).logits
-    results = {"teacher": accuracy(teacher, test)}
-    for temperature in (2.0, 4.0):
-        probs = torch.softmax(logits / temperature, -1)
-        results[f"teacher_top{TOP_K}_mass_at_T{temperature:g}"] = float(
-            probs.topk(TOP_K, -1).values.sum(-1).mean()
+    results = {"teacher": accuracy(teacher, test), "tail_mass": tail_mass_estimates(topk, logits)}
+    runs = []
+
+    def run(variant, setting, seed, dataset, objective="kd", **kd):
+        student = vit(32, 1, 8, 1, seed=seed, heads=2)
+        trainer = DistillationTrainer(
+            model=student, args=train_args(out, objective, steps, seed=seed, **kd), train_dataset=dataset
         )
+        loss = trainer.train().training_loss
+        row = {"variant": variant, "setting": setting, "seed": seed, "train_loss": loss}
+        row["accuracy"] = accuracy(student, test)
+        if variant.startswith("top"):
+            row["fill_used"] = trainer.args.teacher_topk_fill
+            row["_logits"], row["target_tail_mass"] = trained_on(trainer)
+        runs.append(row)
+        print(f"{variant:<24}{setting:<14}seed {seed}  {row['accuracy']:.4f}", file=sys.stderr, flush=True)
+        return row
 
-    def student_accuracy(objective, dataset, **kd) -> float:
-        student = vit(32, 1, 8, 1, seed=0, heads=2)
-        args = train_args(out, objective, steps, **kd)
-        DistillationTrainer(model=student, args=args, train_dataset=dataset).train()
-        return accuracy(student, test)
-
-    results["student_ce"] = student_accuracy("ce", train)
-    default_fill = tc.TOPK_FILL
+    for seed in range(seeds):
+        run("ce", "-", seed, train, objective="ce")
     for setting, (temperature, alpha) in KD_SETTINGS.items():
         kd = {"temperature": temperature, "alpha": alpha}
-        results[f"student_kd_dense_{setting}"] = student_accuracy("kd", caches["dense"], **kd)
-        try:
-            for fill in tc.TOPK_FILLS:
-                tc.TOPK_FILL = fill
-                key = f"student_kd_top{TOP_K}_{fill}_{setting}"
-                results[key] = student_accuracy("kd", caches[f"top{TOP_K}"], **kd)
-        finally:
-            tc.TOPK_FILL = default_fill
+        for seed in range(seeds):
+            run("dense", setting, seed, dense, **kd)
+            rows = [
+                run(f"top{TOP_K}_{fill}", setting, seed, topk, teacher_topk_fill=fill, **kd)
+                for fill in tc.TOPK_FILLS
+            ]
+            # each variant really ran: the fills reached the trainer and gave it different teacher logits
+            assert [r["fill_used"] for r in rows] == list(tc.TOPK_FILLS), rows
+            assert not torch.equal(rows[0]["_logits"], rows[1]["_logits"]), "the fills gave the same logits"
+            if temperature > 1:  # at T = 1 this teacher's tail is ~1e-4 of the mass: losses may coincide
+                assert len({r["train_loss"] for r in rows}) == len(rows), "two fills gave the same loss"
+    for row in runs:
+        row.pop("_logits", None)
+    results["runs"] = runs
+    results["mean_accuracy"] = {}
+    for setting in ["-", *KD_SETTINGS]:
+        variants = dict.fromkeys(r["variant"] for r in runs if r["setting"] == setting)
+        for variant in variants:
+            accs = [r["accuracy"] for r in runs if (r["variant"], r["setting"]) == (variant, setting)]
+            key = variant if setting == "-" else f"{variant}_{setting}"
+            results["mean_accuracy"][key] = statistics.mean(accs)
+    means = results["mean_accuracy"]
+    results["gap_points_dense_minus_topk"] = {
+        fill: {
+            f"{KD_SETTINGS[s][0]:g}": 100 * (means[f"dense_{s}"] - means[f"top{TOP_K}_{fill}_{s}"])
+            for s in KD_SETTINGS
+        }
+        for fill in tc.TOPK_FILLS
+    }
     return results
 
 
@@ -224,6 +279,7 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=15)
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--steps", type=int, default=600, help="student training steps (teacher: twice)")
+    parser.add_argument("--seeds", type=int, default=3, help="student seeds per variant (the same for each)")
     cli = parser.parse_args()
     warnings.filterwarnings("ignore")
     hf_logging.set_verbosity_error()
@@ -234,7 +290,7 @@ def main() -> None:
     speed = throughput(cli.repetitions, cli.rows)
     print(f"throughput done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     out = REPO / "benchmarks" / "results" / "_teacher_cache_tmp"
-    accuracies = distillation_accuracy(cli.steps, out)
+    accuracies = distillation_accuracy(cli.steps, cli.seeds, out)
     ratio = speed["cache_over_raw_throughput"]
     results = {
         "cache_over_raw_throughput": round(ratio, 4),
@@ -243,7 +299,7 @@ def main() -> None:
         "bytes_per_example_topk": speed["bytes_per_example_topk"],
         "top_k": TOP_K,
         "num_classes": NUM_CLASSES,
-        "accuracy": {k: round(v, 4) for k, v in accuracies.items()},
+        "accuracy": accuracies,
         "throughput": {
             k: v for k, v in speed.items() if k not in ("bytes_per_example_dense", "bytes_per_example_topk")
         },
@@ -251,7 +307,10 @@ def main() -> None:
             "throughput_teacher": "ViT hidden 128, 4 layers, image 32x32x3, patch 4, 100 classes, batch 64",
             "accuracy_task": "100 classes = 20 super-classes x 5, 8x8x1 images, 30 train / 20 test per class",
             "accuracy_teacher": f"ViT hidden 64, 2 layers, ERM, {2 * cli.steps} steps",
-            "accuracy_student": f"ViT hidden 32, 1 layer, seed 0, {cli.steps} steps, kd (hinton) in each KD_SETTING",
+            "accuracy_student": (
+                f"ViT hidden 32, 1 layer, seeds 0..{cli.seeds - 1} (init and data order), {cli.steps} steps, "
+                "kd (hinton) in each KD_SETTING, every variant on the same seeds"
+            ),
             "kd_settings": KD_SETTINGS,
             "cache_dtype": "float16",
         },
@@ -278,8 +337,14 @@ def main() -> None:
     print(f"{'map_over_slices_throughput':<36}{speed['map_over_slices_throughput']:>12.4f}")
     print(f"{'bytes_per_example_dense':<36}{speed['bytes_per_example_dense']:>12.1f}")
     print(f"{'bytes_per_example_topk':<36}{speed['bytes_per_example_topk']:>12.1f}")
-    for name, value in accuracies.items():
-        print(f"{'accuracy ' + name:<36}{value:>12.4f}")
+    print(f"{'teacher accuracy':<36}{accuracies['teacher']:>12.4f}")
+    for name, value in accuracies["mean_accuracy"].items():
+        print(f"{'mean accuracy ' + name:<48}{value:>8.4f}")
+    for fill, gaps in accuracies["gap_points_dense_minus_topk"].items():
+        print(
+            f"{'gap dense - ' + fill + ' (points)':<36}"
+            + "  ".join(f"T={t}: {g:+.2f}" for t, g in gaps.items())
+        )
     atomic_write_json(RESULTS, results)  # a reader never sees half a results file
     shutil.rmtree(out, ignore_errors=True)
 

@@ -44,7 +44,10 @@ class DistillationArguments(TrainingArguments):
         default="hinton",
         metadata=_choice(
             "'hinton': (1-a) CE(e_y, s) + a T^2 KL(p_t || softmax_T(s)); 'mix': CE((1-a) e_y + a p_t, s) with the "
-            "temperature on the teacher only (the form used by Menon et al. and Wang et al.).",
+            "temperature on the teacher only (the form used by Menon et al. and Wang et al.). Logit offsets "
+            "(balanced_kd, robust_kd, ada_margin) are on the temperature-1 scale: the Hinton term uses "
+            "softmax(s/T + offset). kd_sim's targets carry their own temperature (kd_sim_rho): its Hinton term "
+            "uses T=1 and no T^2.",
             KD_CONVENTIONS,
         ),
     )
@@ -52,7 +55,7 @@ class DistillationArguments(TrainingArguments):
         default="raw",
         metadata=_choice(
             "How teacher scores become targets: 'raw' t; 'prior_adjusted' t - tau*log(pi); 'shift' t + a "
-            "user vector.",
+            "user vector. Teacher reliability (ada_alpha, ada_margin) is measured on these same adjusted logits.",
             TEACHER_LOGIT_MODES,
         ),
     )
@@ -69,11 +72,14 @@ class DistillationArguments(TrainingArguments):
         ),
     )
     teacher_topk_fill: str = field(
-        default="renormalize",
+        default="spread",
         metadata=_choice(
-            "With a top-k teacher cache: 'renormalize' the k stored probabilities, or 'spread' the remaining mass "
-            "uniformly over the other classes.",
-            ("renormalize", "spread"),
+            "With a top-k teacher cache, how the m-k missing logits are filled. 'spread': every missing class "
+            "gets the logit v with (m-k) exp(v) = the stored mass outside the top k (exact softmax at T=1, then "
+            "tempered like any logits; measured within a point of a dense cache at T=1, 2, 4). 'renormalize': "
+            "drop the tail, softmax is the top-k distribution renormalised (warns at the temperatures where it "
+            "was measured to cost accuracy; see benchmarks/README.md).",
+            ("spread", "renormalize"),
         ),
     )
     # ada_alpha (Lukasik et al.)
@@ -92,7 +98,8 @@ class DistillationArguments(TrainingArguments):
     ada_alpha_instance_mode: str = field(
         default="prob",
         metadata=_choice(
-            "Instance level: 'prob' a(x) = alpha * p_t(y|x); 'correct' a(x) = alpha * 1[argmax t(x) = y].",
+            "Instance level: 'prob' a(x) = alpha * p_t(y|x) at T=1; 'correct' a(x) = alpha * 1[argmax t(x) = y], "
+            "both on the teacher logits after teacher_logit_mode.",
             INSTANCE_ALPHA_MODES,
         ),
     )
@@ -148,7 +155,7 @@ class DistillationArguments(TrainingArguments):
         default="label",
         metadata=_choice(
             "Per-class errors on the holdout from labels, or weighted by the teacher's probabilities (helps classes "
-            "with very few holdout examples).",
+            "with very few holdout examples; robust_kd only: the dro teacher has no teacher).",
             DRO_ERROR_WEIGHTINGS,
         ),
     )
@@ -206,13 +213,25 @@ class DistillationArguments(TrainingArguments):
             "balanced_form": BALANCED_FORMS,
             "dro_base": DRO_BASES,
             "dro_error_weighting": DRO_ERROR_WEIGHTINGS,
-            "teacher_topk_fill": ("renormalize", "spread"),
+            "teacher_topk_fill": ("spread", "renormalize"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
         if self.teacher_logit_mode == "shift" and not self.teacher_logit_shift:
             raise ValueError("teacher_logit_mode='shift' needs teacher_logit_shift (one value per class).")
+        objective_cls = OBJECTIVES[self.objective]
+        if (
+            self.dro_error_weighting == "teacher"
+            and "dro_error_weighting" in objective_cls.param_names
+            and not objective_cls.uses_teacher
+        ):
+            raise ValueError(
+                f"dro_error_weighting='teacher' weights the class-DRO holdout errors by a teacher's probabilities, "
+                f"but objective={self.objective!r} trains a teacher and has no teacher to ask (training would stop "
+                "at the first lambda update). Use dro_error_weighting='label' with this objective, or "
+                "objective='robust_kd' to distil a student with teacher-weighted errors."
+            )
         if self.balanced_form == "posthoc" and self.objective != "balanced":
             raise ValueError("balanced_form='posthoc' is a teacher option: use it with objective='balanced'.")
         if self.label_smoothing_factor:

@@ -1,7 +1,12 @@
-"""Hub I/O: push an output folder in one atomic commit, and read subgroup metrics back.
+"""Hub I/O: check the Hub before training, push an output folder in one atomic commit, read metrics back.
 
 A push never modifies the local folder and never reveals the token: every error message is scrubbed of
 it, and errors are re-raised without the original exception attached (that may carry request headers).
+Nothing here imports the HTTP library by name (httpx2 under huggingface_hub 2.x, httpx under 1.x).
+
+Push a finished output folder later (the token comes from HF_TOKEN or `hf auth login`):
+
+    python -m hf_fairkd.hub push OUTPUT_DIR user/repo [--revision BRANCH] [--private]
 """
 
 from __future__ import annotations
@@ -11,11 +16,21 @@ import json
 import logging
 import os
 import re
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_IGNORE_PATTERNS", "HubPushError", "load_subgroup_metrics", "push_output_dir"]
+__all__ = [
+    "DEFAULT_IGNORE_PATTERNS",
+    "HubPushError",
+    "finished_run_push",
+    "load_subgroup_metrics",
+    "preflight",
+    "push_command",
+    "push_output_dir",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +38,9 @@ logger = logging.getLogger(__name__)
 # files of io_utils, and the teacher / baseline models that recipes save next to the student).
 DEFAULT_IGNORE_PATTERNS = ["checkpoint-*", "runs/*", "*.tmp", "teacher/*", "baseline/*", ".git/*", ".cache/*"]
 _LOGIN_HINT = "run `hf auth login`, or pass --hub_token / set the HF_TOKEN environment variable"
-_TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{6,}")
+_TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{16,}")  # real tokens: hf_ + 34 characters; not "hf_fairkd"
+# httpx / httpx2 classes meaning "no usable answer came back" (refused, dropped, timed out, bad framing).
+_TRANSPORT_CLASSES = {"TransportError", "NetworkError", "TimeoutException", "ProtocolError", "ProxyError"}
 
 
 class HubPushError(RuntimeError):
@@ -50,14 +67,22 @@ def _status(err: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def _is_transport_error(err: BaseException) -> bool:
+    """A connection-level failure, recognised by the httpx / httpx2 class names in the exception's MRO."""
+    if isinstance(err, ConnectionError | TimeoutError):
+        return True
+    return any(
+        cls.__name__ in _TRANSPORT_CLASSES and cls.__module__.split(".")[0].startswith("httpx")
+        for cls in type(err).__mro__
+    )
+
+
 def _is_transient(err: BaseException) -> bool:
     """Server errors, rate limits and dropped/refused connections: retrying a whole commit is safe."""
-    import httpx2
-
     status = _status(err)
     if status is not None:
         return status >= 500 or status == 429
-    return isinstance(err, httpx2.TransportError | ConnectionError | TimeoutError)
+    return _is_transport_error(err)
 
 
 def _server_message(err: BaseException) -> str:
@@ -68,43 +93,71 @@ def _server_message(err: BaseException) -> str:
     return message
 
 
-def _explain(err: BaseException, repo_id: str, folder: Path, token: str, attempts: int) -> HubPushError:
-    """Turn any failure into a HubPushError whose message says what happened and how to fix it."""
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def push_command(folder: str | os.PathLike, repo_id: str, revision: str | None = None) -> str:
+    """The shell command that pushes ``folder`` to ``repo_id`` later (the token comes from the environment)."""
+    command = f"python -m hf_fairkd.hub push {shlex.quote(str(folder))} {shlex.quote(repo_id)}"
+    return command + (f" --revision {shlex.quote(revision)}" if revision not in (None, "main") else "")
+
+
+def _cause(err: BaseException, repo_id: str, token: str, attempts: int) -> str:
+    """What went wrong and how to fix it, for any failure of a Hub call about ``repo_id``."""
     from huggingface_hub.errors import HFValidationError, LocalTokenNotFoundError, RepositoryNotFoundError
 
     status = _status(err)
     detail = _scrub(_server_message(err), token)
     if isinstance(err, LocalTokenNotFoundError):
-        message = f"No Hugging Face token found to push to {repo_id!r}: {_LOGIN_HINT}."
-    elif isinstance(err, HFValidationError) or status in (400, 422):
-        message = (
+        return f"No Hugging Face token found to push to {repo_id!r}: {_LOGIN_HINT}."
+    if isinstance(err, HFValidationError) or status in (400, 422):
+        return (
             f"The Hub refused the repository name {repo_id!r}: {detail} Use 'namespace/name' with letters, "
             "digits, '-', '_' or '.' (at most 96 characters, no '--' or '..'), e.g. 'your-name/vit-kd-cifar10-lt'."
         )
-    elif status in (401, 403):
-        message = (
-            f"The Hub rejected the token (HTTP {status}) when pushing to {repo_id!r}: the token is invalid, expired "
-            f"or lacks write access to the namespace. Use a token with 'write' permission: {_LOGIN_HINT}."
+    if status in (401, 403):
+        return (
+            f"The Hub at {_endpoint()} rejected the token (HTTP {status}) when pushing to {repo_id!r}: the token "
+            f"is invalid, expired or lacks write access to the namespace. Use a token with 'write' permission: "
+            f"{_LOGIN_HINT}."
         )
-    elif isinstance(err, RepositoryNotFoundError) or status == 404:
-        message = (
+    if isinstance(err, RepositoryNotFoundError) or status == 404:
+        return (
             f"Repository {repo_id!r} was not found or is not writable with this token (HTTP {status}); check "
             f"the namespace (your user name or an organisation you can write to). {_LOGIN_HINT[0].upper()}{_LOGIN_HINT[1:]}."
         )
-    elif _is_transient(err):
-        what = f"HTTP {status}" if status else f"connection error ({type(err).__name__})"
-        message = (
-            f"Pushing to {repo_id!r} failed after {attempts} attempt(s): {what}: {detail} The commit is atomic, so "
-            f"the repo holds either all of this push or none of it, and the local output at {folder} is intact: "
-            "re-run the push (hf_fairkd.hub.push_output_dir) when the Hub is reachable."
+    if _is_transport_error(err):
+        names = {cls.__name__ for cls in type(err).__mro__}
+        refused = bool(names & {"ConnectError", "ConnectTimeout", "ProxyError", "ConnectionRefusedError"})
+        what = "could not be reached" if refused else "dropped the connection or did not answer"
+        return (
+            f"The Hub at {_endpoint()} {what} for {repo_id!r} (connection error ({type(err).__name__}) after "
+            f"{attempts} attempt(s): {detail}). Check the network or proxy, and HF_ENDPOINT if you use a mirror "
+            "or a local Hub."
+        )
+    if _is_transient(err):
+        return f"Pushing to {repo_id!r} failed after {attempts} attempt(s): HTTP {status}: {detail}"
+    return f"Pushing to {repo_id!r} failed ({type(err).__name__}: {detail})."
+
+
+def _explain(
+    err: BaseException, repo_id: str, folder: Path, token: str, attempts: int, revision: str | None = None
+) -> HubPushError:
+    """Turn any failure of a push into a HubPushError: the cause, the fix, and the command to push later."""
+    later = f"`{push_command(folder, repo_id, revision)}`"
+    if _is_transient(err):
+        tail = (
+            f"The commit is atomic, so the repo holds either all of this push or none of it, and the local output "
+            f"at {folder} is intact: re-run the push when the Hub is reachable: {later}."
         )
     else:
-        message = (
-            f"Pushing {folder} to {repo_id!r} failed ({type(err).__name__}: {detail}). The local output is "
-            "intact; fix the cause above and re-run the push."
-        )
+        tail = f"The local output at {folder} is intact; fix the cause above and re-run the push: {later}."
+    message = f"{_cause(err, repo_id, token, attempts)} {tail}"
     return HubPushError(
-        _scrub(message, token), repo_id=repo_id, status_code=status, transient=_is_transient(err)
+        _scrub(message, token), repo_id=repo_id, status_code=_status(err), transient=_is_transient(err)
     )
 
 
@@ -193,9 +246,85 @@ def push_output_dir(
 
         return _with_retries(commit, **retry)
     except Exception as err:  # noqa: BLE001 - every failure becomes one clear HubPushError
-        failure = _explain(err, repo_id, root, token, getattr(err, "hf_fairkd_attempts", 1))
+        failure = _explain(err, repo_id, root, token, getattr(err, "hf_fairkd_attempts", 1), revision)
     # Raised outside the except block so the original exception (which may hold headers) is not chained.
     raise failure
+
+
+def preflight(
+    repo_id: str, token: str | None = None, private: bool | None = None, *, folder: str | None = None
+) -> str:
+    """Before any training: check that the Hub answers, accepts the token, and has (or now creates) ``repo_id``.
+
+    Returns the full repo id ('namespace/name'). Raises :class:`HubPushError` naming the endpoint, the repo
+    and the fix; nothing is published (a new repo holds only the Hub's initial commit).
+    """
+    from huggingface_hub import HfApi, get_token
+
+    token = token or get_token()
+    endpoint = _endpoint()
+    tail = (
+        "This was checked before any training, so nothing was trained or published. Fix it and re-run, or run "
+        "without --push_to_hub (push_to_hub=False) and publish the finished output later with "
+        f"`{push_command(folder or 'OUTPUT_DIR', repo_id)}`."
+    )
+    if not token:
+        raise HubPushError(
+            f"No Hugging Face token found to push to {repo_id!r} on {endpoint}: {_LOGIN_HINT}. {tail}",
+            repo_id=repo_id,
+        )
+    api = HfApi(endpoint=endpoint, token=token, library_name="hf_fairkd")
+    try:
+        api.whoami()
+        return api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    except Exception as err:  # noqa: BLE001 - every failure becomes one clear HubPushError
+        message = _scrub(f"{_cause(err, repo_id, token, 1)} {tail}", token)
+        failure = HubPushError(
+            message, repo_id=repo_id, status_code=_status(err), transient=_is_transient(err)
+        )
+    raise failure  # outside the except block: the client error (which may hold headers) is not chained
+
+
+@contextlib.contextmanager
+def finished_run_push(folder: str | os.PathLike, contents: str = "the model, its card and metrics"):
+    """Around the final push of a finished run: a failure says the local outputs are complete and how to
+    push them later (the message of the push error already ends with the exact command)."""
+    try:
+        yield
+    except HubPushError as err:
+        failure = HubPushError(
+            f"The run finished and its outputs in {folder} are complete ({contents}), but publishing them "
+            f"failed. {err}",
+            repo_id=err.repo_id,
+            status_code=err.status_code,
+            transient=err.transient,
+        )
+    else:
+        return
+    raise failure
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hf_fairkd.hub push OUTPUT_DIR REPO_ID`: publish a finished output folder in one commit."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m hf_fairkd.hub", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    push = commands.add_parser("push", help="push OUTPUT_DIR to REPO_ID (token: HF_TOKEN or `hf auth login`)")
+    push.add_argument("output_dir")
+    push.add_argument("repo_id")
+    push.add_argument("--revision", default=None)
+    push.add_argument("--private", action="store_true", help="make the repo private if it is created")
+    args = parser.parse_args(argv)
+    try:
+        info = push_output_dir(
+            args.output_dir, args.repo_id, revision=args.revision, private=args.private or None
+        )
+    except (HubPushError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"Pushed {args.output_dir} to {args.repo_id}: {getattr(info, 'commit_url', info)}")
+    return 0
 
 
 def _read_json(path: Path) -> dict:
@@ -264,3 +393,7 @@ def load_subgroup_metrics(
             "with hf_fairkd.hub.push_output_dir."
         ) from None
     return _from_card(Path(card_path), where)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -42,7 +42,10 @@ def kl_divergence(teacher_probs: torch.Tensor, student_logits: torch.Tensor) -> 
 def hinton_kd_term(
     student_logits: torch.Tensor, teacher_probs_t: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """T^2 KL(softmax_T(t) || softmax_T(s)); the T^2 keeps gradient scale independent of T (Hinton et al.)."""
+    """T^2 KL(softmax_T(t) || softmax_T(s)); the T^2 keeps gradient scale independent of T (Hinton et al.).
+
+    A logit offset o on the temperature-1 scale enters as ``student_logits = s + T * o`` (softmax(s/T + o)).
+    """
     return temperature**2 * kl_divergence(teacher_probs_t, student_logits / temperature)
 
 
@@ -162,32 +165,29 @@ def instance_teacher_margins(
     return scale * (t - t.gather(1, labels[:, None]))
 
 
-def logit_adjustment_margins(log_prior: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """D_yj = tau * (log pi_j - log pi_y): the margin form of logit adjustment."""
-    return tau * (log_prior[None, :] - log_prior[:, None])
-
-
-def margin_logits(logits: torch.Tensor, labels: torch.Tensor, margin_rows: torch.Tensor) -> torch.Tensor:
-    """s + D_y·, with ``margin_rows`` [B, m] the margins of each example's label (``class_margins[labels]``
-    for class-level margins). D_yy is forced to 0.
-
-    CE(e_y, margin_logits) = log(1 + sum_{j != y} exp(D_yj + s_j - s_y)), the margin softmax loss.
-    """
-    rows = _float(margin_rows) - _float(margin_rows).gather(1, labels[:, None])
-    return _float(logits) + rows.to(logits.device)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Class-DRO (P2)
 # ---------------------------------------------------------------------------------------------------------
 
 
 def exponentiated_gradient_step(
-    weights: torch.Tensor, class_errors: torch.Tensor, step_size: float
+    weights: torch.Tensor, class_errors: torch.Tensor, step_size: float, seen: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """lambda_y <- lambda_y * exp(eta * err_y), renormalised to sum to one (computed in log space)."""
+    """lambda_y <- lambda_y * exp(eta * err_y), renormalised to sum to one (computed in log space).
+
+    With ``seen`` (one bool per class), only the seen classes step, and they are renormalised to the total
+    mass they held: a class with no holdout examples keeps its weight exactly instead of shrinking as if its
+    error were 0.
+    """
     log_w = torch.log(weights.double().clamp_min(1e-300)) + step_size * class_errors.double()
-    return torch.softmax(log_w, dim=0).to(weights.dtype)
+    if seen is None:
+        return torch.softmax(log_w, dim=0).to(weights.dtype)
+    seen = seen.to(device=weights.device, dtype=torch.bool)
+    stepped = weights.clone()
+    if seen.any():
+        mass = weights.double()[seen].sum()
+        stepped[seen] = (mass * torch.softmax(log_w[seen], dim=0)).to(weights.dtype)
+    return stepped
 
 
 def dro_class_weights(

@@ -265,7 +265,11 @@ def teacher_model(model_args: ModelArguments, class_names: list[str], seed: int)
 # ------------------------------------------------------------------------------------------------ training
 def stage_args(args: DistillationArguments, **changes) -> DistillationArguments:
     """A copy of the training arguments for one stage (teacher, baseline, student) of a run."""
+    from .objectives import TEACHER_OBJECTIVES
+
     changes.setdefault("push_to_hub", False)
+    if changes.get("objective") in TEACHER_OBJECTIVES:  # a teacher has no teacher to weight DRO errors by
+        changes.setdefault("dro_error_weighting", "label")
     return dataclasses.replace(args, **changes)
 
 
@@ -279,14 +283,26 @@ def train_stage(
     resume_from_checkpoint=None,
     save_dir: str | None = None,
 ):
-    """Train one model with `DistillationTrainer` and save it (with the image processor) to ``save_dir``."""
+    """Train one model with `DistillationTrainer` and save it (with the image processor) to ``save_dir``.
+
+    A stage never publishes: the recipes check the Hub before training (`hub.preflight`) and push once, at
+    the end, with `trainer.push_to_hub()`."""
     from .trainer import DistillationTrainer
 
+    if args.push_to_hub:  # no Hub call from the Trainer's constructor in the middle of a run
+        args = stage_args(args)
+
+    evaluating = args.eval_strategy != "no"  # e.g. --eval_steps: the holdout is the only split not trained on
+    if evaluating and not len(splits["holdout"]):
+        raise ValueError(
+            "--eval_strategy/--eval_steps evaluate on the holdout, which is empty: set --holdout_per_class."
+        )
     trainer = DistillationTrainer(
         model=model,
         args=args,
         teacher=teacher if get_objective_uses_teacher(args.objective) else None,
         train_dataset=splits["train"],
+        eval_dataset=splits["holdout"] if evaluating else None,
         holdout_dataset=splits["holdout"] if len(splits["holdout"]) else None,
         class_counts=splits.class_counts,
         processing_class=processor,

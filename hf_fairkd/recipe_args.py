@@ -163,9 +163,69 @@ def parse_recipe_args(dataclass_types=None, argv: list[str] | None = None, **def
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         argv = yaml_to_argv(argv[0]) + argv[1:]
+    defaults = {**RECIPE_TRAINING_DEFAULTS, **defaults}
+    explicit = explicit_arguments(HfArgumentParser(dataclass_types), argv)
+    defaults.update(implied_defaults(explicit, defaults))
     parser = HfArgumentParser(dataclass_types)
-    parser.set_defaults(**{**RECIPE_TRAINING_DEFAULTS, **defaults})
+    parser.set_defaults(**defaults)
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def explicit_arguments(parser, argv: list[str]) -> set[str]:
+    """The argument names ``argv`` sets (in any spelling argparse accepts: ``--x=1``, abbreviations, ``--no_x``)."""
+    import argparse
+
+    for action in parser._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    given, _ = parser.parse_known_args(argv)
+    return set(vars(given))
+
+
+# An interval given explicitly means its strategy is "steps" (TrainingArguments would ignore it under "no").
+STEPS_STRATEGIES = {
+    "save_steps": "save_strategy",
+    "eval_steps": "eval_strategy",
+    "logging_steps": "logging_strategy",
+}
+
+
+def implied_defaults(explicit: set[str], defaults: dict) -> dict:
+    """Defaults the user's explicit arguments imply, each said in one log line (on the main process)."""
+    implied = {}
+    for steps, strategy in STEPS_STRATEGIES.items():
+        if steps in explicit and strategy not in explicit and str(defaults.get(strategy, "steps")) != "steps":
+            implied[strategy] = "steps"
+            note(f"--{steps} given: {strategy} set to 'steps' (it was {defaults[strategy]!r}).")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and "use_cpu" not in explicit and not defaults.get("use_cpu") and not has_accelerator():
+        implied["use_cpu"] = True
+        note(
+            f"Launched as {launched} processes on a machine without a GPU: use_cpu set to true (the processes "
+            "train together on CPU, gloo backend)."
+        )
+    return implied
+
+
+def has_accelerator() -> bool:
+    """Whether a device accelerate can run several processes on (CUDA, XPU, NPU, ...) is present."""
+    if torch.cuda.is_available():
+        return True
+    from accelerate import utils
+
+    checks = (
+        "is_xpu_available",
+        "is_npu_available",
+        "is_mlu_available",
+        "is_musa_available",
+        "is_sdaa_available",
+    )
+    return any(getattr(utils, name, lambda: False)() for name in checks) or utils.is_torch_xla_available()
+
+
+def note(message: str) -> None:
+    """A warning from the main process only (logging is not configured yet when the arguments are parsed)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        logger.warning(message)
 
 
 def start_run():
@@ -184,7 +244,7 @@ def check_processes(state) -> None:
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > state.num_processes:
         raise ValueError(
-            f"Launched as {launched} processes but each would train alone (no GPU and --use_cpu is off): pass "
+            f"Launched as {launched} processes but each would train alone (no GPU and --use_cpu false): pass "
             "--use_cpu true, or launch one process."
         )
 

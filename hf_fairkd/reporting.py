@@ -15,10 +15,16 @@ def build_run_metrics(
     seed: int = 0,
 ) -> dict:
     """The subgroup_metrics.json record: a subgroup report per model, the paired student - baseline deltas,
-    the teacher's calibration, the dataset's metadata and the run's settings."""
+    the teacher's calibration, the dataset's metadata and the run's settings.
+
+    Shot groups (many / medium / few) come from ``info.long_tail_counts``, the per-class counts of the
+    long-tail profile before the holdout was carved (the standard groups, e.g. 35 / 35 / 30 on
+    CIFAR-100-LT); the per-class ``train_count`` stays the number of images actually trained on.
+    """
     from .metrics import calibration_report, paired_delta, report_to_jsonable, softmax, subgroup_report
 
     names, counts = info.class_names, info.train_counts
+    shot_counts = getattr(info, "long_tail_counts", None) or counts
     metrics = {"format_version": 1}
     for role, role_logits in logits.items():
         metrics[role] = subgroup_report(
@@ -26,6 +32,7 @@ def build_run_metrics(
             labels,
             class_names=names,
             train_counts=counts,
+            shot_counts=shot_counts,
             n_bootstrap=n_bootstrap,
             seed=seed,
         )
@@ -49,11 +56,13 @@ def build_run_metrics(
 
 
 def hurt_and_helped(metrics: dict) -> tuple[list[str], list[str]]:
-    """Classes where the student is below / above the one-hot baseline beyond the paired interval."""
-    rows = metrics.get("student_minus_baseline") or []
-    hurt = [r["name"] for r in rows if r["ci_high"] is not None and r["ci_high"] < 0]
-    helped = [r["name"] for r in rows if r["ci_low"] is not None and r["ci_low"] > 0]
-    return hurt, helped
+    """Classes the student is significantly below / above the one-hot baseline on.
+
+    The rule is :func:`hf_fairkd.metrics.paired.delta_verdict` (exact McNemar test per class, p < 0.05).
+    """
+    from .metrics.paired import hurt_and_helped_classes
+
+    return hurt_and_helped_classes(metrics.get("student_minus_baseline"))
 
 
 def format_summary(metrics: dict) -> str:
@@ -73,7 +82,7 @@ def format_summary(metrics: dict) -> str:
     hurt, helped = hurt_and_helped(metrics)
     lines.append("")
     lines.append(
-        "Classes distillation hurt (student below the one-hot baseline beyond the 95% interval): "
+        "Classes distillation hurt (student below the one-hot baseline, exact McNemar test p < 0.05): "
         + (", ".join(hurt) if hurt else "none")
     )
     lines.append("Classes it helped: " + (", ".join(helped) if helped else "none"))

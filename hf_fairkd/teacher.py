@@ -99,12 +99,3 @@ def shift_classifier_bias(model: nn.Module, shift: torch.Tensor) -> None:
 def class_similarity(model: nn.Module, rho: float) -> torch.Tensor:
     """Similarity targets from the teacher's classifier weights (Tang et al.'s KD-sim)."""
     return losses.class_similarity_targets(find_classifier(model).weight.detach(), rho)
-
-
-def teacher_recall(teacher_logits: torch.Tensor, labels: torch.Tensor, num_classes: int, pseudo_count: float):
-    """Smoothed per-class recall of the teacher on a holdout, and the raw counts behind it."""
-    correct = torch.zeros(num_classes, dtype=torch.float64).index_add_(
-        0, labels.cpu(), (teacher_logits.argmax(-1).cpu() == labels.cpu()).double()
-    )
-    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
-    return losses.smoothed_class_recall(correct, counts, pseudo_count), correct, counts

@@ -4,7 +4,8 @@
 
 * dense: ``teacher_logits``, the m logits of each row (float16 by default, or float32), or
 * top-k: ``teacher_topk_logits`` (the k largest logits), ``teacher_topk_indices`` (their class ids) and
-  ``teacher_logsumexp`` (log sum_j exp t_j over all m classes, so the mass outside the top k is known).
+  ``teacher_tail_logsumexp`` (log sum_j exp t_j over the m - k other classes: the mass outside the top k).
+  Format-1 caches stored ``teacher_logsumexp`` (over all m classes) instead; they are still read.
 
 Logits are stored in the student's label order (pass ``label_permutation`` when the teacher orders its
 classes differently). A record of where the cache comes from is one JSON line in ``info.description``
@@ -21,12 +22,11 @@ Cache or teacher? `check_cache`, which `DistillationTrainer` calls at start-up, 
   another teacher's logits is worse than failing. The fingerprint covers the weights' bytes, so the same
   teacher cast to another dtype (``teacher_dtype``) counts as another teacher.
 
-Top-k to dense (`cached_logits_from_batch`): the missing m-k logits are filled either with a large negative
-finite value (``"renormalize"``: softmax gives exactly the top-k distribution renormalised; the trainer's
-finiteness check still works) or with the value that spreads the remaining mass ``1 - sum_topk p`` evenly
-over the other classes (``"spread"``; that mass is the one at T = 1, so at T > 1 it over-weights the missing
-classes). Objectives that read raw logits rather than probabilities (the instance-level ``ada_margin``)
-should use "spread" or a dense cache.
+Top-k to dense (`cached_logits_from_batch`, in `hf_fairkd.teacher_signal`, re-exported here): the m - k
+missing logits are filled with ``teacher_topk_fill`` = ``"spread"`` (one logit for every missing class, so
+that the tail holds exactly the teacher's mass outside the top k at T = 1; the default) or ``"renormalize"``
+(the top-k distribution renormalised; `check_cache` warns at the temperatures where that was measured to
+cost accuracy). Class ids are stored as uint8 up to 256 classes, uint16 up to 65,536, int32 beyond.
 
 The cache holds the logits of the dataset's format/transform at build time: build it with the
 deterministic (evaluation) preprocessing; random training augmentation is not reflected in the cache.
@@ -34,89 +34,44 @@ deterministic (evaluation) preprocessing; random training augmentation is not re
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
-import os
-import re
-import shutil
-import tempfile
 
 import numpy as np
 import torch
 
+from .teacher_record import (  # noqa: F401  (re-exported: the public names of the cache live here)
+    _attach_record,
+    _cache_fingerprint,
+    load_teacher_cache,
+    save_teacher_cache,
+    teacher_cache_info,
+    teacher_fingerprint,
+)
+from .teacher_signal import (  # noqa: F401
+    CACHE_COLUMNS,
+    DEFAULT_TOPK_FILL,
+    DENSE_COLUMN,
+    LEGACY_TOPK_COLUMNS,
+    LOGSUMEXP_COLUMN,
+    RENORMALIZE_GAP,
+    TAIL_LOGSUMEXP_COLUMN,
+    TOPK_COLUMNS,
+    TOPK_FILLS,
+    TOPK_INDICES_COLUMN,
+    TOPK_LOGITS_COLUMN,
+    cached_logits_from_batch,
+    index_dtype,
+    topk_to_dense,
+    warn_topk_fill,
+)
+
 logger = logging.getLogger(__name__)
 
-DENSE_COLUMN = "teacher_logits"
-TOPK_LOGITS_COLUMN = "teacher_topk_logits"
-TOPK_INDICES_COLUMN = "teacher_topk_indices"
-LOGSUMEXP_COLUMN = "teacher_logsumexp"
-TOPK_COLUMNS = (TOPK_LOGITS_COLUMN, TOPK_INDICES_COLUMN, LOGSUMEXP_COLUMN)
-CACHE_COLUMNS = (DENSE_COLUMN, *TOPK_COLUMNS)
-
-TOPK_FILLS = ("renormalize", "spread")
-TOPK_FILL = "renormalize"  # module default for `cached_logits_from_batch`
 CACHE_DTYPES = ("float16", "float32")
-# Gap below the largest top-k logit for "renormalize": exp(-1e4 / T) is exactly 0 in float32 for T < ~95.
-RENORMALIZE_GAP = 1e4
-# Below this remaining mass "spread" falls back to "renormalize" (float16 rounding makes it noise).
-MIN_REST_MASS = 1e-6
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: teacher_tail_logsumexp and narrow class ids; 1 is still read
 
-_MARKER = "hf_fairkd.TeacherCache: "
-_MARKER_RE = re.compile(r"^" + re.escape(_MARKER) + r"(.*)$", re.MULTILINE)
-# Config keys that say where, how or whether a model was saved or loaded, not what it computes (the dtype is
-# in the parameters' bytes).
-_VOLATILE_CONFIG_KEYS = ("_name_or_path", "_commit_hash", "transformers_version", "architectures", "dtype")
 _LABEL_KEYS = ("labels", "label", "label_ids")
-
-
-# ------------------------------------------------------------------------------------------ fingerprints
-def teacher_fingerprint(teacher: torch.nn.Module) -> str:
-    """sha256 over the teacher's config (sorted JSON, load-location keys dropped) and every parameter and
-    buffer (name, dtype, shape, bytes). Equal for the same weights however they were loaded."""
-    digest = hashlib.sha256()
-    config = getattr(teacher, "config", None)
-    if config is not None:
-        config_dict = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
-        digest.update(json.dumps(config_dict, sort_keys=True, default=str).encode())
-    tensors = [
-        *teacher.named_parameters(remove_duplicate=False),
-        *teacher.named_buffers(remove_duplicate=False),
-    ]
-    for name, tensor in tensors:
-        data = tensor.detach().reshape(-1).cpu().contiguous()
-        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(memoryview(data.view(torch.uint8).numpy()))
-    return digest.hexdigest()
-
-
-def _cache_fingerprint(record: dict) -> str:
-    body = {k: v for k, v in record.items() if k != "cache_fingerprint"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _attach_record(dataset, record: dict) -> None:
-    line = _MARKER + json.dumps(record, sort_keys=True)
-    text = dataset.info.description or ""
-    if _MARKER_RE.search(text):
-        text = _MARKER_RE.sub(lambda _: line, text)
-    else:
-        text = f"{text}\n\n{line}" if text.strip() else line
-    dataset.info.description = text
-
-
-def teacher_cache_info(dataset) -> dict:
-    """The record `build_teacher_cache` wrote into ``dataset.info.description``."""
-    found = _MARKER_RE.search(getattr(dataset.info, "description", None) or "")
-    if found is None:
-        raise ValueError(
-            f"This dataset carries no teacher-cache record (no {_MARKER.strip()!r} line in info.description): "
-            "its cached columns were made by hand or the record was stripped. Rebuild the cache with "
-            "hf_fairkd.teacher_cache.build_teacher_cache(dataset, teacher)."
-        )
-    return json.loads(found.group(1))
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -136,9 +91,10 @@ def _as_tensor(value) -> torch.Tensor:
 class _TeacherRunner:
     """The map function: formatted batch -> model inputs -> teacher -> numpy cache columns."""
 
-    def __init__(self, teacher, collate_fn, dtype, top_k, permutation):
+    def __init__(self, teacher, collate_fn, dtype, top_k, permutation, num_classes):
         self.teacher, self.collate_fn, self.top_k, self.permutation = teacher, collate_fn, top_k, permutation
         self.np_dtype = np.float16 if dtype == "float16" else np.float32
+        self.index_dtype = np.dtype(index_dtype(num_classes))
         self.names = _forward_names(teacher)
         first = next(teacher.parameters(), None)
         self.device = first.device if first is not None else torch.device("cpu")
@@ -178,10 +134,12 @@ class _TeacherRunner:
             if self.top_k is None:
                 return {DENSE_COLUMN: logits.cpu().numpy().astype(self.np_dtype)}
             values, indices = logits.topk(self.top_k, dim=-1)
+            # the tail's own log-mass, not a full normaliser: exact however small the tail is
+            tail = torch.logsumexp(logits.scatter(1, indices, -torch.inf), dim=-1)
             return {
                 TOPK_LOGITS_COLUMN: values.cpu().numpy().astype(self.np_dtype),
-                TOPK_INDICES_COLUMN: indices.to(torch.int32).cpu().numpy(),
-                LOGSUMEXP_COLUMN: torch.logsumexp(logits, dim=-1).cpu().numpy().astype(np.float32),
+                TOPK_INDICES_COLUMN: indices.cpu().numpy().astype(self.index_dtype),
+                TAIL_LOGSUMEXP_COLUMN: tail.cpu().numpy().astype(np.float32),
             }
 
 
@@ -192,8 +150,8 @@ def _cache_features(num_classes: int, dtype: str, top_k: int | None) -> dict:
         return {DENSE_COLUMN: List(Value(dtype), length=num_classes)}
     return {
         TOPK_LOGITS_COLUMN: List(Value(dtype), length=top_k),
-        TOPK_INDICES_COLUMN: List(Value("int32"), length=top_k),
-        LOGSUMEXP_COLUMN: Value("float32"),
+        TOPK_INDICES_COLUMN: List(Value(index_dtype(num_classes)), length=top_k),
+        TAIL_LOGSUMEXP_COLUMN: Value("float32"),
     }
 
 
@@ -292,7 +250,7 @@ def build_teacher_cache(
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     part = dataset if world == 1 else dataset.shard(num_shards=world, index=rank, contiguous=True)
-    runner = _TeacherRunner(teacher, collate_fn, dtype, top_k, permutation)
+    runner = _TeacherRunner(teacher, collate_fn, dtype, top_k, permutation, num_classes)
     was_training = teacher.training
     teacher.eval()
     try:
@@ -324,12 +282,21 @@ def build_teacher_cache(
 
 # ------------------------------------------------------------------------------------------ checking
 def check_cache(
-    dataset, *, teacher=None, num_classes: int, source_fingerprint: str | None = None, id2label=None
+    dataset,
+    *,
+    teacher=None,
+    num_classes: int,
+    source_fingerprint: str | None = None,
+    id2label=None,
+    topk_fill: str | None = None,
+    temperature: float | None = None,
 ):
     """Refuse a cache that does not belong to this run; return its record (None when there is no cache).
 
     See the module docstring for the cache-versus-teacher rule. ``id2label`` (the student's) checks the
-    label order of the stored logits.
+    label order of the stored logits. With ``topk_fill`` and ``temperature`` (the run's), a top-k cache read
+    with a fill measured to cost accuracy at that temperature logs a warning once
+    (`hf_fairkd.teacher_signal.topk_fill_warning`).
     """
     columns = set(getattr(dataset, "column_names", None) or [])
     present = sorted(columns & set(CACHE_COLUMNS))
@@ -337,7 +304,8 @@ def check_cache(
         return None
     rebuild = "Rebuild the cache with hf_fairkd.teacher_cache.build_teacher_cache(dataset, teacher)"
     record = teacher_cache_info(dataset)
-    expected = [DENSE_COLUMN] if record["kind"] == "dense" else list(TOPK_COLUMNS)
+    topk = TOPK_COLUMNS if record.get("format_version", 1) >= 2 else LEGACY_TOPK_COLUMNS
+    expected = [DENSE_COLUMN] if record["kind"] == "dense" else list(topk)
     if sorted(expected) != present:
         raise ValueError(
             f"The dataset's cache columns {present} do not match its record (a {record['kind']} cache with "
@@ -369,88 +337,6 @@ def check_cache(
                 f"{rebuild[0].lower() + rebuild[1:]} using this teacher."
             )
         logger.info("The cached logits match the teacher passed: the teacher is not run on cached batches.")
+    if record["kind"] == "topk" and topk_fill is not None and temperature is not None:
+        warn_topk_fill(topk_fill, temperature, record["top_k"], record["num_classes"])
     return record
-
-
-# ------------------------------------------------------------------------------------------ saving
-def save_teacher_cache(dataset, path: str | os.PathLike) -> None:
-    """``save_to_disk`` into a temporary folder next to ``path``, then rename it into place, so an interrupted
-    save never leaves half a cache at ``path`` (call it on the main process only)."""
-    teacher_cache_info(dataset)  # refuse to save a cache without its record
-    target = os.path.abspath(os.fspath(path))
-    parent, name = os.path.split(target)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
-    try:
-        dataset.save_to_disk(tmp)
-        if os.path.exists(target):
-            # a directory cannot be renamed over a non-empty one: move the old cache aside first
-            old = tempfile.mkdtemp(prefix=f".{name}.old.", suffix=".tmp", dir=parent)
-            os.replace(target, os.path.join(old, name))
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def load_teacher_cache(path: str | os.PathLike):
-    """``load_from_disk`` of a cache saved by `save_teacher_cache`; refuses a folder without a record."""
-    from datasets import load_from_disk
-
-    dataset = load_from_disk(os.fspath(path))
-    teacher_cache_info(dataset)
-    return dataset
-
-
-# ------------------------------------------------------------------------------------------ reading
-def topk_to_dense(
-    values: torch.Tensor,
-    indices: torch.Tensor,
-    logsumexp: torch.Tensor,
-    num_classes: int,
-    fill: str = TOPK_FILL,
-) -> torch.Tensor:
-    """Dense float32 [B, m] logits from top-k logits, their class ids and the full log-normaliser."""
-    if fill not in TOPK_FILLS:
-        raise ValueError(f"Unknown top-k fill {fill!r}; use one of {TOPK_FILLS}.")
-    values = values.float()
-    k = values.shape[-1]
-    if k > num_classes:
-        raise ValueError(
-            f"The cache stores top-{k} logits but the student has {num_classes} classes. Rebuild it."
-        )
-    if k == num_classes:  # nothing to fill
-        return values.new_empty(values.shape[0], num_classes).scatter_(1, indices.long(), values)
-    floor = values.amax(dim=-1, keepdim=True) - RENORMALIZE_GAP
-    if fill == "spread":
-        # float64: the remaining mass is a difference of numbers near 1
-        lse = logsumexp.double().reshape(-1, 1)
-        rest = 1.0 - torch.exp(values.double() - lse).sum(dim=-1, keepdim=True)
-        spread = torch.log(rest.clamp_min(MIN_REST_MASS) / (num_classes - k)) + lse
-        floor = torch.where(rest > MIN_REST_MASS, spread, floor.double()).float()
-    dense = floor.expand(-1, num_classes).clone()
-    return dense.scatter_(1, indices.long(), values)
-
-
-def cached_logits_from_batch(
-    batch: dict, num_classes: int, topk_fill: str | None = None
-) -> torch.Tensor | None:
-    """Dense float32 teacher logits [B, m] from the cached columns of a collated batch; None when there are none.
-
-    ``topk_fill`` ("renormalize" or "spread") applies to top-k caches; None means the module's TOPK_FILL.
-    """
-    if DENSE_COLUMN in batch:
-        return batch[DENSE_COLUMN].float()
-    if TOPK_LOGITS_COLUMN in batch:
-        missing = [c for c in TOPK_COLUMNS if c not in batch]
-        if missing:
-            raise ValueError(
-                f"The batch has {TOPK_LOGITS_COLUMN!r} but not {missing}: keep all top-k cache columns in the "
-                "dataset and let the data collator pass them through."
-            )
-        columns = [batch[c] for c in TOPK_COLUMNS]
-        return topk_to_dense(*columns, num_classes, TOPK_FILL if topk_fill is None else topk_fill)
-    return None

@@ -106,6 +106,7 @@ class DistillationTrainer(Trainer):
             )
         self.class_counts = class_counts
         self.objective = get_objective(args.objective)(args, class_counts)
+        self.objective.check_prior([str(model.config.id2label[i]) for i in range(num_classes)])
         self._check_teacher_needs(teacher, train_dataset)
         if self.objective.needs_holdout and holdout_dataset is None:
             raise ValueError(
@@ -129,7 +130,12 @@ class DistillationTrainer(Trainer):
             ):  # refuse a cache of another teacher / label space
                 if dataset is not None:
                     check_cache(
-                        dataset, teacher=teacher, num_classes=num_classes, id2label=model.config.id2label
+                        dataset,
+                        teacher=teacher,
+                        num_classes=num_classes,
+                        id2label=model.config.id2label,
+                        topk_fill=args.teacher_topk_fill,
+                        temperature=args.temperature,
                     )
         if compute_metrics is None:
             from .metrics.trainer_metrics import SubgroupMetrics
@@ -184,8 +190,9 @@ class DistillationTrainer(Trainer):
             logits, labels = self._holdout_teacher_logits()
             correct = torch.zeros(self.objective.num_classes, dtype=torch.float64)
             counts = torch.zeros_like(correct)
-            if labels.numel():
-                correct.index_add_(0, labels.cpu(), (logits.argmax(-1).cpu() == labels.cpu()).double())
+            if labels.numel():  # measured on the teacher as the student sees it (after teacher_logit_mode)
+                right, _ = self.objective.teacher_reliability_signals(logits, labels)
+                correct.index_add_(0, labels.cpu(), right.cpu().double())
                 counts += torch.bincount(labels.cpu(), minlength=self.objective.num_classes).double()
             correct, counts = self._sum_over_processes(correct), self._sum_over_processes(counts)
             from .losses import smoothed_class_recall
@@ -347,8 +354,11 @@ class DistillationTrainer(Trainer):
             averaged = dict(zip(averaged, self.accelerator.reduce(values, reduction="mean").tolist()))
         if mode == "eval":
             averaged = {f"eval_{k}": v for k, v in averaged.items()}
-        if "class_weight_argmax" in averaged:  # a class id, not something to average
-            averaged["class_weight_argmax"] = float(self.objective.class_weights().argmax())
+        if hasattr(self.objective, "weight_stats"):  # class weights are state: log their current value
+            prefix = "eval_" if mode == "eval" else ""
+            for name, value in self.objective.weight_stats().items():
+                if prefix + name in averaged:
+                    averaged[prefix + name] = value
         logs.update(averaged)
         self._metrics[mode].clear()
         super().log(logs, start_time)
@@ -452,6 +462,24 @@ class DistillationTrainer(Trainer):
             }
         )
 
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Check the Hub and create the repo (run by the constructor when `push_to_hub=True`)."""
+        # why: the stock one lets a raw client error (httpx ConnectError, 401) escape the constructor
+        from .hub import preflight
+
+        if not self.is_world_process_zero():
+            return
+        name = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        token = token if token is not None else self.args.hub_token
+        private = self.args.hub_private_repo if private is None else private
+        self.hub_model_id = preflight(name, token, private, folder=self.args.output_dir)
+        self.push_in_progress = None
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the student (and processor) to ``output_dir``. It never publishes: `push_to_hub()` does, once."""
+        # why: the stock one pushes a "Model save" commit (weights + stock card) whenever args.push_to_hub is set
+        super().save_model(output_dir, _internal_call=True)
+
     def push_to_hub(
         self,
         commit_message: str | None = None,
@@ -465,6 +493,7 @@ class DistillationTrainer(Trainer):
 
         Failures raise `hf_fairkd.hub.HubPushError` naming the repo and the fix; the local folder is kept.
         """
+        # why: the stock one uploads the stock card and every leftover (teacher/, baseline/, runs/) as they are
         from .hub import push_output_dir
 
         repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from hf_fairkd import pipeline
+from hf_fairkd import hub, pipeline
 from hf_fairkd.config import DistillationArguments
 
 logger = logging.getLogger("distill_vit")
@@ -41,6 +41,9 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     pipeline.check_output_dir(
         output_dir, overwrite=run_args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint)
     )
+    if args.push_to_hub:  # an unreachable Hub or a refused token fails now, not after the training
+        repo_id = args.hub_model_id or os.path.basename(os.path.abspath(output_dir))
+        hub.preflight(repo_id, args.hub_token, args.hub_private_repo, folder=output_dir)
 
     # ---- data
     splits, info = pipeline.load_data(data_args)
@@ -152,7 +155,9 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
         )
     if args.push_to_hub:
         student_trainer.subgroup_metrics, student_trainer.card_kwargs = metrics, card_kwargs
-        student_trainer.push_to_hub()
+        contents = "student, README.md, subgroup_metrics.json, per_class_accuracy.png"
+        with hub.finished_run_push(output_dir, contents):
+            student_trainer.push_to_hub()
     state.wait_for_everyone()
     return metrics
 
@@ -160,7 +165,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except ValueError as err:  # bad input: a clear message, no traceback wall
+    except (ValueError, hub.HubPushError) as err:  # bad input or Hub problem: a clear message, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:  # a full disk mid-run: say so, and how to continue

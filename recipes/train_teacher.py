@@ -11,9 +11,10 @@ subgroup_metrics.json beside it (key `teacher`), with its calibration (`teacher_
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
-from hf_fairkd import pipeline
+from hf_fairkd import hub, pipeline
 from hf_fairkd.config import DistillationArguments
 from hf_fairkd.objectives import TEACHER_OBJECTIVES
 
@@ -36,6 +37,9 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     pipeline.check_output_dir(
         args.output_dir, overwrite=run_args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint)
     )
+    if args.push_to_hub:  # an unreachable Hub or a refused token fails now, not after the training
+        repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+        hub.preflight(repo_id, args.hub_token, args.hub_private_repo, folder=args.output_dir)
     splits, info = pipeline.load_data(data_args)
     processor = pipeline.make_image_processor(model_args)
     prepared = pipeline.prepare_splits(splits, info, processor, augment=data_args.augment)
@@ -67,6 +71,9 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
             f"worst class {report['worst_class_accuracy']:.3f} ({report['worst_class']}), ECE "
             f"{metrics['teacher_calibration']['ece']:.3f}. Saved to {args.output_dir}."
         )
+    if args.push_to_hub:  # one commit: weights, processor, card, subgroup_metrics.json, run_config.json
+        with hub.finished_run_push(args.output_dir, "teacher, README.md, subgroup_metrics.json"):
+            trainer.push_to_hub()
     state.wait_for_everyone()
     return metrics
 
@@ -74,6 +81,6 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except ValueError as err:
+    except (ValueError, hub.HubPushError) as err:  # bad input or Hub problem: a clear message, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import warnings
 
@@ -21,7 +22,7 @@ from hf_fairkd.cards import (
     write_eval_results,
 )
 from hf_fairkd.io_utils import atomic_path, atomic_write_json, atomic_write_text
-from hf_fairkd.metrics import paired_delta, report_to_jsonable, subgroup_report
+from hf_fairkd.metrics import delta_verdict, paired_delta, report_to_jsonable, subgroup_report
 
 # Hand-made long tail: 5 classes, 20 test images each; the first k images of class c are predicted right.
 NAMES = ["cat", "dog", "bird", "fish", "frog"]
@@ -155,15 +156,29 @@ def test_card_has_every_model_card_section(metrics):
 def test_per_class_table_matches_hand_counts(metrics):
     table = table_after(build_model_card(metrics).text, "### Per class")
     header, rows = table[0], table[1:]
-    assert header[:6] == ["Class", "Train count", "Test support", "Teacher", "Baseline", "Student"]
+    assert header == [
+        "Class",
+        "Train count",
+        "Test support",
+        "Teacher",
+        "Baseline",
+        "Student",
+        "Student − baseline",
+        "McNemar p",
+    ]
     assert len(rows) == len(NAMES)
     for c, row in enumerate(rows):
         assert len(row) == len(header)
         assert row[:3] == [NAMES[c], str(TRAIN_COUNTS[c]), str(SUPPORT)]
         expected = [f"{CORRECT[m][c] / SUPPORT:.3f}" for m in ("teacher", "baseline", "student")]
         assert row[3:6] == expected
-        delta = (CORRECT["student"][c] - CORRECT["baseline"][c]) / SUPPORT
-        assert row[6].startswith(f"{delta:+.3f} [")
+        s, b = CORRECT["student"][c], CORRECT["baseline"][c]
+        assert row[6] == f"{(s - b) / SUPPORT:+.3f}"
+        # The first k images are right, so only one model is right on |s - b| images, all for the same
+        # model: the two-sided exact McNemar p-value is 2 * (1/2) ** |s - b|, capped at 1.
+        p = min(1.0, 2 * 0.5 ** abs(s - b))
+        verdict = "" if p >= 0.05 else " (helped)" if s > b else " (hurt)"
+        assert row[7] == f"{p:.3f}{verdict}"
 
 
 def test_shot_table_and_overall_numbers(metrics):
@@ -199,7 +214,7 @@ def test_model_index_and_metadata_round_trip(metrics, tmp_path):
     results = {r.metric_type: r for r in data.eval_results}
     assert set(results) == set(expected)
     for name, value in expected.items():
-        assert results[name].metric_value == pytest.approx(value, abs=1e-12)
+        assert results[name].metric_value == float(f"{value:.4g}")  # 4 significant digits
         assert results[name].task_type == "image-classification" and results[name].dataset_split == "test"
         assert results[name].dataset_name == results[name].dataset_type == "uoft-cs/cifar10"
     block = data["hf_fairkd"]
@@ -211,18 +226,25 @@ def test_model_index_and_metadata_round_trip(metrics, tmp_path):
 
 def test_summary_names_helped_hurt_and_unclear_classes(metrics):
     custom = dict(metrics)
-    # Hand-set intervals: entirely above 0, entirely below 0, and three that straddle or touch 0.
-    bounds = [(0.05, 0.30), (-0.40, -0.10), (-0.10, 0.20), (0.0, 0.2), (-0.3, 0.0)]
+    # Hand-set rows (n10 = student right / baseline wrong, n01 the reverse): significant and ahead,
+    # significant and behind, and three that are not significant. The intervals are set to contradict
+    # the test on purpose: the card must follow the p-value rule, not the interval.
+    cells = [(8, 0, 0.0078125), (0, 9, 0.00390625), (5, 1, 0.21875), (3, 3, 1.0), (0, 5, 0.0625)]
     custom["student_minus_baseline"] = [
-        {"class_id": c, "name": NAMES[c], "delta": (lo + hi) / 2, "ci_low": lo, "ci_high": hi}
-        for c, (lo, hi) in enumerate(bounds)
+        {"class_id": c, "name": NAMES[c], "delta": (n10 - n01) / 20, "n10": n10, "n01": n01, "p_value": p}
+        | {"ci_low": -0.5, "ci_high": -0.1}
+        for c, (n10, n01, p) in enumerate(cells)
     ]
     text = build_model_card(custom).text
     summary = text[text.index("### Where distillation helped or hurt") :]
     summary = " ".join(summary[: summary.index("![")].split())
-    assert "**helped** 1 class(es) (cat)" in summary
-    assert "**hurt** 1 class(es) (dog)" in summary
-    assert "**no clear change** on 3 class(es) (bird, fish, frog)" in summary
+    assert "**helped** 1 class (cat)" in summary
+    assert "**hurt** 1 class (dog)" in summary
+    assert "**no clear change** on 3 classes (bird, fish, frog)" in summary
+    assert "exact McNemar test, p < 0.05" in summary
+    assert "interval" not in summary  # the rule is the test, so the card must not describe an interval rule
+    p_cells = [row[7] for row in table_after(text, "### Per class")[1:]]
+    assert p_cells == ["0.008 (helped)", "0.004 (hurt)", "0.219", "1.000", "0.062"]
 
 
 def test_card_without_baseline_says_so(metrics):
@@ -231,6 +253,119 @@ def test_card_without_baseline_says_so(metrics):
     assert "No one-hot baseline was evaluated" in text
     rows = table_after(text, "### Per class")[1:]
     assert all(row[3] == row[4] == row[6] == "n/a" for row in rows)
+
+
+def test_worst_class_has_one_interval_the_simultaneous_one(metrics):
+    text = build_model_card(metrics).text
+    section = text[text.index("### Worst classes") : text.index("### Where distillation helped or hurt")]
+    table = table_after(section, "### Worst classes")
+    assert table[0] == ["Class", "Train count", "Test support", "Student accuracy"]  # no per-class interval
+    intervals = re.findall(r"\[(\d\.\d{3}), (\d\.\d{3})\]", section)
+    # The Bonferroni interval over the 5 classes, computed here from the exact binomial tails: frog has
+    # 9 of 20 right and is the minimum; its bounds at level 1 - 0.05/5 solve P(X >= 9 | low) = 0.005 and
+    # P(X <= 9 | high) = 0.005, and no other class has a lower upper bound.
+    low, high = metrics["student"]["worst_class_accuracy_ci"]
+    assert intervals == [(f"{low:.3f}", f"{high:.3f}")]
+
+    def tail_ge(p):
+        return sum(math.comb(20, i) * p**i * (1 - p) ** (20 - i) for i in range(9, 21))
+
+    assert tail_ge(low) == pytest.approx(0.005, abs=1e-9)
+    assert 1 - tail_ge(high) + math.comb(20, 9) * high**9 * (1 - high) ** 11 == pytest.approx(0.005, abs=1e-9)
+    assert "Clopper-Pearson" in text and "Bonferroni over the 5 classes" in text
+
+
+def test_how_to_use_snippet_and_plain_phrases(metrics):
+    text = build_model_card(metrics, model_id="me/kd-student").text
+    how = text[text.index("## How to use") : text.index("## Intended use")]
+    assert "from transformers import pipeline" in how
+    assert 'classifier = pipeline("image-classification", model="me/kd-student")' in how
+    assert "(on the Hub as org/teacher-vit)" in text
+    no_hub = dict(metrics, settings={k: v for k, v in SETTINGS.items() if k != "teacher_hub_id"})
+    no_hub["settings"]["objective_params"] = {}
+    text = build_model_card(no_hub).text
+    assert "vit-small (not on the Hub), trained with the balanced\\_softmax objective." in text
+    assert "kd with its default parameters" in text
+    assert 'model="your-name/your-model"' in text
+    for awkward in ("Hub id: none", "class(es)", "not recorded", "with parameters defaults", "(none)"):
+        assert awkward not in text, awkward
+    assert "Holdout:** 10 images (2 per class)" in text and "every class has 20 test images" in text
+
+
+def test_card_yaml_rounds_to_4_significant_digits_and_reads_back(tmp_path):
+    support = [7, 9, 11, 13, 17]  # supports that give long decimal accuracies (e.g. 5/7 = 0.714285...)
+    m = report_to_jsonable(make_metrics(correct={k: [4, 5, 6, 7, 8] for k in CORRECT}, support=support))
+    m["student_minus_baseline"] = report_to_jsonable(
+        paired_delta(*_predictions([4, 5, 6, 7, 8], support)[:1], *_predictions([1, 2, 3, 6, 8], support))
+    )
+    save_card_and_metrics(tmp_path, m)
+    header = (tmp_path / "README.md").read_text().split("\n---\n")[0]
+    block = yaml.safe_load(header.removeprefix("---\n"))["hf_fairkd"]
+    floats = []
+
+    def collect(obj):
+        if isinstance(obj, dict):
+            [collect(v) for k, v in obj.items() if k != "settings"]
+        elif isinstance(obj, list):
+            [collect(v) for v in obj]
+        elif isinstance(obj, float):
+            floats.append(obj)
+
+    collect(block)
+    assert floats and all(x == float(f"{x:.4g}") for x in floats)
+    assert block["student"]["per_class_accuracy"][0] == 0.5714  # 4/7
+    assert not re.search(r"\d\.\d{6,}", header)  # no long decimals anywhere in the YAML header
+    assert json.loads((tmp_path / "subgroup_metrics.json").read_text())["student"]["per_class"][0][
+        "accuracy"
+    ] == pytest.approx(4 / 7, abs=1e-15)  # the JSON keeps full precision
+    (tmp_path / "subgroup_metrics.json").unlink()
+    recovered = load_subgroup_metrics(tmp_path)
+    assert [r["accuracy"] for r in recovered["student"]["per_class"]] == pytest.approx(
+        [k / n for k, n in zip([4, 5, 6, 7, 8], support)], abs=5e-5
+    )
+    # p-values are recomputed from the stored counts, so the hurt / helped verdicts survive the rounding
+    full, back = m["student_minus_baseline"], recovered["student_minus_baseline"]
+    assert [r["p_value"] for r in back] == pytest.approx([r["p_value"] for r in full], rel=1e-12)
+    assert [delta_verdict(r) for r in back] == [delta_verdict(r) for r in full]
+
+
+def test_run_metrics_use_long_tail_counts_for_shot_groups(tmp_path):
+    """CIFAR-100-LT with a 5-per-class holdout: the standard 35 / 35 / 30 groups, and the card says why."""
+    from hf_fairkd.data import long_tail_counts
+    from hf_fairkd.data.longtail import LongTailInfo
+    from hf_fairkd.reporting import build_run_metrics
+
+    before = long_tail_counts(500, 100, 100.0, "exp")
+    info = LongTailInfo(
+        source="cifar100",
+        label_column="label",
+        image_column="img",
+        class_names=[f"c{i}" for i in range(100)],
+        profile="exp",
+        imbalance_factor=100.0,
+        seed=0,
+        rare_classes="reversed",
+        class_order=list(range(100)),
+        long_tail_counts=before,
+        train_counts=[n - 5 for n in before],
+        holdout_counts=[5] * 100,
+        test_counts=[2] * 100,
+        holdout_per_class=5,
+    )
+    labels = np.repeat(np.arange(100), 2)
+    logits = {role: np.eye(100)[labels] for role in ("baseline", "student")}
+    metrics = build_run_metrics(logits, labels, info, dict(SETTINGS), n_bootstrap=10)
+    groups = metrics["student"]["shot_groups"]
+    assert [groups[g]["num_classes"] for g in ("many", "medium", "few")] == [35, 35, 30]
+    assert [row["train_count"] for row in metrics["student"]["per_class"]] == [n - 5 for n in before]
+    text = " ".join(build_model_card(metrics).text.split())
+    assert (
+        "Shot groups from the 100 per-class training counts of the long-tail profile, before the holdout was carved"
+        in text
+    )
+    shots = table_after(build_model_card(metrics).text, "### Many / medium / few-shot classes")
+    assert shots[0][1] == "Train count (before holdout)"
+    assert [row[2] for row in shots[1:]] == ["35", "35", "30"]
 
 
 def test_group_tables_render_each_group():
@@ -253,7 +388,7 @@ def test_missing_class_is_listed_and_shown_as_na():
     m = make_metrics(names=names, correct=correct, support=[SUPPORT] * 5 + [0], train_counts=counts)
     card = build_model_card(m)
     row = table_after(card.text, "### Per class")[-1]
-    assert row[0] == "ghost" and row[2] == "0" and row[3:] == ["n/a"] * 4
+    assert row[0] == "ghost" and row[2] == "0" and row[3:] == ["n/a"] * 5  # 3 models, delta, p
     assert "(accuracy undefined, left out of balanced and worst-class accuracy): ghost." in card.text
     worst = {r.metric_type: r.metric_value for r in card.data.eval_results}["worst_class_accuracy"]
     assert worst == pytest.approx(min(CORRECT["student"]) / SUPPORT)  # the empty class is not the worst

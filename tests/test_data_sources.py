@@ -276,3 +276,58 @@ def test_load_long_tailed_validates_before_selecting(saved_dict, monkeypatch, kw
     args = {"imbalance_factor": 6, **kwargs}
     with pytest.raises(ValueError, match=match):
         load_long_tailed(saved_dict, **args)
+
+
+# ------------------------------------------------------------------------------ misread image folders
+def image_tree(root, layout: dict[str, int]):
+    """``layout``: relative file path -> grey level; every file a 4x4 PNG."""
+    for rel, level in layout.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray(np.full((4, 4, 3), level, dtype=np.uint8)).save(path)
+    return root
+
+
+def per_class(classes, files=("0.png", "1.png", "2.png")):
+    return {f"{c}/{f}": i for c in classes for i, f in enumerate(files)}
+
+
+@pytest.mark.parametrize(
+    "layout, named",
+    [
+        (per_class(["a\\b", "c"]), r"\['a\\\\b'\] hold a backslash"),
+        (per_class(["cat", "dog-test"]), r"'dog-test' \(read as a 'test' split\)"),
+        (per_class(["cat", "val_dog"]), r"'val_dog' \(read as a 'validation' split\)"),
+        ({**per_class(["cat", "dog"]), "cat/train_3.png": 9}, r"'train_3.png' \(read as a 'train' split\)"),
+        (
+            per_class([".cache", "cat"]),
+            r"1 class folder\(s\) \['cat'\], besides \['.cache'\], which datasets skips",
+        ),
+        ({**per_class(["cat", "dog"]), "dog/old/9.png": 9}, r"not all at the same depth .*dog/old/9.png"),
+    ],
+    ids=[
+        "backslash",
+        "split_word_folder",
+        "split_word_prefix",
+        "split_word_file",
+        "hidden_folder",
+        "mixed_depth",
+    ],
+)
+def test_misread_image_folder_is_named_before_loading(tmp_path, monkeypatch, layout, named):
+    # without the check, datasets loads these without a label column (or moves images to another split)
+    root = image_tree(tmp_path / "imgs", layout)
+    calls = []
+    monkeypatch.setattr(sources, "load_dataset", lambda *a, **k: calls.append(a) or pytest.fail("loaded"))
+    with pytest.raises(ValueError, match=named) as err:
+        load_long_tailed(str(root), cache_dir=str(tmp_path / "cache"))
+    assert "Rename the folders or files named" in str(err.value) and not calls
+
+
+def test_train_test_folders_of_class_folders_still_load(tmp_path):
+    layout = {
+        f"{split}/{c}/{i}.png": i for split in ("train", "test") for c in ("cat", "dog") for i in range(3)
+    }
+    dsd, label, _ = load_source(str(image_tree(tmp_path / "imgs", layout)), cache_dir=str(tmp_path / "cache"))
+    assert label == "label" and dsd["train"].features["label"].names == ["cat", "dog"]
+    assert np.bincount(dsd["test"]["label"]).tolist() == [3, 3]

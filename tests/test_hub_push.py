@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
+import sys
 import traceback
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import ModelCard
+from huggingface_hub import HfApi, ModelCard, constants
 from transformers import (
     AutoModelForImageClassification,
     ViTConfig,
@@ -18,6 +20,7 @@ from transformers import (
     ViTImageProcessor,
 )
 
+from hf_fairkd import hub as hub_lib
 from hf_fairkd.cards import load_subgroup_metrics, save_card_and_metrics
 from hf_fairkd.hub import HubPushError, push_output_dir
 from hf_fairkd.metrics import report_to_jsonable
@@ -37,6 +40,19 @@ EXPECTED_FILES = {
     "preprocessor_config.json",
     "subgroup_metrics.json",
 }
+
+
+def _client_http_module():
+    """The HTTP library huggingface_hub itself uses: httpx2 with huggingface_hub 2.x, httpx with 1.x."""
+    from huggingface_hub.utils import _http
+
+    return getattr(_http, "httpx2", None) or _http.httpx
+
+
+def _closed_endpoint() -> str:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def _repo_id(hub, stem: str) -> str:
@@ -206,11 +222,12 @@ def test_wrong_token_is_clear_and_never_leaks(hub_server, output_dir, caplog):
 
 def test_token_is_scrubbed_from_client_error_text(hub_server, hub_token, output_dir, monkeypatch, caplog):
     """Even when the underlying error echoes the token (e.g. a proxy quoting headers), it never surfaces."""
-    import httpx2
     from huggingface_hub import HfApi
 
     def leaky_commit(self, *args, **kwargs):
-        raise httpx2.ConnectError(f"proxy refused: Authorization: Bearer {hub_token} (tunnel closed)")
+        raise _client_http_module().ConnectError(
+            f"proxy refused: Authorization: Bearer {hub_token} (tunnel closed)"
+        )
 
     monkeypatch.setattr(HfApi, "create_commit", leaky_commit)
     with caplog.at_level(logging.DEBUG), pytest.raises(HubPushError) as info:
@@ -248,3 +265,90 @@ def test_folder_problems_fail_before_any_request(hub_server, hub_token, tmp_path
     with pytest.raises(ValueError, match="Nothing to push"):
         push_output_dir(tmp_path / "only-tmp", "test-user/x", token=hub_token)
     assert hub_server.stats["commit"] == commits
+
+
+# ------------------------------------------------------------------------------------ preflight
+def test_preflight_creates_the_repo_and_accepts_an_existing_one(hub_server, hub_token, caplog):
+    repo_id = _repo_id(hub_server, "preflight")
+    with caplog.at_level(logging.DEBUG):
+        assert hub_lib.preflight(repo_id, hub_token) == repo_id
+        assert hub_lib.preflight(repo_id, hub_token) == repo_id  # a second run, or a repo made by hand: fine
+    assert [c.title for c in HfApi().list_repo_commits(repo_id)] == ["initial commit"]  # nothing published
+    bare = f"bare-{uuid.uuid4().hex[:8]}"
+    assert hub_lib.preflight(bare, hub_token) == f"{hub_server.user}/{bare}"
+    assert hub_token not in caplog.text
+
+
+def test_preflight_refused_token_names_the_endpoint_and_never_leaks(hub_server, caplog):
+    secret, repo_id = "hf_preflightRefused123456789", _repo_id(hub_server, "preflight-401")
+    with caplog.at_level(logging.DEBUG), pytest.raises(HubPushError) as info:
+        hub_lib.preflight(repo_id, secret)
+    message = str(info.value)
+    assert "rejected the token (HTTP 401)" in message and "hf auth login" in message
+    assert hub_server.url in message and repo_id in message and "--push_to_hub" in message
+    assert info.value.status_code == 401 and not info.value.transient and info.value.__context__ is None
+    assert secret not in "".join(traceback.format_exception(info.value)) + caplog.text
+    assert ("model", repo_id) not in hub_server.repos
+
+
+def test_preflight_unreachable_hub_names_the_endpoint(hub_server, hub_token, monkeypatch):
+    endpoint = _closed_endpoint()
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    repo_id = _repo_id(hub_server, "preflight-down")
+    with pytest.raises(HubPushError) as info:
+        hub_lib.preflight(repo_id, hub_token)
+    message = str(info.value)
+    assert f"The Hub at {endpoint} could not be reached" in message and "HF_ENDPOINT" in message
+    assert repo_id in message and info.value.transient and hub_token not in message
+
+
+def test_preflight_without_token_says_how_to_log_in(hub_server, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(HubPushError, match="No Hugging Face token.*hf auth login"):
+        hub_lib.preflight(_repo_id(hub_server, "preflight-notoken"))
+
+
+# ------------------------------------------------------------------------------------ HTTP library
+def _fake_http_library(module: str) -> dict[str, type]:
+    """The transport branch of httpx's exception tree, defined under ``module`` (httpx or httpx2)."""
+    classes: dict[str, type] = {}
+
+    def make(name: str, base: type) -> type:
+        classes[name] = type(name, (base,), {"__module__": f"{module}._exceptions"})
+        return classes[name]
+
+    request = make("RequestError", make("HTTPError", Exception))
+    transport = make("TransportError", request)
+    make("ConnectError", make("NetworkError", transport))
+    make("ReadTimeout", make("TimeoutException", transport))
+    make("RemoteProtocolError", make("ProtocolError", transport))
+    make("DecodingError", request)  # a request error, but not a transport one
+    return classes
+
+
+@pytest.mark.parametrize("library, absent", [("httpx", "httpx2"), ("httpx2", "httpx")])
+def test_transport_errors_are_recognised_with_either_http_library(
+    hub_server, hub_token, output_dir, monkeypatch, library, absent
+):
+    """huggingface_hub 1.x raises httpx errors and 2.x httpx2 ones; hub.py must not import either by name."""
+    monkeypatch.setitem(sys.modules, absent, None)  # `import <absent>` fails, as where it is not installed
+    fake = _fake_http_library(library)
+    for name in ("ConnectError", "ReadTimeout", "RemoteProtocolError", "TransportError"):
+        assert hub_lib._is_transient(fake[name]("boom")), name
+    assert not hub_lib._is_transient(fake["DecodingError"]("bad body"))
+    unrelated = type("TransportError", (Exception,), {"__module__": "some_other_library.errors"})
+    assert not hub_lib._is_transient(unrelated("not an HTTP transport error"))
+
+    attempts = []
+
+    def refused(self, *args, **kwargs):
+        attempts.append(1)
+        raise fake["ConnectError"]("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(HfApi, "create_commit", refused)
+    with pytest.raises(HubPushError) as info:
+        push_output_dir(
+            output_dir, _repo_id(hub_server, f"fake-{library}"), token=hub_token, retries=1, backoff=0
+        )
+    assert len(attempts) == 2 and info.value.transient
+    assert "connection error (ConnectError)" in str(info.value) and "after 2 attempt(s)" in str(info.value)

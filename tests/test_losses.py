@@ -102,25 +102,6 @@ def test_smoothed_recall_shrinks_small_classes_toward_overall():
     np.testing.assert_allclose(losses.smoothed_class_recall(correct, counts, 0.0).numpy(), [0.9, 0.0])
 
 
-def test_margin_loss_matches_closed_form():
-    margins = torch.tensor([[0.0, 1.0, 2.0], [-1.0, 0.0, 0.5], [0.3, 0.2, 0.0]], dtype=torch.float64)
-    got = losses.one_hot_cross_entropy(losses.margin_logits(S, Y, margins[Y]), Y)
-    expected = []
-    for i in range(2):
-        s, y = S[i].numpy(), int(Y[i])
-        expected.append(math.log(1 + sum(math.exp(margins[y, j] + s[j] - s[y]) for j in range(3) if j != y)))
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
-
-
-def test_logit_adjustment_is_the_special_case_margin():
-    prior = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
-    tau = 1.5
-    margins = losses.logit_adjustment_margins(prior.log(), tau)
-    via_margin = losses.one_hot_cross_entropy(losses.margin_logits(S, Y, margins[Y]), Y)
-    via_adjusted = losses.one_hot_cross_entropy(S + tau * prior.log(), Y)
-    torch.testing.assert_close(via_margin, via_adjusted.to(via_margin.dtype))
-
-
 def test_reliability_and_instance_margins():
     r = torch.tensor([0.9, 0.5])
     d = losses.class_reliability_margins(r, scale=2.0)
@@ -136,6 +117,21 @@ def test_exponentiated_gradient_step_on_known_errors():
     raw = np.exp(0.1 * err.numpy()) / 3
     np.testing.assert_allclose(got.numpy(), raw / raw.sum(), rtol=1e-12)
     assert got.argmax() == 2 and abs(float(got.sum()) - 1) < 1e-12
+
+
+def test_exponentiated_gradient_step_leaves_unseen_classes_alone():
+    lam = torch.tensor([0.4, 0.1, 0.3, 0.2], dtype=torch.float64)
+    err = torch.tensor([0.5, 0.0, 1.0, 0.0], dtype=torch.float64)
+    seen = torch.tensor([True, False, True, True])
+    got = losses.exponentiated_gradient_step(lam, err, step_size=2.0, seen=seen)
+    raw = np.array([0.4 * math.exp(1.0), 0.3 * math.exp(2.0), 0.2])
+    np.testing.assert_allclose(got.numpy()[[0, 2, 3]], 0.9 * raw / raw.sum(), rtol=1e-12)
+    assert got[1].item() == 0.1 and abs(float(got.sum()) - 1) < 1e-12
+    # all seen: the plain step
+    torch.testing.assert_close(
+        losses.exponentiated_gradient_step(lam, err, 2.0, seen=torch.ones(4, dtype=torch.bool)),
+        losses.exponentiated_gradient_step(lam, err, 2.0),
+    )
 
 
 def test_dro_weights_and_offsets():
@@ -173,5 +169,3 @@ def test_gradcheck_of_the_losses():
     p = losses.teacher_probabilities(T, 2.0).double()
     assert torch.autograd.gradcheck(lambda z: losses.hinton_kd_term(z, p, 2.0), (s,))
     assert torch.autograd.gradcheck(lambda z: losses.soft_cross_entropy(z, p), (s,))
-    margins = losses.class_reliability_margins(torch.tensor([0.9, 0.5, 0.7], dtype=torch.float64))
-    assert torch.autograd.gradcheck(lambda z: losses.margin_logits(z, Y, margins[Y]).double().sum(-1), (s,))

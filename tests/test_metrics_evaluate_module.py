@@ -60,7 +60,23 @@ def test_module_matches_subgroup_report(metric):
     got = metric.compute(predictions=preds.tolist(), references=refs.tolist(), **options)
     expected = subgroup_report(preds, refs, **options)
     assert _same(got, expected)
-    assert got["per_class"][0]["ci_low"] == expected["per_class"][0]["ci_low"]  # same seeded bootstrap
+    assert got["per_class"][0]["ci_low"] == expected["per_class"][0]["ci_low"]  # same exact interval
+    assert got["shot_counts"] == options["train_counts"]  # shot groups default to the training counts
+
+
+def test_module_forwards_shot_counts_and_names_the_interval_methods(metric):
+    refs = [0, 0, 1, 1, 2, 2]
+    got = metric.compute(
+        predictions=refs, references=refs, train_counts=[150, 95, 15], shot_counts=[150, 105, 20]
+    )
+    groups = {shot: g["classes"] for shot, g in got["shot_groups"].items()}
+    assert groups == {"many": ["0", "1"], "medium": ["2"], "few": []}  # by shot_counts, not train_counts
+    assert (got["interval_method"], got["worst_class_interval_method"]) == (
+        "clopper_pearson",
+        "bonferroni_clopper_pearson",
+    )
+    # 2 of 2 right: the exact lower bound is 0.025 ** (1/2)
+    assert got["per_class"][0]["ci_low"] == pytest.approx(0.025**0.5, abs=1e-12)
 
 
 def test_module_flat_output_and_batches(metric):

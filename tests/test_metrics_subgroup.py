@@ -1,4 +1,4 @@
-"""subgroup_report / flatten_report / report_to_jsonable / paired_delta against independent expectations."""
+"""subgroup_report / flatten_report / report_to_jsonable against independent expectations."""
 
 import itertools
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score
 
-from hf_fairkd.metrics import flatten_report, paired_delta, report_to_jsonable, subgroup_report
+from hf_fairkd.metrics import flatten_report, report_to_jsonable, subgroup_report
 
 
 def _random_case(n=600, num_classes=7, p_correct=0.6, seed=1):
@@ -144,6 +144,24 @@ def test_custom_shot_thresholds_and_empty_group():
     assert math.isnan(medium["accuracy"]) and medium["num_classes"] == 0 and medium["support"] == 0
 
 
+def test_shot_groups_follow_shot_counts_not_train_counts():
+    # CIFAR-100-LT (500 images for the commonest class, imbalance 100, exp profile) has the standard
+    # 35 / 35 / 30 many / medium / few classes. Carving a 5-per-class holdout first moves the classes
+    # with 101-105 and 20-24 images across a threshold (34 / 31 / 35), so groups use the counts before it.
+    from hf_fairkd.data import long_tail_counts
+
+    before = np.array(long_tail_counts(500, 100, 100.0, "exp"))
+    after = before - 5
+    refs = np.arange(100)
+    report = subgroup_report(refs, refs, train_counts=after, shot_counts=before)
+    groups = report["shot_groups"]
+    assert [groups[g]["num_classes"] for g in ("many", "medium", "few")] == [35, 35, 30]
+    assert report["shot_counts"] == before.tolist()
+    assert [row["train_count"] for row in report["per_class"]] == after.tolist()  # still the real counts
+    default = subgroup_report(refs, refs, train_counts=after)["shot_groups"]
+    assert [default[g]["num_classes"] for g in ("many", "medium", "few")] == [34, 31, 35]
+
+
 def test_no_train_counts_gives_no_shot_groups():
     preds, refs = _rows([(1, 1), (1, 2)])
     report = subgroup_report(preds, refs, n_bootstrap=0)
@@ -235,14 +253,14 @@ def test_unorderable_group_values_keep_first_appearance_order():
     assert by_group["1"] == {"accuracy": 0.0, "support": 1}
 
 
-# --- bootstrap -------------------------------------------------------------------------------------
+# --- intervals (their maths and coverage: test_metrics_intervals.py) --------------------------------
 
 
 def test_interval_contains_estimate_and_narrows_with_more_data():
     widths = []
     for n_per_class in (40, 4000):
         preds, refs = _rows([(int(0.7 * n_per_class), n_per_class), (int(0.4 * n_per_class), n_per_class)])
-        report = subgroup_report(preds, refs, n_bootstrap=500, seed=0)
+        report = subgroup_report(preds, refs)
         for row in report["per_class"]:
             assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
             assert row["ci_low"] < row["ci_high"]
@@ -252,46 +270,40 @@ def test_interval_contains_estimate_and_narrows_with_more_data():
     assert widths[1] < widths[0] / 5  # width shrinks like 1/sqrt(n): a factor of 10 here
 
 
-def test_stratified_bootstrap_matches_explicit_row_resampling():
-    """Drawing binomial correct counts must match resampling the class's rows with replacement."""
-    preds, refs = _rows([(13, 20), (30, 50)])
-    report = subgroup_report(preds, refs, n_bootstrap=20000, seed=0)
-    rng = np.random.default_rng(123)
-    explicit_min = np.full(20000, np.inf)
-    for c, row in enumerate(report["per_class"]):
-        hits = (preds == refs)[refs == c].astype(float)
-        reps = hits[rng.integers(0, len(hits), size=(20000, len(hits)))].mean(axis=1)
-        explicit_min = np.minimum(explicit_min, reps)
-        assert row["ci_low"] == pytest.approx(np.quantile(reps, 0.025), abs=0.011)
-        assert row["ci_high"] == pytest.approx(np.quantile(reps, 0.975), abs=0.011)
-    low, high = report["worst_class_accuracy_ci"]
-    assert low == pytest.approx(np.quantile(explicit_min, 0.025), abs=0.011)
-    assert high == pytest.approx(np.quantile(explicit_min, 0.975), abs=0.011)
+def test_perfect_and_zero_classes_get_intervals_of_positive_width():
+    # The percentile bootstrap gave [1, 1] and [0, 0] here: no uncertainty at all from 8 examples.
+    preds, refs = _rows([(8, 8), (0, 8)])
+    perfect, zero = subgroup_report(preds, refs)["per_class"]
+    assert perfect["ci_low"] < 0.75 and perfect["ci_high"] == 1.0
+    assert zero["ci_low"] == 0.0 and zero["ci_high"] > 0.25
 
 
-def test_worst_class_interval_lies_below_every_class_interval():
-    preds, refs = _random_case(n=300, seed=7)
-    report = subgroup_report(preds, refs, n_bootstrap=300)
-    low, high = report["worst_class_accuracy_ci"]
-    assert low <= min(r["ci_low"] for r in report["per_class"]) + 1e-12
-    assert high <= min(r["ci_high"] for r in report["per_class"]) + 1e-12
-
-
-def test_seeded_determinism_and_seed_sensitivity():
+def test_intervals_do_not_depend_on_the_seed_or_replicate_count():
     preds, refs = _random_case(n=200, seed=2)
     a = subgroup_report(preds, refs, n_bootstrap=200, seed=11)
-    b = subgroup_report(preds, refs, n_bootstrap=200, seed=11)
-    c = subgroup_report(preds, refs, n_bootstrap=200, seed=12)
-    assert a == b
-    assert [r["ci_low"] for r in a["per_class"]] != [r["ci_low"] for r in c["per_class"]]
+    b = subgroup_report(preds, refs, n_bootstrap=200, seed=12)
+    c = subgroup_report(preds, refs, n_bootstrap=5000, seed=11)
+    assert a["per_class"] == b["per_class"] == c["per_class"]
+    assert a["worst_class_accuracy_ci"] == b["worst_class_accuracy_ci"] == c["worst_class_accuracy_ci"]
+
+
+def test_report_names_the_interval_methods():
+    preds, refs = _random_case(n=300, seed=7)
+    with pytest.warns(UserWarning):  # class 7 has no examples: K counts the 7 classes that have some
+        report = subgroup_report(preds, refs, num_classes=8)
+    assert report["interval_method"] == "clopper_pearson"
+    assert report["worst_class_interval_method"] == "bonferroni_clopper_pearson"
+    assert report["worst_class_interval_classes"] == 7
 
 
 def test_zero_bootstrap_gives_nan_intervals_and_level_is_reported():
+    # n_bootstrap=0 keeps its old meaning for callers that want point estimates only: no intervals.
     preds, refs = _rows([(1, 2), (2, 2)])
     report = subgroup_report(preds, refs, n_bootstrap=0, confidence_level=0.9)
     assert all(math.isnan(r["ci_low"]) and math.isnan(r["ci_high"]) for r in report["per_class"])
     assert all(math.isnan(v) for v in report["worst_class_accuracy_ci"])
     assert (report["n_bootstrap"], report["confidence_level"]) == (0, 0.9)
+    assert report["interval_method"] == report["worst_class_interval_method"] == "none"
 
 
 # --- errors ----------------------------------------------------------------------------------------
@@ -310,6 +322,8 @@ GOOD = {"predictions": [0, 1, 1], "references": [0, 1, 0]}
         ({**GOOD, "class_names": ["a", "b", "c"], "num_classes": 2}, "class_names has 3"),
         ({**GOOD, "train_counts": [10, 10, 10], "num_classes": 2}, "train_counts has 3"),
         ({**GOOD, "train_counts": [10]}, "references hold values"),  # 1 class inferred from counts
+        ({**GOOD, "shot_counts": [10, 10, 10]}, "shot_counts has 3"),
+        ({**GOOD, "shot_counts": [10, -1]}, "shot_counts must be non-negative"),
         ({**GOOD, "groups": {"age": ["a", "b"]}}, "'age'"),
         ({**GOOD, "n_bootstrap": -1}, "n_bootstrap"),
         ({**GOOD, "confidence_level": 1.5}, "confidence_level"),
@@ -324,13 +338,18 @@ def test_bad_inputs_raise_clear_errors(kwargs, match):
         subgroup_report(**kwargs)
 
 
-def test_group_length_error_comes_before_the_bootstrap(monkeypatch):
-    def no_bootstrap(*args, **kwargs):  # the check must fire before any resampling starts
-        raise AssertionError("bootstrap ran before input validation")
+def test_group_length_error_comes_before_the_intervals(monkeypatch):
+    import hf_fairkd.metrics.subgroup as subgroup
 
-    monkeypatch.setattr(np.random, "default_rng", no_bootstrap)
+    def no_intervals(*args, **kwargs):  # the check must fire before any interval is computed
+        raise AssertionError("intervals computed before input validation")
+
+    monkeypatch.setattr(subgroup, "clopper_pearson", no_intervals)
+    monkeypatch.setattr(subgroup, "worst_class_interval", no_intervals)
+    with pytest.raises(AssertionError, match="before input validation"):
+        subgroup_report(**GOOD)  # the patch is live: without the bad column the intervals run
     with pytest.raises(ValueError, match="'site'"):
-        subgroup_report(**GOOD, groups={"site": [1, 2, 3, 4]}, n_bootstrap=10)
+        subgroup_report(**GOOD, groups={"site": [1, 2, 3, 4]})
 
 
 # --- flatten / json --------------------------------------------------------------------------------
@@ -389,43 +408,3 @@ def test_jsonable_round_trip_without_nan():
     )
     assert extra == {"a": 0.5, "b": [3, None], "c": [1.0, None]}
     assert type(extra["b"][0]) is int
-
-
-# --- paired delta ----------------------------------------------------------------------------------
-
-
-def test_paired_delta_of_a_model_with_itself_is_exactly_zero():
-    preds, refs = _random_case(n=500, seed=4)
-    with pytest.warns(UserWarning):
-        rows = paired_delta(preds, preds, refs, num_classes=8, n_bootstrap=300)
-    for row in rows[:7]:
-        assert row["delta"] == 0.0 and row["ci_low"] == 0.0 and row["ci_high"] == 0.0
-    assert rows[7]["class_id"] == 7 and all(math.isnan(rows[7][k]) for k in ("delta", "ci_low", "ci_high"))
-
-
-def test_paired_delta_point_estimates_and_paired_bootstrap():
-    rng = np.random.default_rng(9)
-    preds_a, refs = _random_case(n=400, num_classes=3, p_correct=0.7, seed=9)
-    preds_b = np.where(rng.random(len(refs)) < 0.2, (preds_a + 1) % 3, preds_a)  # b: a with 20% flips
-    rows = paired_delta(preds_a, preds_b, refs, class_names=["x", "y", "z"], n_bootstrap=20000, seed=0)
-    rep_a = subgroup_report(preds_a, refs, n_bootstrap=0)
-    rep_b = subgroup_report(preds_b, refs, n_bootstrap=0)
-    rng = np.random.default_rng(77)
-    for c, row in enumerate(rows):
-        assert row["name"] == "xyz"[c]
-        expected = rep_a["per_class"][c]["accuracy"] - rep_b["per_class"][c]["accuracy"]
-        assert row["delta"] == pytest.approx(expected, abs=1e-12)
-        # explicit paired resampling: the same rows for both models
-        diff = ((preds_a == refs).astype(float) - (preds_b == refs))[refs == c]
-        reps = diff[rng.integers(0, len(diff), size=(20000, len(diff)))].mean(axis=1)
-        assert row["ci_low"] == pytest.approx(np.quantile(reps, 0.025), abs=0.02)
-        assert row["ci_high"] == pytest.approx(np.quantile(reps, 0.975), abs=0.02)
-        assert row["ci_low"] <= row["delta"] <= row["ci_high"]
-
-
-def test_paired_delta_infers_classes_from_both_models_and_checks_lengths():
-    with pytest.warns(UserWarning, match="examples: 2"):
-        rows = paired_delta([0, 0], [0, 2], [0, 1], n_bootstrap=0)
-    assert len(rows) == 3
-    with pytest.raises(ValueError, match="one prediction per reference"):
-        paired_delta([0, 1], [0, 1, 1], [0, 1])

@@ -298,3 +298,181 @@ def test_objective_params_are_recorded(tmp_path):
     )
     params = a.objective_params()
     assert params["dro_tradeoff"] == 0.3 and params["alpha"] == 0.5 and "hub_token" not in params
+
+
+# ------------------------------------------------------------------------------------------------------
+# Decisions on offsets, temperatures and teacher reliability (see the docstrings of hf_fairkd.objectives)
+# ------------------------------------------------------------------------------------------------------
+
+
+def kl(p, z, temperature=1.0):
+    """KL(p || softmax(z / T)) per row, by hand."""
+    return (p * (np.log(p) - np.log(softmax(z, temperature)))).sum(-1)
+
+
+def test_hinton_offsets_are_added_after_the_temperature():
+    # balanced_kd at T = 4: (1-a) CE(e_y, s + tau log pi) + a T^2 KL(p_t^T || softmax(s/T + tau log pi))
+    a = args(kd_convention="hinton", temperature=4.0, logit_adjustment_tau=1.5, alpha=0.3)
+    _, out = run("balanced_kd", a)
+    s, t, offset = S.numpy(), T.numpy(), 1.5 * np.log(PRIOR)
+    p = softmax(t, 4.0)
+    q = softmax(s / 4.0 + offset)
+    expected = 0.7 * ce_soft(onehot(Y), s + offset) + 0.3 * 16.0 * (p * (np.log(p) - np.log(q))).sum(-1)
+    np.testing.assert_allclose(out.per_example.numpy(), expected, rtol=1e-6)
+    # row 0 by hand, term by term
+    s0, p0, off = s[0], p[0], offset
+    z = s0 / 4.0 + off
+    log_q0 = z - math.log(sum(math.exp(v) for v in z))
+    distill0 = 16.0 * sum(p0[j] * (math.log(p0[j]) - log_q0[j]) for j in range(3))
+    assert out.components["distill"][0].item() == pytest.approx(0.3 * distill0, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["balanced_kd", "robust_kd"])
+def test_hinton_offsets_mean_the_same_at_every_temperature(name):
+    # student logits T*z and teacher logits T*u give the same tempered distributions at every T; the offset must
+    # then shift them by the same amount, so the teacher term divided by a T^2 does not depend on T.
+    z, u = S / 2, T / 2
+    values = []
+    for temperature in (1.0, 2.0, 4.0):
+        obj = get_objective(name)(args(temperature=temperature, alpha=0.5, dro_base="uniform"), COUNTS)
+        out = obj.compute(temperature * z, Y, temperature * u)
+        values.append(out.components["distill"].numpy() / (0.5 * temperature**2))
+    offset = np.log(PRIOR) if name == "balanced_kd" else np.log(PRIOR) + np.log(3)  # -log c, uniform lambda
+    expected = kl(softmax(u.numpy()), z.numpy() + offset)
+    for got in values:
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_ada_margin_on_both_terms_in_the_hinton_convention():
+    r = np.array([0.9, 0.3, 0.6])
+    a = args(margin_on="both", margin_scale=2.0, kd_convention="hinton", temperature=3.0)
+    _, out = run("ada_margin", a, reliability=r.tolist())
+    d = 2.0 * ((1 - r)[:, None] - (1 - r)[None, :])[Y.numpy()]
+    s, p = S.numpy(), softmax(T.numpy(), 3.0)
+    expected = 0.6 * ce_soft(onehot(Y), s + d) + 0.4 * 9.0 * kl(p, s / 3.0 + d)
+    np.testing.assert_allclose(out.per_example.numpy(), expected, rtol=1e-6)
+
+
+def test_logit_adjustment_is_the_special_case_margin():
+    # ada_margin with D_yj = tau (log pi_j - log pi_y) is logit adjustment: u_y = -log pi_y, g = tau
+    tau = 1.5
+    r = (1 + np.log(PRIOR)).tolist()
+    for convention in ("hinton", "mix"):
+        a = args(margin_on="both", margin_scale=tau, logit_adjustment_tau=tau, kd_convention=convention)
+        _, margin = run("ada_margin", a, reliability=r)
+        _, adjusted = run("balanced_kd", a)
+        torch.testing.assert_close(margin.per_example, adjusted.per_example, rtol=1e-5, atol=1e-7)
+    s, y = S.numpy(), Y.numpy()
+    by_hand = [
+        math.log(
+            1
+            + sum(
+                math.exp(tau * (math.log(PRIOR[j]) - math.log(PRIOR[y[i]])) + s[i, j] - s[i, y[i]])
+                for j in range(3)
+                if j != y[i]
+            )
+        )
+        for i in range(3)
+    ]
+    np.testing.assert_allclose(margin.components["one_hot"].numpy(), 0.6 * np.array(by_hand), rtol=1e-6)
+
+
+def test_kd_sim_targets_are_not_tempered_again():
+    sim = torch.softmax(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)), -1).double()
+    targets = sim.numpy()[Y.numpy()]
+    for temperature in (1.0, 4.0):
+        _, out = run("kd_sim", args(kd_convention="hinton", temperature=temperature), similarity=sim)
+        expected = 0.6 * ce_soft(onehot(Y), S.numpy()) + 0.4 * kl(targets, S.numpy())  # T = 1, no T^2
+        np.testing.assert_allclose(out.per_example.numpy(), expected, rtol=1e-6)
+    assert "temperature" not in get_objective("kd_sim").param_names
+
+
+# Teacher rows: row 0 right raw and adjusted; row 1 right only after prior adjustment; row 2 right only raw.
+T_RELIABILITY = torch.tensor([[3.0, 1.0, 0.0], [0.5, 0.2, 0.0], [0.0, 2.0, 1.0]], dtype=torch.float64)
+Y_RELIABILITY = torch.tensor([0, 2, 1])
+
+
+@pytest.mark.parametrize("mode", ["raw", "prior_adjusted"])
+def test_ada_alpha_instance_reliability_uses_the_targets_the_student_sees(mode):
+    t = T_RELIABILITY.numpy() - (np.log(PRIOR) if mode == "prior_adjusted" else 0.0)
+    right = t.argmax(-1) == Y_RELIABILITY.numpy()
+    assert right.tolist() == ([True, True, False] if mode == "prior_adjusted" else [True, False, True])
+    for instance_mode in ("prob", "correct"):
+        a = args(
+            ada_alpha_level="instance",
+            ada_alpha_instance_mode=instance_mode,
+            alpha=0.9,
+            teacher_logit_mode=mode,
+        )
+        obj = get_objective("ada_alpha")(a, COUNTS)
+        out = obj.compute(S, Y_RELIABILITY, T_RELIABILITY)
+        alpha = 0.9 * (softmax(t)[np.arange(3), Y_RELIABILITY.numpy()] if instance_mode == "prob" else right)
+        expected = kd_hand(S.numpy(), t, Y_RELIABILITY, alpha, 2.0, "hinton")
+        np.testing.assert_allclose(out.per_example.numpy(), expected, rtol=1e-5)
+        assert out.scalars["alpha_mean"] == pytest.approx(alpha.mean(), rel=1e-6)
+
+
+def test_ada_margin_instance_level_uses_the_adjusted_teacher():
+    a = args(
+        margin_level="instance", margin_scale=0.5, teacher_logit_mode="prior_adjusted", kd_convention="mix"
+    )
+    _, out = run("ada_margin", a)
+    t = T.numpy() - np.log(PRIOR)
+    rows = 0.5 * (t - t[np.arange(3), Y.numpy()][:, None])
+    expected = kd_hand(S.numpy(), t, Y, 0.4, 2.0, "mix", s_onehot=S.numpy() + rows)
+    np.testing.assert_allclose(out.per_example.numpy(), expected, rtol=1e-6)
+
+
+def test_robust_kd_with_dro_tau():
+    a = args(kd_convention="mix", dro_tradeoff=0.6, dro_base="prior", dro_tau=0.5)
+    obj, out = run("robust_kd", a)
+    obj.multipliers = torch.tensor([0.2, 0.3, 0.5])
+    out = obj.compute(S, Y, T)
+    w = 0.4 * PRIOR + 0.6 * np.array([0.2, 0.3, 0.5])
+    c = w / PRIOR**0.5
+    q = 0.6 * onehot(Y) + 0.4 * softmax(T.numpy(), 2.0)
+    np.testing.assert_allclose(out.per_example.numpy(), ce_soft(q, S.numpy() - np.log(c)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["robust_kd", "dro"])
+def test_dro_update_keeps_the_weight_of_classes_absent_from_the_holdout_batch(name):
+    obj = get_objective(name)(args(dro_step_size=0.5), COUNTS)
+    obj.multipliers = torch.tensor([0.5, 0.3, 0.2])
+    # class 1 absent from the batch (weight sum 0): errors 2/4 for class 0, 3/3 for class 2
+    obj.update(
+        torch.tensor([2.0, 0.0, 3.0], dtype=torch.float64), torch.tensor([4.0, 0.0, 3.0], dtype=torch.float64)
+    )
+    raw = np.array([0.5 * math.exp(0.5 * 0.5), 0.2 * math.exp(0.5 * 1.0)])
+    seen = 0.7 * raw / raw.sum()  # the seen classes share the mass they held (0.5 + 0.2)
+    assert obj.multipliers[1].item() == torch.tensor(0.3).item()  # exactly
+    np.testing.assert_allclose(obj.multipliers.numpy()[[0, 2]], seen, rtol=1e-6)
+    assert obj.multipliers.sum().item() == pytest.approx(1.0, abs=1e-6)
+    # every class absent: nothing moves
+    before = obj.multipliers.clone()
+    obj.update(torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(obj.multipliers, before)
+
+
+def test_dro_teacher_with_teacher_weighted_errors_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="objective='dro' trains a teacher and has no teacher"):
+        DistillationArguments(
+            output_dir=str(tmp_path), report_to="none", objective="dro", dro_error_weighting="teacher"
+        )
+    # the student objective reads a teacher: allowed
+    DistillationArguments(
+        output_dir=str(tmp_path), report_to="none", objective="robust_kd", dro_error_weighting="teacher"
+    )
+
+
+def test_teacher_stage_does_not_inherit_teacher_weighted_dro_errors(tmp_path):
+    from hf_fairkd import pipeline
+
+    student = DistillationArguments(
+        output_dir=str(tmp_path), report_to="none", objective="robust_kd", dro_error_weighting="teacher"
+    )
+    for teacher_objective in ("dro", "erm", "balanced"):
+        stage = pipeline.stage_args(student, output_dir=str(tmp_path / "t"), objective=teacher_objective)
+        assert stage.objective == teacher_objective and stage.dro_error_weighting == "label"
+    assert student.dro_error_weighting == "teacher"  # the student's own arguments are untouched
+    baseline = pipeline.stage_args(student, output_dir=str(tmp_path / "s"))
+    assert baseline.dro_error_weighting == "teacher"

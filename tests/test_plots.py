@@ -12,9 +12,9 @@ from PIL import Image
 from hf_fairkd.plots import plot_per_class_accuracy
 
 try:  # same import dance as conftest.py: `tests` is a namespace package from the repo root
-    from tests.test_cards import CORRECT, NAMES, TRAIN_COUNTS, make_metrics
+    from tests.test_cards import CORRECT, make_metrics
 except ImportError:
-    from test_cards import CORRECT, NAMES, TRAIN_COUNTS, make_metrics
+    from test_cards import CORRECT, make_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STUDENT_RGB, BASELINE_RGB, TEACHER_RGB = (0xD6, 0x27, 0x28), (0x1F, 0x77, 0xB4), (0x7F, 0x7F, 0x7F)
@@ -88,5 +88,5 @@ def test_missing_inputs_give_clear_errors(tmp_path):
     for row in metrics["student"]["per_class"]:
         row["train_count"] = None
     with pytest.raises(ValueError, match="train_counts"):
-        plot_per_class_accuracy(metrics, tmp_path / "p.png")
-    assert len(NAMES) == len(TRAIN_COUNTS)  # the shared fixture data stayed consistent
+        plot_per_class_accuracy(metrics, tmp_path / "nested" / "p.png")
+    assert os.listdir(tmp_path) == []  # neither failing call wrote a file, a temporary or a folder

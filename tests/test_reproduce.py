@@ -118,10 +118,34 @@ def test_every_run_has_a_per_class_report_and_paired_delta(results):
 
 
 def test_teachers_have_calibration(results):
-    data, _ = results
-    for run in (r for r in data["runs"] if r["objective"] == "teacher"):
+    """Each teacher's log-loss and ECE equal those recomputed here from its saved weights on the test split."""
+    import torch
+    from transformers import ViTForImageClassification
+
+    from hf_fairkd import pipeline
+
+    data, output = results
+    test = Dataset.from_parquet(
+        str(output.parents[1] / "cifar_like" / "plain_text" / "test-00000-of-00001.parquet")
+    )
+    processor = pipeline.make_image_processor(pipeline.ModelArguments(image_size=16, patch_size=8))
+    pixels = processor([im.convert("RGB") for im in test["img"]], return_tensors="pt")["pixel_values"]
+    labels = np.array(test["label"])
+    teachers = [r for r in data["runs"] if r["objective"] == "teacher"]
+    assert len(teachers) == 3
+    for run in teachers:
+        model = ViTForImageClassification.from_pretrained(
+            output.parents[1] / "work" / f"teacher_{run['teacher']}"
+        )
+        with torch.no_grad():
+            logits = model.eval()(pixel_values=pixels).logits.double()
+        probs = torch.softmax(logits, -1).numpy()
+        assert "".join(str(p) for p in probs.argmax(-1)) == run["predictions"]  # the same model and inputs
         cal = run["calibration"]
-        assert cal["log_loss"] > 0 and 0 <= cal["ece"] <= 1
+        assert cal["log_loss"] == pytest.approx(
+            -np.mean(np.log(probs[np.arange(len(labels)), labels])), rel=1e-5
+        )
+        assert cal["ece"] == pytest.approx(top_label_ece(probs, labels, bins=cal["n_bins"]), abs=1e-6)
         assert len(cal["per_class_calibration_error"]) == 10
         assert cal["worst_class_calibration_error"] == max(cal["per_class_calibration_error"])
 
@@ -133,6 +157,17 @@ def test_robust_kd_at_b0_is_kd(results):
     robust0 = next(r for r in data["runs"] if r["name"] == "erm/robust_kd/b=0/seed0")
     assert robust0["predictions"] == kd["predictions"]
     assert robust0["dro_class_weights"] == pytest.approx(np.array(ce_prior(data)), abs=1e-5)
+
+
+def top_label_ece(probs: np.ndarray, labels: np.ndarray, bins: int) -> float:
+    """ECE written out bin by bin: bins (k/B, (k+1)/B] of the top probability, a confidence of 0 in the first."""
+    confidence, hit = probs.max(-1), probs.argmax(-1) == labels
+    total = 0.0
+    for k in range(bins):
+        inside = (confidence > k / bins) & (confidence <= (k + 1) / bins) | ((k == 0) & (confidence == 0))
+        if inside.any():
+            total += inside.mean() * abs(hit[inside].mean() - confidence[inside].mean())
+    return total
 
 
 def ce_prior(data) -> list[float]:
@@ -153,3 +188,17 @@ def test_table_and_plot_from_json_alone(results, tmp_path):
     for teacher in ("erm", "balanced", "dro"):
         assert f"| {teacher} |" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_significant_drops_use_the_one_hurt_rule():
+    """The table calls a drop significant exactly when hf_fairkd.metrics.delta_verdict says "hurt"."""
+    table = _load("make_cifar10_lt_table")
+    rows = [
+        # 0 vs 9 discordant rows: exact McNemar p = 2/512, although this interval reaches above 0
+        {"name": "cat", "delta": -0.45, "n10": 0, "n01": 9, "p_value": 2 / 512, "ci_high": 0.01},
+        # 1 vs 6: p = 0.125, not significant, although this interval lies below 0
+        {"name": "dog", "delta": -0.25, "n10": 1, "n01": 6, "p_value": 0.125, "ci_high": -0.01},
+        # a row written before the test existed is not judged
+        {"name": "frog", "delta": -0.4, "ci_low": -0.6, "ci_high": -0.2},
+    ]
+    assert table.significant_drops([{"delta_vs_ce": rows}, {"delta_vs_ce": rows[:1]}]) == {"cat": 2}

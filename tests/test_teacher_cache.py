@@ -1,6 +1,7 @@
 """Teacher-logit cache: same loss as the online teacher, top-k reconstruction, fingerprints and refusals."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
+from datasets import ClassLabel, Dataset
 from tiny_models import image_dataset, make_vit, tiny_args
 from transformers import AutoModelForImageClassification
 
@@ -75,15 +76,24 @@ def test_topk_with_all_classes_equals_dense_exactly(train, teacher, tmp_path):
     assert batch_loss(topk, tmp_path) == batch_loss(dense, tmp_path)
 
 
-def test_topk_columns_hold_the_largest_logits_and_the_log_normaliser(train, teacher):
+def test_topk_columns_hold_the_largest_logits_and_the_tail_mass(train, teacher):
     cached = tc.build_teacher_cache(train, teacher, top_k=2, dtype="float32")
     logits = online_logits(teacher, train)
     rows = cached[:]
     values, indices = logits.topk(2, dim=-1)
     torch.testing.assert_close(rows[tc.TOPK_LOGITS_COLUMN], values, rtol=1e-6, atol=1e-5)
     assert torch.equal(rows[tc.TOPK_INDICES_COLUMN].long(), indices)
-    torch.testing.assert_close(rows[tc.LOGSUMEXP_COLUMN], torch.logsumexp(logits, -1), rtol=1e-6, atol=1e-5)
-    assert cached.features[tc.TOPK_INDICES_COLUMN].feature.dtype == "int32"
+    tail = torch.logsumexp(logits.scatter(1, indices, -torch.inf), -1)  # the one class outside the top 2
+    torch.testing.assert_close(rows[tc.TAIL_LOGSUMEXP_COLUMN], tail, rtol=1e-6, atol=1e-5)
+    assert cached.features[tc.TOPK_INDICES_COLUMN].feature.dtype == "uint8"
+    assert tc.teacher_cache_info(cached)["format_version"] == 2
+    # a format-1 batch (full log-normaliser) is still read, to the same distribution up to its float32 lse
+    legacy = {k: v for k, v in rows.items() if k != tc.TAIL_LOGSUMEXP_COLUMN}
+    legacy[tc.LOGSUMEXP_COLUMN] = torch.logsumexp(logits, -1)
+    for fill in tc.TOPK_FILLS:
+        expected = torch.softmax(tc.cached_logits_from_batch(rows, 3, fill), -1)
+        got = torch.softmax(tc.cached_logits_from_batch(legacy, 3, fill), -1)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ top-k fill
@@ -118,14 +128,126 @@ def test_spread_with_no_remaining_mass_stays_finite():
     assert probs[0, 3] == pytest.approx(1.0) and probs[0, [0, 2]].sum() == 0
 
 
-def test_module_default_fill_is_used(train, teacher, monkeypatch):
-    cached = tc.build_teacher_cache(train, teacher, top_k=1)
-    batch = cached[:4]
-    monkeypatch.setattr(tc, "TOPK_FILL", "spread")
-    assert torch.equal(tc.cached_logits_from_batch(batch, 3), tc.cached_logits_from_batch(batch, 3, "spread"))
-    assert not torch.equal(
-        tc.cached_logits_from_batch(batch, 3), tc.cached_logits_from_batch(batch, 3, "renormalize")
+class LogitsTeacher(torch.nn.Module):
+    """A 'teacher' whose logits are its input row: caches of hand-made logits through build_teacher_cache."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        from transformers import PretrainedConfig
+
+        self.config = PretrainedConfig(num_labels=num_classes)
+        self.one = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, pixel_values):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=pixel_values * self.one)
+
+
+def logits_cache(logits, **kwargs):
+    logits = torch.as_tensor(logits, dtype=torch.float32)
+    dataset = Dataset.from_dict({"pixel_values": logits.numpy()}).with_format("torch")
+    return tc.build_teacher_cache(dataset, LogitsTeacher(logits.shape[-1]), **kwargs)
+
+
+def test_spread_is_the_exact_softmax_at_t1_from_a_float16_cache():
+    # a sharp teacher: the tail holds ~1e-4 of the mass, below the float16 rounding of the top-k logits
+    torch.manual_seed(0)
+    logits = torch.randn(8, 20) * 2
+    logits[:, :4] += torch.tensor([14.0, 12.5, 11.0, 10.0])
+    cached = logits_cache(logits, top_k=4)  # float16 logits, the default
+    stored = logits.double()
+    stored[:, :4] = logits[:, :4].half().double()  # the top-k logits as the cache holds them
+    probs = torch.softmax(stored, -1)  # the dense softmax of those logits
+    tail = probs[:, 4:].sum(-1)
+    assert 1e-5 < tail.min() and tail.max() < 1e-3
+    filled = torch.softmax(tc.cached_logits_from_batch(cached[:], 20, "spread").double(), -1)
+    torch.testing.assert_close(filled[:, :4], probs[:, :4], rtol=1e-6, atol=0)
+    torch.testing.assert_close(filled[:, 4:].sum(-1), tail, rtol=1e-6, atol=0)  # the tail mass, exactly
+    torch.testing.assert_close(filled[:, 4:], (tail / 16)[:, None].expand(-1, 16), rtol=1e-6, atol=0)
+
+
+def test_spread_at_t2_matches_a_hand_computation_through_the_trainer(tmp_path):
+    # one row, m = 5, k = 2; these logits are exact in float16
+    cached = logits_cache([[4.0, 2.0, 0.0, -1.0, -3.0]], top_k=2)
+    cached = cached.add_column("labels", [0]).cast_column(
+        "labels", ClassLabel(names=[f"LABEL_{i}" for i in range(5)])
     )
+    rest = math.exp(0) + math.exp(-1) + math.exp(-3)  # the mass outside the top 2 at T = 1
+    v = math.log(rest / 3)  # the logit of each of the 3 missing classes
+    z = math.exp(4 / 2) + math.exp(2 / 2) + 3 * math.exp(v / 2)
+    expected = [math.exp(2) / z, math.exp(1) / z, *[math.exp(v / 2) / z] * 3]
+    args = tiny_args(tmp_path, objective="kd", temperature=2.0)  # the default fill
+    assert args.teacher_topk_fill == "spread"
+    student = make_vit(num_labels=5, names=[f"LABEL_{i}" for i in range(5)])
+    trainer = DistillationTrainer(model=student, args=args, train_dataset=cached.with_format("torch"))
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    targets = trainer.objective.teacher_probs(trainer._split_batch(batch)[2])
+    torch.testing.assert_close(
+        targets[0].double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=0
+    )
+    assert not hasattr(tc, "TOPK_FILL")  # the fill is the trainer's argument, not a module global
+
+
+def test_spread_is_clamped_below_the_kth_logit():
+    values, indices = torch.tensor([[2.0, 1.0]]), torch.tensor([[0, 1]])
+    # an inconsistent normaliser (e.g. rounded top-k logits): the 3 missing classes would get logit 1.5 > 1.0
+    lse = torch.log(torch.exp(values).sum() + 3 * math.exp(1.5)).reshape(1)
+    dense = tc.topk_to_dense(values, indices, lse, 5, "spread")
+    assert torch.equal(dense, torch.tensor([[2.0, 1.0, 1.0, 1.0, 1.0]]))
+
+
+@pytest.mark.parametrize(
+    "num_classes, dtype, top_ids",
+    [(10, "uint8", [9, 0]), (300, "uint16", [299, 256]), (70_000, "int32", [69_999, 65_536])],
+)
+def test_class_ids_use_the_smallest_integer_type_and_round_trip(num_classes, dtype, top_ids):
+    logits = torch.zeros(2, num_classes)
+    logits[:, top_ids[0]], logits[:, top_ids[1]] = 5.0, 4.0
+    logits[1, 3] = 4.5
+    cached = logits_cache(logits, top_k=3, dtype="float32")
+    assert cached.features[tc.TOPK_INDICES_COLUMN].feature.dtype == dtype
+    table = cached.data.table.column(tc.TOPK_INDICES_COLUMN).combine_chunks()
+    assert str(table.type.value_type) == dtype  # the Arrow column itself, not only the declared feature
+    expected = logits.topk(3, -1).indices
+    stored = np.asarray(cached.with_format("numpy")[:][tc.TOPK_INDICES_COLUMN])
+    assert np.array_equal(stored, expected.numpy())
+    for indices in (torch.as_tensor(stored.astype(dtype)), cached[:][tc.TOPK_INDICES_COLUMN]):
+        batch = {**cached[:], tc.TOPK_INDICES_COLUMN: indices}  # raw narrow ids or the torch format's int64
+        torch.testing.assert_close(
+            tc.cached_logits_from_batch(batch, num_classes).gather(1, expected), logits.gather(1, expected)
+        )
+
+
+def test_renormalize_warns_once_where_it_was_measured_to_cost_accuracy(
+    train, teacher, tmp_path, caplog, monkeypatch
+):
+    from hf_fairkd import teacher_signal
+
+    monkeypatch.setattr(teacher_signal, "_warned", set())
+    cached = tc.build_teacher_cache(train, teacher, top_k=2)
+    caplog.set_level("WARNING", logger="hf_fairkd.teacher_signal")
+    hot = dict(objective="kd", temperature=4.0, teacher_topk_fill="renormalize")
+    for _ in range(2):
+        DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path, **hot), train_dataset=cached)
+    warnings = [r.getMessage() for r in caplog.records if "teacher_topk_fill='renormalize'" in r.getMessage()]
+    gap = teacher_signal.MEASURED_TOPK_GAPS["renormalize"][4.0]
+    assert len(warnings) == 1 and f"{gap:.1f} points" in warnings[0]
+    assert "larger top_k" in warnings[0] and "dense cache" in warnings[0]
+    caplog.clear()
+    for fill, temperature in (("spread", 4.0), ("renormalize", 1.0)):
+        args = tiny_args(tmp_path, objective="kd", temperature=temperature, teacher_topk_fill=fill)
+        DistillationTrainer(model=make_vit(), args=args, train_dataset=cached)
+    assert not [r for r in caplog.records if "teacher_topk_fill" in r.getMessage()]
+
+
+def test_the_measured_gaps_are_the_benchmarks():
+    from hf_fairkd import teacher_signal
+
+    results = json.loads((TESTS.parent / "benchmarks" / "results" / "teacher_cache.json").read_text())
+    measured = results["accuracy"]["gap_points_dense_minus_topk"]
+    for fill, gaps in teacher_signal.MEASURED_TOPK_GAPS.items():
+        assert {float(t): round(g, 1) for t, g in measured[fill].items()} == gaps
 
 
 # ------------------------------------------------------------------------------------------ fingerprints

@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from tiny_models import image_dataset, make_bert, make_vit, text_dataset, tiny_args
@@ -58,7 +59,15 @@ def test_every_objective_trains_and_the_loss_falls(objective, data, teacher, tmp
 
 def test_losses_components_and_class_weights_are_logged(data, teacher, tmp_path):
     train, holdout, _ = data
-    args = tiny_args(tmp_path, objective="robust_kd", max_steps=10, logging_steps=5, dro_update_every=2)
+    args = tiny_args(
+        tmp_path,
+        objective="robust_kd",
+        max_steps=10,
+        logging_steps=5,
+        dro_update_every=2,
+        dro_tradeoff=0.5,
+        dro_step_size=1.0,
+    )
     trainer = DistillationTrainer(
         model=make_vit(), args=args, teacher=teacher, train_dataset=train, holdout_dataset=holdout
     )
@@ -67,8 +76,15 @@ def test_losses_components_and_class_weights_are_logged(data, teacher, tmp_path)
     assert logged, trainer.state.log_history
     for key in ("loss_one_hot", "loss_distill", "alpha_mean", "class_weight_min", "class_weight_max"):
         assert key in logged[-1], key
-    assert logged[-1]["class_weight_min"] <= 1 / 3 <= logged[-1]["class_weight_max"]
-    assert logged[-1]["class_weight_argmax"] in (0.0, 1.0, 2.0)
+    # the class weights are state: the log shows their current value, recomputed here by hand as
+    # w = (1 - b) * prior + b * lambda (the last update ran at step 8, before the step-10 log)
+    lam = trainer.objective.multipliers.double().numpy()
+    assert trainer.objective.num_updates == 4 and not np.allclose(lam, 1 / 3, atol=1e-4)
+    w = 0.5 * np.array([24, 12, 6]) / 42 + 0.5 * lam
+    assert logged[-1]["class_weight_min"] == pytest.approx(w.min(), rel=1e-6)
+    assert logged[-1]["class_weight_max"] == pytest.approx(w.max(), rel=1e-6)
+    assert logged[-1]["class_weight_argmax"] == float(w.argmax())
+    assert logged[-1]["class_weight_entropy"] == pytest.approx(-(w * np.log(w)).sum(), rel=1e-6)
 
 
 def test_evaluation_reports_per_class_metrics(data, teacher, tmp_path):
@@ -76,20 +92,24 @@ def test_evaluation_reports_per_class_metrics(data, teacher, tmp_path):
     trainer = DistillationTrainer(
         model=make_vit(), args=tiny_args(tmp_path), teacher=teacher, train_dataset=train
     )
+    trainer.train()
     metrics = trainer.evaluate(test)
-    for key in (
-        "eval_accuracy",
-        "eval_balanced_accuracy",
-        "eval_worst_class_accuracy",
-        "eval_accuracy_class/bird",
-    ):
-        assert key in metrics, sorted(metrics)
-    assert metrics["eval_worst_class_accuracy"] <= metrics["eval_balanced_accuracy"]
+    # recomputed independently from the predictions
+    output = trainer.predict(test)
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    predictions, labels = np.asarray(logits).argmax(-1), np.asarray(output.label_ids)
+    per_class = np.array([(predictions[labels == c] == c).mean() for c in range(3)])
+    assert metrics["eval_accuracy"] == pytest.approx((predictions == labels).mean())
+    assert metrics["eval_balanced_accuracy"] == pytest.approx(per_class.mean())
+    assert metrics["eval_worst_class_accuracy"] == pytest.approx(per_class.min())
+    for c, name in enumerate(["cat", "dog", "bird"]):
+        assert metrics[f"eval_accuracy_class/{name}"] == pytest.approx(per_class[c])
 
 
-def _one_step_params(tmp_path, model_fn, dataset, batch, accumulation, objective="kd", teacher=None):
-    args = tiny_args(
-        tmp_path / f"{batch}x{accumulation}",
+def _one_step_params(
+    tmp_path, model_fn, dataset, batch, accumulation, objective="kd", teacher=None, holdout=None, **overrides
+):
+    settings = dict(
         objective=objective,
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=accumulation,
@@ -101,10 +121,13 @@ def _one_step_params(tmp_path, model_fn, dataset, batch, accumulation, objective
         weight_decay=0.0,
         max_grad_norm=0.0,
     )
-    trainer = DistillationTrainer(model=model_fn(), args=args, teacher=teacher, train_dataset=dataset)
+    args = tiny_args(tmp_path / f"{batch}x{accumulation}", **{**settings, **overrides})
+    trainer = DistillationTrainer(
+        model=model_fn(), args=args, teacher=teacher, train_dataset=dataset, holdout_dataset=holdout
+    )
     trainer.train()
     loss = trainer.state.log_history[0]["loss"]
-    return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}, loss
+    return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}, loss, trainer.objective
 
 
 @pytest.mark.parametrize("kind", ["vit", "bert"])
@@ -116,14 +139,155 @@ def test_gradient_accumulation_invariance(kind, tmp_path):
         dataset, model_fn = text_dataset((3, 3, 2), seed=3), lambda: make_bert(seed=5)
         teacher = make_bert(seed=9)
     assert len(dataset) == 8
-    params_a, loss_a = _one_step_params(tmp_path, model_fn, dataset, 8, 1, teacher=teacher)
-    params_b, loss_b = _one_step_params(tmp_path, model_fn, dataset, 1, 8, teacher=teacher)
+    params_a, loss_a, _ = _one_step_params(tmp_path, model_fn, dataset, 8, 1, teacher=teacher)
+    params_b, loss_b, _ = _one_step_params(tmp_path, model_fn, dataset, 1, 8, teacher=teacher)
     start = model_fn()
     moved = max((params_a[k] - p).abs().max().item() for k, p in start.named_parameters())
     assert moved > 1e-3  # the step did something, so equality below means something
     assert loss_a == pytest.approx(loss_b, rel=1e-4)
     for name in params_a:
         torch.testing.assert_close(params_a[name], params_b[name], rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_accumulation_invariance_across_a_dro_update(tmp_path):
+    # two steps, a class-DRO update at the start of the second: 1x8 and 8x1 must agree on lambda and weights
+    dataset, model_fn = image_dataset((3, 3, 2), seed=3), lambda: make_vit(seed=5)
+    holdout = image_dataset((4, 4, 4), seed=4)
+    runs = [
+        _one_step_params(
+            tmp_path,
+            model_fn,
+            dataset,
+            batch,
+            accumulation,
+            objective="robust_kd",
+            teacher=make_vit(seed=9),
+            holdout=holdout,
+            max_steps=2,
+            dro_update_every=1,
+            dro_step_size=2.0,
+        )
+        for batch, accumulation in ((8, 1), (1, 8))
+    ]
+    (params_a, _, objective_a), (params_b, _, objective_b) = runs
+    assert objective_a.num_updates == objective_b.num_updates == 1
+    assert not torch.allclose(objective_a.multipliers, torch.full((3,), 1 / 3), atol=1e-3)
+    torch.testing.assert_close(objective_a.multipliers, objective_b.multipliers, rtol=1e-5, atol=1e-7)
+    for name in params_a:
+        torch.testing.assert_close(params_a[name], params_b[name], rtol=1e-4, atol=1e-6)
+
+
+def _constant_student(bias):
+    """A student whose logits are ``bias`` for every input (zero classifier weights)."""
+    model = make_vit(seed=0)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor(bias))
+    return model
+
+
+def _dro_multipliers_after_one_update(tmp_path, train, holdout, bias):
+    args = tiny_args(
+        tmp_path, objective="dro", max_steps=2, dro_update_every=1, dro_step_size=1.0, learning_rate=0.0
+    )
+    trainer = DistillationTrainer(
+        model=_constant_student(bias), args=args, train_dataset=train, holdout_dataset=holdout
+    )
+    trainer.train()
+    assert trainer.objective.num_updates == 1
+    return trainer.objective.multipliers
+
+
+def test_dro_holdout_errors_use_the_unadjusted_argmax(data, tmp_path):
+    train, holdout, _ = data
+    bias = [0.0, 0.0, 1.0]
+    # raw argmax: class 2. With uniform lambda the loss adds -log c = log(3 pi): argmax of the adjusted logits is 0
+    offsets = np.log(3 * np.array([24, 12, 6]) / 42)
+    assert np.argmax(np.array(bias) + offsets) == 0
+    got = _dro_multipliers_after_one_update(tmp_path, train, holdout, bias).double().numpy()
+    errors = np.array([1.0, 1.0, 0.0])  # every example predicted as class 2
+    expected = np.exp(errors) / np.exp(errors).sum()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_dro_class_absent_from_the_holdout_batch_keeps_its_weight(data, tmp_path):
+    train, _, _ = data
+    holdout = image_dataset((6, 6, 0), seed=5)  # no bird in the holdout
+    got = _dro_multipliers_after_one_update(tmp_path, train, holdout, [0.0, 1.0, 0.0])
+    assert got[2].item() == torch.tensor(1 / 3).item()  # exactly its old weight
+    errors = np.array([1.0, 0.0])  # every example predicted as class 1
+    seen = (2 / 3) * np.exp(errors) / np.exp(errors).sum()
+    np.testing.assert_allclose(got[:2].double().numpy(), seen, rtol=1e-6)
+
+
+def test_class_level_reliability_is_measured_on_the_adjusted_teacher(data, tmp_path):
+    train, holdout, _ = data
+    teacher = make_vit(seed=4)
+    args = tiny_args(
+        tmp_path, objective="ada_alpha", teacher_logit_mode="prior_adjusted", teacher_logit_tau=2.0
+    )
+    trainer = DistillationTrainer(
+        model=make_vit(), args=args, teacher=teacher, train_dataset=train, holdout_dataset=holdout
+    )
+    trainer._prepare_objective()
+    with torch.no_grad():
+        pixels = torch.stack([holdout[i]["pixel_values"] for i in range(len(holdout))])
+        logits = teacher(pixel_values=pixels).logits.double().numpy()
+    labels = np.asarray(holdout["labels"])
+    adjusted = logits - 2.0 * np.log(np.array([24, 12, 6]) / 42)
+    assert (adjusted.argmax(-1) != logits.argmax(-1)).any()  # so raw and adjusted recall differ
+    correct = np.bincount(labels[adjusted.argmax(-1) == labels], minlength=3)
+    counts = np.bincount(labels, minlength=3)
+    expected = (correct + correct.sum() / counts.sum()) / (counts + 1)  # pseudo count 1
+    np.testing.assert_allclose(trainer.objective.teacher_reliability.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "objective, extra",
+    [
+        ("balanced_kd", {}),
+        ("balanced_kd", {"balanced_form": "reweighted"}),
+        ("robust_kd", {}),
+        ("dro", {}),
+        ("balanced", {}),
+        ("balanced", {"balanced_form": "posthoc"}),
+        ("kd", {"teacher_logit_mode": "prior_adjusted"}),
+    ],
+)
+def test_a_class_without_training_rows_is_refused_when_the_prior_is_used(data, tmp_path, objective, extra):
+    train, _, _ = data
+    with pytest.raises(ValueError, match=r"no training rows: \['bird'\].*add training rows"):
+        DistillationTrainer(
+            model=make_vit(),
+            args=tiny_args(tmp_path, objective=objective, **extra),
+            teacher=make_vit(seed=4),
+            train_dataset=train,
+            class_counts=[24, 12, 0],
+        )
+
+
+@pytest.mark.parametrize(
+    "objective, extra",
+    [
+        ("kd", {}),
+        ("ce", {}),
+        ("ada_alpha", {"ada_alpha_level": "instance"}),
+        ("robust_kd", {"dro_tau": 0.0, "dro_base": "uniform"}),
+    ],
+)
+def test_a_class_without_training_rows_is_fine_when_the_prior_is_not_used(data, tmp_path, objective, extra):
+    train, holdout, _ = data
+    trainer = DistillationTrainer(
+        model=make_vit(),
+        args=tiny_args(tmp_path, objective=objective, **extra),
+        teacher=make_vit(seed=4),
+        train_dataset=train,
+        holdout_dataset=holdout,
+        class_counts=[24, 12, 0],
+    )
+    batch = {"pixel_values": train[:5]["pixel_values"], "labels": train[:5]["labels"]}
+    loss = trainer.compute_loss(trainer.model, batch)
+    assert torch.isfinite(loss) and loss.item() < 5.0
 
 
 class StopAt(TrainerCallback):

@@ -21,6 +21,7 @@ from datasets import (
     load_from_disk,
 )
 
+from .image_folders import _FILE_BUILDERS, _is_image_folder, check_image_folder
 from .longtail import (
     PROFILES,
     LongTailInfo,
@@ -47,8 +48,6 @@ DEFAULT_IMBALANCE = {"digits": 10.0}
 DEFAULT_IMBALANCE_OTHER = 100.0
 DEFAULT_HOLDOUT = {"digits": 5}
 LABEL_NAMES = ("label", "labels", "fine_label")
-_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-_FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -86,18 +85,6 @@ def _load_hub(hub_id: str, cache_dir: str | None):
         ) from err
 
 
-def _is_image_folder(path: str) -> bool:
-    """True if ``path`` holds image files and no other data files (e.g. class_a/x.png, class_b/y.png)."""
-    found_image = False
-    for _root, _dirs, files in os.walk(path):
-        for name in files:
-            ext = os.path.splitext(name)[1].lower()
-            if ext in _FILE_BUILDERS:
-                return False
-            found_image = found_image or ext in _IMAGE_EXTS
-    return found_image
-
-
 def _empty_saved_splits(path: str) -> list[str]:
     """Splits of a save_to_disk folder that hold no data file (no rows)."""
     dict_file = os.path.join(path, "dataset_dict.json")
@@ -129,6 +116,7 @@ def _load_local(path: str, cache_dir: str | None):
             )
         return load_from_disk(path)  # written by save_to_disk
     if _is_image_folder(path):
+        check_image_folder(path)
         return load_dataset("imagefolder", data_dir=path, cache_dir=cache_dir)
     # A Hub-like layout (README.md with configs, or plain_text/train-*.parquet etc.)
     try:

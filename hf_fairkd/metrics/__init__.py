@@ -1,4 +1,5 @@
-"""Per-class, shot-group and subgroup metrics, calibration, and the ``per_class_accuracy`` evaluate module."""
+"""Per-class, shot-group and subgroup metrics, exact intervals, calibration, and the ``per_class_accuracy``
+evaluate module."""
 
 from __future__ import annotations
 
@@ -12,7 +13,20 @@ from hf_fairkd.metrics.calibration import (
     per_class_calibration_error,
     softmax,
 )
-from hf_fairkd.metrics.subgroup import flatten_report, paired_delta, report_to_jsonable, subgroup_report
+from hf_fairkd.metrics.intervals import (
+    clopper_pearson,
+    mcnemar_exact_p,
+    paired_difference_interval,
+    worst_class_interval,
+)
+from hf_fairkd.metrics.paired import (
+    HURT_ALPHA,
+    HURT_RULE,
+    delta_verdict,
+    hurt_and_helped_classes,
+    paired_delta,
+)
+from hf_fairkd.metrics.subgroup import flatten_report, report_to_jsonable, subgroup_report
 
 PER_CLASS_ACCURACY_PATH = str(Path(__file__).resolve().parent / "per_class_accuracy")
 
@@ -28,16 +42,24 @@ def load_metric(**kwargs):
 
 
 __all__ = [
+    "HURT_ALPHA",
+    "HURT_RULE",
     "PER_CLASS_ACCURACY_PATH",
     "brier_score",
     "calibration_report",
+    "clopper_pearson",
+    "delta_verdict",
     "expected_calibration_error",
     "flatten_report",
+    "hurt_and_helped_classes",
     "load_metric",
     "log_loss",
+    "mcnemar_exact_p",
     "paired_delta",
+    "paired_difference_interval",
     "per_class_calibration_error",
     "report_to_jsonable",
     "softmax",
     "subgroup_report",
+    "worst_class_interval",
 ]

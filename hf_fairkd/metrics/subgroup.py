@@ -1,9 +1,9 @@
-"""Per-class and subgroup accuracy with bootstrap intervals (plain numpy, vectorised).
+"""Per-class and subgroup accuracy with exact intervals (plain numpy, vectorised).
 
 Everything works on per-class counts from ``np.bincount``, so one million predictions over one thousand
-classes take a fraction of a second. The bootstrap is *stratified by class*: resampling the n_c
-evaluation rows of class c with replacement gives a correct count distributed Binomial(n_c, acc_c), so
-we draw those counts directly instead of resampling rows. Class supports stay fixed in every replicate.
+classes take a fraction of a second. Per-class intervals are Clopper-Pearson (exact binomial) intervals;
+the worst-class interval comes from simultaneous (Bonferroni) Clopper-Pearson intervals; see
+:mod:`hf_fairkd.metrics.intervals`. Nothing is resampled, so reports do not depend on a seed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ import warnings
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
+
+from hf_fairkd.metrics.intervals import (
+    INTERVAL_METHOD,
+    WORST_CLASS_INTERVAL_METHOD,
+    clopper_pearson,
+    worst_class_interval,
+)
 
 
 def _as_class_ids(values, name: str) -> np.ndarray:
@@ -76,20 +83,26 @@ def _prepare(predictions, references, num_classes, class_names, train_counts):
         )
     if score_width is not None and score_width != num_classes:
         raise ValueError(f"predictions have {score_width} score columns but num_classes is {num_classes}.")
-    if train_counts is not None:
-        train_counts = np.asarray(train_counts, dtype=np.int64)
-        if train_counts.shape != (num_classes,):
-            raise ValueError(
-                f"train_counts has {train_counts.size} entries but num_classes is {num_classes}; "
-                "give one training count per class id."
-            )
-        if np.any(train_counts < 0):
-            raise ValueError("train_counts must be non-negative.")
+    train_counts = _check_counts(train_counts, num_classes, "train_counts")
     _check_range(refs, num_classes, "references")
     _check_range(preds, num_classes, "predictions")
     if class_names is None:
         class_names = [str(i) for i in range(num_classes)]
     return preds, refs, num_classes, class_names, train_counts
+
+
+def _check_counts(counts, num_classes: int, name: str) -> np.ndarray | None:
+    """One non-negative integer count per class id (or None)."""
+    if counts is None:
+        return None
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.shape != (num_classes,):
+        raise ValueError(
+            f"{name} has {counts.size} entries but num_classes is {num_classes}; give one count per class id."
+        )
+    if np.any(counts < 0):
+        raise ValueError(f"{name} must be non-negative.")
+    return counts
 
 
 def _check_options(n_bootstrap: int, confidence_level: float, worst_k: int = 1) -> None:
@@ -99,13 +112,6 @@ def _check_options(n_bootstrap: int, confidence_level: float, worst_k: int = 1) 
         raise ValueError(f"confidence_level must be in (0, 1), e.g. 0.95; got {confidence_level}.")
     if int(worst_k) < 1:
         raise ValueError(f"worst_k must be >= 1, got {worst_k}.")
-
-
-def _percentiles(replicates: np.ndarray, confidence_level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile-bootstrap bounds along axis 0."""
-    alpha = (1.0 - confidence_level) / 2.0
-    low, high = np.quantile(replicates, [alpha, 1.0 - alpha], axis=0)
-    return low, high
 
 
 def _check_groups(groups: Mapping[str, Sequence] | None, n: int) -> None:
@@ -183,14 +189,14 @@ def _group_reports(groups: Mapping[str, Sequence] | None, correct: np.ndarray) -
     return out
 
 
-def _shot_groups(train_counts, per_class_acc, support, class_names, many_above, few_below) -> dict:
-    """many: train_count > many_above; few: train_count < few_below; medium: the rest (inclusive bounds)."""
-    if train_counts is None:
+def _shot_groups(shot_counts, per_class_acc, support, class_names, many_above, few_below) -> dict:
+    """many: count > many_above; few: count < few_below; medium: the rest (inclusive bounds)."""
+    if shot_counts is None:
         return {}
     masks = {
-        "many": train_counts > many_above,
-        "medium": (train_counts >= few_below) & (train_counts <= many_above),
-        "few": train_counts < few_below,
+        "many": shot_counts > many_above,
+        "medium": (shot_counts >= few_below) & (shot_counts <= many_above),
+        "few": shot_counts < few_below,
     }
     out = {}
     for name, mask in masks.items():
@@ -223,6 +229,7 @@ def subgroup_report(
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
     train_counts: Sequence[int] | None = None,
+    shot_counts: Sequence[int] | None = None,
     groups: Mapping[str, Sequence] | None = None,
     shot_thresholds: tuple[int, int] = (100, 20),
     worst_k: int = 3,
@@ -234,16 +241,25 @@ def subgroup_report(
 
     predictions: class ids (n,) or scores (n, num_classes) (argmax taken). num_classes comes from the
     argument, else class_names, else train_counts, else the score width, else max label + 1.
-    Shot groups (train_counts given): many = train_count > shot_thresholds[0] (100), few = train_count <
+    Shot groups use ``shot_counts`` (default: train_counts; pass the long-tail counts from before a
+    holdout was carved to get the standard groups): many = count > shot_thresholds[0] (100), few = count <
     shot_thresholds[1] (20), medium = the rest (20..100 inclusive). Classes without evaluation examples
     get accuracy NaN, are listed in missing_classes, excluded from balanced/worst-class/worst-k accuracy,
     and named in a warning. Worst-class ties go to the lowest class id. worst_k is reduced to the number
-    of classes with examples when fewer. Intervals: stratified percentile bootstrap (see module doc);
-    worst_class_accuracy_ci takes the min over classes within each replicate (with many classes that min is
-    biased low, so the interval can sit below the estimate). n_bootstrap=0 gives NaN bounds.
+    of classes with examples when fewer.
+
+    Intervals (at ``confidence_level``): per class, Clopper-Pearson (exact, coverage >= the level for any
+    support); ``worst_class_accuracy_ci`` = [min_c low_c, min_c high_c] of Clopper-Pearson intervals at
+    level 1 - alpha/K (Bonferroni over the K classes with examples), which covers the true worst-class
+    accuracy with probability >= the level. ``n_bootstrap`` is kept for compatibility: nothing is
+    resampled any more; 0 still disables intervals (NaN bounds, ``interval_method`` "none"), any positive
+    value gives the exact intervals. ``seed`` is accepted and unused.
     """
     preds, refs, num_classes, class_names, train_counts = _prepare(
         predictions, references, num_classes, class_names, train_counts
+    )
+    shot_counts = (
+        train_counts if shot_counts is None else _check_counts(shot_counts, num_classes, "shot_counts")
     )
     many_above, few_below = (int(t) for t in shot_thresholds)
     if few_below > many_above:
@@ -274,12 +290,10 @@ def subgroup_report(
     ci_low = np.full(num_classes, math.nan)
     ci_high = np.full(num_classes, math.nan)
     worst_ci = [math.nan, math.nan]
-    if n_bootstrap > 0:
-        rng = np.random.default_rng(seed)
-        n_seen = support[seen]
-        reps = rng.binomial(n_seen, correct[seen] / n_seen, size=(n_bootstrap, len(n_seen))) / n_seen
-        ci_low[seen], ci_high[seen] = _percentiles(reps, confidence_level)
-        w_low, w_high = _percentiles(reps.min(axis=1), confidence_level)
+    intervals = n_bootstrap > 0
+    if intervals:
+        ci_low, ci_high = clopper_pearson(correct, support, confidence_level)
+        w_low, w_high = worst_class_interval(correct, support, confidence_level)
         worst_ci = [float(w_low), float(w_high)]
 
     columns = {
@@ -306,11 +320,15 @@ def subgroup_report(
         "worst_k_classes": [class_names[i] for i in order[:k]],
         "worst_class_accuracy_ci": worst_ci,
         "confidence_level": float(confidence_level),
+        "interval_method": INTERVAL_METHOD if intervals else "none",
+        "worst_class_interval_method": WORST_CLASS_INTERVAL_METHOD if intervals else "none",
+        "worst_class_interval_classes": int(len(seen_ids)),  # K of the Bonferroni correction
         "n_bootstrap": n_bootstrap,
         "missing_classes": missing,
         "per_class": per_class,
         "shot_thresholds": {"many_above": many_above, "few_below": few_below},
-        "shot_groups": _shot_groups(train_counts, per_class_acc, support, class_names, many_above, few_below),
+        "shot_counts": shot_counts.tolist() if shot_counts is not None else None,
+        "shot_groups": _shot_groups(shot_counts, per_class_acc, support, class_names, many_above, few_below),
         "groups": _group_reports(groups, correct_rows),
     }
 
@@ -352,75 +370,3 @@ def report_to_jsonable(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-def paired_delta(
-    predictions_a,
-    predictions_b,
-    references,
-    *,
-    num_classes: int | None = None,
-    class_names: Sequence[str] | None = None,
-    n_bootstrap: int = 1000,
-    confidence_level: float = 0.95,
-    seed: int = 0,
-) -> list[dict]:
-    """Per-class accuracy difference a - b with a paired, class-stratified percentile bootstrap.
-
-    Within class c, resampling rows (the same rows for both models) only changes how many rows fall in
-    the cells "a right, b wrong" (n10) and "a wrong, b right" (n01), so the replicate delta
-    (n10* - n01*) / n_c is drawn from Multinomial(n_c, (p10, p01, rest)) via two binomials.
-    Classes without examples get NaN (and a warning). Returns [{"class_id","name","delta","ci_low","ci_high"}].
-    """
-    if (
-        np.ndim(predictions_a) == 2
-        and np.ndim(predictions_b) == 2
-        and np.shape(predictions_a) != np.shape(predictions_b)
-    ):
-        raise ValueError(
-            "predictions_a and predictions_b scores have different shapes; score the same classes."
-        )
-    if (
-        num_classes is None
-        and class_names is None
-        and np.ndim(predictions_a) == 1
-        and np.ndim(predictions_b) == 1
-    ):
-        # Infer from both models, so that model b's highest class id is not reported as out of range.
-        ids = np.concatenate([np.ravel(predictions_a), np.ravel(predictions_b), np.ravel(references)])
-        num_classes = int(ids.max()) + 1 if ids.size else None
-    preds_a, refs, num_classes, class_names, _ = _prepare(
-        predictions_a, references, num_classes, class_names, None
-    )
-    preds_b, _, _, _, _ = _prepare(predictions_b, refs, num_classes, class_names, None)
-    _check_options(n_bootstrap, confidence_level)
-
-    right_a, right_b = preds_a == refs, preds_b == refs
-    support = np.bincount(refs, minlength=num_classes)
-    n10 = np.bincount(refs[right_a & ~right_b], minlength=num_classes)
-    n01 = np.bincount(refs[~right_a & right_b], minlength=num_classes)
-    seen = support > 0
-    delta = np.full(num_classes, math.nan)
-    delta[seen] = (n10[seen] - n01[seen]) / support[seen]
-    if not seen.all():
-        _warn_missing([class_names[i] for i in np.flatnonzero(~seen)])
-
-    ci_low = np.full(num_classes, math.nan)
-    ci_high = np.full(num_classes, math.nan)
-    if int(n_bootstrap) > 0:
-        rng = np.random.default_rng(seed)
-        n_c, p10, p01 = support[seen], n10[seen] / support[seen], n01[seen] / support[seen]
-        size = (int(n_bootstrap), len(n_c))
-        draw10 = rng.binomial(n_c, p10, size=size)
-        # Conditional on n10*, the a-wrong/b-right count among the remaining rows is binomial.
-        p01_rest = np.divide(p01, 1.0 - p10, out=np.zeros_like(p01), where=p10 < 1.0)
-        draw01 = rng.binomial(n_c - draw10, np.clip(p01_rest, 0.0, 1.0))
-        ci_low[seen], ci_high[seen] = _percentiles((draw10 - draw01) / n_c, confidence_level)
-    columns = {
-        "class_id": list(range(num_classes)),
-        "name": class_names,
-        "delta": delta.tolist(),
-        "ci_low": ci_low.tolist(),
-        "ci_high": ci_high.tolist(),
-    }
-    return [dict(zip(columns, row)) for row in zip(*columns.values())]

@@ -9,10 +9,10 @@ import evaluate
 from hf_fairkd.metrics.subgroup import flatten_report, subgroup_report
 
 _DESCRIPTION = """
-Per-class accuracy (recall) with stratified bootstrap intervals, balanced accuracy, worst-class and
-worst-k accuracy, many/medium/few-shot accuracy (when training counts are given: many = train count > 100,
-medium = 20..100 inclusive, few < 20), and fairlearn-style subgroup accuracy per group column and per
-intersection of columns. Classes with no evaluation example get accuracy NaN, are listed in
+Per-class accuracy (recall) with exact Clopper-Pearson intervals, balanced accuracy, worst-class accuracy
+with a simultaneous (Bonferroni) interval that covers the true worst-class accuracy, worst-k accuracy,
+many/medium/few-shot accuracy (when training counts are given: many = count > 100, medium = 20..100
+inclusive, few < 20), and fairlearn-style subgroup accuracy per group column and per intersection of columns. Classes with no evaluation example get accuracy NaN, are listed in
 "missing_classes", excluded from the balanced/worst-class/worst-k numbers, and named in a warning.
 """
 
@@ -24,13 +24,16 @@ Args:
         else max label + 1.
     class_names (`list` of `str`, optional): one name per class id.
     train_counts (`list` of `int`, optional): training examples per class id; enables "shot_groups".
+    shot_counts (`list` of `int`, optional): per-class counts that define the shot groups (default:
+        train_counts); pass the long-tail counts from before a holdout was carved for the standard groups.
     groups (`dict` of column name -> `list`, optional): one group value per example for each column;
         reported per column, per pair of columns and for all columns together (when more than two).
     shot_thresholds (`tuple`, default (100, 20)): (many_above, few_below).
     worst_k (`int`, default 3): number of lowest-accuracy classes averaged in "worst_k_accuracy".
-    n_bootstrap (`int`, default 1000): bootstrap replicates (0 disables intervals: NaN bounds).
-    confidence_level (`float`, default 0.95): coverage of the percentile intervals.
-    seed (`int`, default 0): seed of the bootstrap.
+    n_bootstrap (`int`, default 1000): kept for compatibility; 0 disables intervals (NaN bounds), any
+        other value gives the exact intervals (nothing is resampled).
+    confidence_level (`float`, default 0.95): coverage of the intervals (per class, and for the worst class).
+    seed (`int`, default 0): unused (the intervals are exact, not resampled).
     flat (`bool`, default False): return flat scalars (hf_fairkd.metrics.flatten_report) instead.
 
 Returns:
@@ -44,7 +47,6 @@ Examples:
     ...     references=[0, 1, 2, 2, 2, 1, 2],
     ...     class_names=["cat", "dog", "fox"],
     ...     train_counts=[500, 50, 5],
-    ...     n_bootstrap=200,
     ... )
     >>> round(results["accuracy"], 4)
     0.7143
@@ -54,6 +56,10 @@ Examples:
     ('dog', 0.75)
     >>> {shot: group["classes"] for shot, group in results["shot_groups"].items()}
     {'many': ['cat'], 'medium': ['dog'], 'few': ['fox']}
+    >>> [round(b, 4) for b in (results["per_class"][0]["ci_low"], results["per_class"][0]["ci_high"])]
+    [0.025, 1.0]
+    >>> results["interval_method"], results["worst_class_interval_method"]
+    ('clopper_pearson', 'bonferroni_clopper_pearson')
     >>> flat = metric.compute(predictions=[0, 1, 1], references=[0, 1, 0], n_bootstrap=0, flat=True)
     >>> sorted(flat.items())
     [('accuracy', 0.6666666666666666), ('accuracy_class/0', 0.5), ('accuracy_class/1', 1.0), ('balanced_accuracy', 0.75), ('worst_class_accuracy', 0.5), ('worst_k_accuracy', 0.75)]
@@ -71,7 +77,7 @@ _CITATION = """
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class PerClassAccuracy(evaluate.Metric):
-    """Per-class, shot-group and subgroup accuracy with bootstrap intervals."""
+    """Per-class, shot-group and subgroup accuracy with exact intervals."""
 
     def _info(self):
         return evaluate.MetricInfo(
@@ -94,6 +100,7 @@ class PerClassAccuracy(evaluate.Metric):
         num_classes=None,
         class_names=None,
         train_counts=None,
+        shot_counts=None,
         groups=None,
         shot_thresholds=(100, 20),
         worst_k=3,
@@ -108,6 +115,7 @@ class PerClassAccuracy(evaluate.Metric):
             num_classes=num_classes,
             class_names=class_names,
             train_counts=train_counts,
+            shot_counts=shot_counts,
             groups=groups,
             shot_thresholds=shot_thresholds,
             worst_k=worst_k,

@@ -1,0 +1,149 @@
+"""The machine-readable ``hf_fairkd`` block of a model card's YAML header, and rebuilding metrics from it.
+
+Measured numbers are rounded to 4 significant digits in the block (the full precision stays in
+subgroup_metrics.json); names, counts, the dataset description and the run settings are stored verbatim.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hf_fairkd.io_utils import nan_to_none
+
+__all__ = [
+    "CARD_BLOCK_KEY",
+    "FORMAT_VERSION",
+    "SIGNIFICANT_DIGITS",
+    "card_block",
+    "expand_card_block",
+    "round_sig",
+]
+
+FORMAT_VERSION = 1
+CARD_BLOCK_KEY = "hf_fairkd"
+SIGNIFICANT_DIGITS = 4
+MODELS = ("teacher", "baseline", "student")
+BLOCK_SCALARS = (
+    "num_examples",
+    "accuracy",
+    "balanced_accuracy",
+    "worst_class_accuracy",
+    "worst_class",
+    "worst_class_accuracy_ci",
+    "confidence_level",
+    "interval_method",
+    "worst_class_interval_method",
+    "worst_class_interval_classes",
+)
+DELTA_KEYS = ("delta", "n10", "n01", "p_value", "ci_low", "ci_high")
+
+
+def round_sig(obj: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
+    """Copy of ``obj`` with every finite float rounded to ``digits`` significant digits (recursively).
+
+    Integers, booleans, strings and None are unchanged; NaN/inf become None.
+    """
+    if isinstance(obj, dict):
+        return {key: round_sig(value, digits) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [round_sig(value, digits) for value in obj]
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else None
+    return nan_to_none(obj)
+
+
+def _check(metrics: dict) -> None:
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("student"), dict):
+        raise ValueError(
+            "metrics must be the subgroup_metrics.json dict with at least a 'student' subgroup report; "
+            "build it with hf_fairkd.metrics.subgroup_report (see the spec's subgroup_metrics.json format)."
+        )
+    if "per_class" not in metrics["student"]:
+        raise ValueError(
+            "metrics['student'] has no 'per_class' list; pass a report from hf_fairkd.metrics.subgroup_report."
+        )
+
+
+def class_names(metrics: dict) -> list[str]:
+    return list(metrics.get("class_names") or [row["name"] for row in metrics["student"]["per_class"]])
+
+
+def train_counts(metrics: dict) -> list[int | None]:
+    return list(
+        metrics.get("train_counts") or [row.get("train_count") for row in metrics["student"]["per_class"]]
+    )
+
+
+def card_block(metrics: dict) -> dict:
+    """Compact, machine-readable results stored in the card's YAML under ``hf_fairkd`` (NaN -> None)."""
+    _check(metrics)
+    student = metrics["student"]
+    block: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "class_names": class_names(metrics),
+        "train_counts": train_counts(metrics),
+        "shot_thresholds": student.get("shot_thresholds"),
+    }
+    if student.get("shot_counts") is not None and student["shot_counts"] != block["train_counts"]:
+        block["shot_counts"] = student["shot_counts"]
+    for key in MODELS:
+        report = metrics.get(key)
+        if not report:
+            continue
+        small = {k: report.get(k) for k in BLOCK_SCALARS if k in report}
+        small["shot_accuracy"] = {s: g.get("accuracy") for s, g in (report.get("shot_groups") or {}).items()}
+        small["per_class_accuracy"] = [row["accuracy"] for row in report["per_class"]]
+        small["per_class_support"] = [row["support"] for row in report["per_class"]]
+        block[key] = round_sig(small)
+    deltas = metrics.get("student_minus_baseline")
+    if deltas:
+        keys = [k for k in DELTA_KEYS if k in deltas[0]]
+        block["student_minus_baseline"] = round_sig({k: [row.get(k) for row in deltas] for k in keys})
+    dataset = metrics.get("dataset") or {}
+    keep = ("source", "profile", "imbalance_factor", "seed", "rare_classes", "holdout_per_class")
+    block["dataset"] = {k: dataset[k] for k in keep if k in dataset}
+    block["settings"] = metrics.get("settings") or {}
+    return nan_to_none(block)
+
+
+def expand_card_block(block: dict) -> dict:
+    """Rebuild the subgroup_metrics.json layout (the fields the card stores) from a card block.
+
+    Numbers carry the block's 4 significant digits; McNemar p-values are recomputed exactly from the
+    stored discordant counts, so the hurt / helped verdicts are the same as on the full metrics.
+    """
+    names, counts = block["class_names"], block.get("train_counts") or [None] * len(block["class_names"])
+    out: dict[str, Any] = {
+        k: block.get(k) for k in ("format_version", "class_names", "train_counts", "dataset", "settings")
+    }
+    out["recovered_from"] = "model_card"
+    for key in MODELS:
+        if key not in block:
+            continue
+        small = block[key]
+        report = {k: small.get(k) for k in BLOCK_SCALARS if k in small}
+        report["shot_thresholds"] = block.get("shot_thresholds")
+        report["shot_counts"] = block.get("shot_counts", block.get("train_counts"))
+        report["shot_groups"] = {
+            shot: {"accuracy": acc} for shot, acc in (small.get("shot_accuracy") or {}).items()
+        }
+        report["per_class"] = [
+            {"class_id": i, "name": names[i], "train_count": counts[i], "support": s, "accuracy": a}
+            for i, (a, s) in enumerate(zip(small["per_class_accuracy"], small["per_class_support"]))
+        ]
+        out[key] = report
+    if "student_minus_baseline" in block:
+        d = block["student_minus_baseline"]
+        rows = [
+            {"class_id": i, "name": names[i], **{k: d[k][i] for k in DELTA_KEYS if k in d}}
+            for i in range(len(names))
+        ]
+        if "n10" in d and "n01" in d:
+            from hf_fairkd.metrics.intervals import mcnemar_exact_p
+
+            for row in rows:
+                if row["n10"] is not None and row["n01"] is not None and row.get("delta") is not None:
+                    row["p_value"] = float(mcnemar_exact_p(row["n10"], row["n01"]))
+        out["student_minus_baseline"] = rows
+    return out

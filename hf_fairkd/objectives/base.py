@@ -1,0 +1,203 @@
+"""The objective registry and the `Objective` base class.
+
+An objective turns (student logits, labels, teacher logits) into one loss per example plus named
+components for the logs. It holds the little state its paper needs (teacher reliability, class-DRO
+multipliers) as tensors exposed through ``state_dict`` so checkpoints carry it. The maths is in
+``hf_fairkd.losses``; the trainer owns models, data and processes.
+
+Two conventions hold for every objective:
+
+* The teacher's targets are built from the teacher's logits *as the student sees them*: after
+  ``teacher_logit_mode`` (`Objective.teacher_view`). Teacher reliability (instance-level ``ada_alpha``
+  'prob' and 'correct', instance-level margins, and the class-level holdout recall) is measured on that
+  same view: its argmax, and its probabilities at T = 1 (`Objective.teacher_reliability_signals`).
+* The class prior pi = n_y / n is only defined when every class has training rows. An objective that
+  reads it (`Objective.prior_uses`) refuses a class with none (`Objective.check_prior`), because the
+  clamped log prior log(1e-12) = -27.6 would shift that class's logits by ~28.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .. import losses
+
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(name: str):
+    """Class decorator adding an objective to the registry under ``name``."""
+
+    def wrap(cls):
+        if name in OBJECTIVES:
+            raise ValueError(f"An objective named {name!r} is already registered.")
+        cls.name = name
+        OBJECTIVES[name] = cls
+        return cls
+
+    return wrap
+
+
+def names() -> list[str]:
+    """The registered objective names, sorted."""
+    return sorted(OBJECTIVES)
+
+
+def get_objective(name: str) -> type[Objective]:
+    """The registered objective class for ``name``; unknown names list the known ones."""
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown objective {name!r}. Registered objectives: {', '.join(sorted(OBJECTIVES))}."
+        ) from None
+
+
+@dataclass
+class LossOutput:
+    """One loss per example, its named parts (each ``[batch]``) and scalar diagnostics for the logs."""
+
+    per_example: torch.Tensor
+    components: dict[str, torch.Tensor] = field(default_factory=dict)
+    scalars: dict[str, float] = field(default_factory=dict)
+
+
+class Objective:
+    """Base class. ``args`` is a `DistillationArguments`; ``class_counts`` the training count of each class."""
+
+    name: ClassVar[str] = ""
+    uses_teacher: ClassVar[bool] = True
+    param_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, args, class_counts: torch.Tensor):
+        self.args = args
+        self.num_classes = int(class_counts.numel())
+        self.class_counts = torch.as_tensor(class_counts).double()
+        # an empty class gets a tiny prior, not log(0); objectives that read the prior refuse it (check_prior)
+        counts = self.class_counts.clamp_min(1e-12)
+        self.prior = (counts / counts.sum()).float()
+        self.log_prior = torch.log(self.prior)
+        self.teacher_reliability: torch.Tensor | None = None
+        self.class_similarity: torch.Tensor | None = None
+
+    # what the trainer must supply
+    @property
+    def needs_teacher_reliability(self) -> bool:
+        return False
+
+    @property
+    def needs_holdout_updates(self) -> bool:
+        return False
+
+    @property
+    def needs_class_similarity(self) -> bool:
+        return False
+
+    @property
+    def needs_holdout(self) -> bool:
+        return self.needs_teacher_reliability or self.needs_holdout_updates
+
+    # the class prior
+    def prior_uses(self) -> list[str]:
+        """The settings through which this objective reads the class prior (empty: it does not)."""
+        if self.uses_teacher and self.args.teacher_logit_mode == "prior_adjusted":
+            return ["teacher_logit_mode='prior_adjusted'"]
+        return []
+
+    def check_prior(self, class_names: list[str] | None = None) -> None:
+        """Refuse classes without training rows when the prior is read (their log prior would be -27.6)."""
+        uses = self.prior_uses()
+        empty = torch.nonzero(self.class_counts <= 0).flatten().tolist()
+        if not uses or not empty:
+            return
+        shown = [class_names[i] for i in empty] if class_names else empty
+        raise ValueError(
+            f"Classes with no training rows: {shown[:20]} (ids {empty[:20]}). objective={self.name!r} reads the "
+            f"class prior pi = n_y / n through {' and '.join(uses)}, and an empty class would get log pi = "
+            "log(1e-12) = -27.6, a shift of ~28 in its logits. Fix: add training rows for these classes, drop them "
+            "from the label space (num_labels / id2label), or use an objective that does not read the prior "
+            "(e.g. ce, kd, ada_alpha, ada_margin with teacher_logit_mode='raw')."
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {}
+        if self.teacher_reliability is not None:
+            state["teacher_reliability"] = self.teacher_reliability
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if "teacher_reliability" in state:
+            self.teacher_reliability = state["teacher_reliability"].float()
+
+    def compute(
+        self, student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> LossOutput:
+        raise NotImplementedError
+
+    # the teacher as the student sees it
+    def teacher_view(self, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits after ``teacher_logit_mode`` (raw, prior-adjusted or shifted), before T."""
+        shift = self.args.teacher_logit_shift
+        return losses.adjust_teacher_logits(
+            teacher_logits,
+            mode=self.args.teacher_logit_mode,
+            log_prior=self.log_prior,
+            tau=self.args.teacher_logit_tau,
+            shift=torch.tensor(shift) if shift else None,
+        )
+
+    def teacher_probs(self, teacher_logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """softmax(teacher_view(t) / T), T = ``args.temperature`` unless given."""
+        return losses.teacher_probabilities(
+            self.teacher_view(teacher_logits), self.args.temperature if temperature is None else temperature
+        )
+
+    def teacher_reliability_signals(
+        self, teacher_logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example: 1[argmax = y] and p(y) at T = 1, both on `teacher_view` (the targets the student sees).
+
+        The one measure of teacher reliability: instance-level ``ada_alpha`` ('correct' / 'prob') and the
+        trainer's class-level holdout recall (``ada_alpha`` / ``ada_margin`` at class level) all use it.
+        """
+        view = losses._float(self.teacher_view(teacher_logits))
+        labels = labels.to(view.device)
+        correct = (view.argmax(-1) == labels).float()
+        p_true = F.softmax(view, dim=-1).gather(1, labels[:, None])[:, 0]
+        return correct, p_true
+
+    def _on(self, tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return tensor.to(like.device)
+
+
+@register_objective("ce")
+class OneHot(Objective):
+    """CE(e_y, s): the one-hot baseline every distilled student is compared with."""
+
+    uses_teacher = False
+
+    def compute(self, student_logits, labels, teacher_logits=None):
+        ce = losses.one_hot_cross_entropy(student_logits, labels)
+        return LossOutput(ce, {"one_hot": ce})
+
+
+@register_objective("erm")
+class TeacherERM(OneHot):
+    """Teacher objective: plain empirical risk minimisation, CE(e_y, t)."""
+
+
+@register_objective("label_smoothing")
+class LabelSmoothing(Objective):
+    """CE((1-eps) e_y + eps/m, s): Tang et al.'s teacher-free control."""
+
+    uses_teacher = False
+    param_names = ("label_smoothing_epsilon",)
+
+    def compute(self, student_logits, labels, teacher_logits=None):
+        targets = losses.label_smoothing_targets(labels, self.num_classes, self.args.label_smoothing_epsilon)
+        loss = losses.soft_cross_entropy(student_logits, targets)
+        return LossOutput(loss, {"one_hot": loss})

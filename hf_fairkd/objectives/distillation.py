@@ -1,0 +1,220 @@
+"""Distillation students: kd and Tang et al.'s diagnostics, Lukasik et al.'s ada_alpha / ada_margin, and
+Wang et al.'s balanced_kd (with the 'balanced' teacher, which shares its logit adjustment)."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import losses
+from .base import LossOutput, Objective, register_objective
+
+
+class _Distillation(Objective):
+    """(1-a) * one-hot term + a * teacher term, in either convention, with optional margins and offsets.
+
+    Hinton: the teacher term is T^2 KL(p_t^T || softmax_T(s)). Mix: CE(p_t^T, s), so the sum equals
+    CE((1-a) e_y + a p_t^T, s) exactly (CE is linear in its targets) and both parts can be logged.
+
+    Logit offsets (margins, logit adjustment, class-DRO's -log c) are defined on the temperature-1 scale of
+    the student's logits. The one-hot term and the 'mix' teacher term see s + offset; the Hinton teacher term
+    sees softmax(s / T + offset), i.e. s + T * offset goes into the T-scaled KL, so a prior shift means the
+    same at every temperature and T = 1 is unchanged.
+    """
+
+    param_names = ("alpha", "temperature", "kd_convention", "teacher_logit_mode")
+
+    def alpha_for(self, labels, teacher_logits) -> torch.Tensor | float:
+        return self.args.alpha
+
+    def targets_for(self, labels, teacher_logits) -> torch.Tensor:
+        return self.teacher_probs(teacher_logits)
+
+    def hinton_temperature(self) -> float:
+        """T of the Hinton teacher term: the student is divided by it and the term is scaled by T^2."""
+        return self.args.temperature
+
+    def logit_offsets(self, labels, teacher_logits) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-example additive logits (temperature-1 scale) for the (one-hot term, teacher term); None: none."""
+        return None, None
+
+    def example_weights(self, labels) -> torch.Tensor | None:
+        return None
+
+    def compute(self, student_logits, labels, teacher_logits=None):
+        s = student_logits.float()
+        alpha = self.alpha_for(labels, teacher_logits) if self.uses_teacher else 0.0
+        alpha_t = torch.as_tensor(alpha, dtype=torch.float32, device=s.device)
+        onehot_offset, teacher_offset = self.logit_offsets(labels, teacher_logits)
+        s_onehot = s if onehot_offset is None else s + onehot_offset
+        one_hot = (1 - alpha_t) * losses.one_hot_cross_entropy(s_onehot, labels)
+        components = {"one_hot": one_hot}
+        total = one_hot
+        if self.uses_teacher:
+            targets = self.targets_for(labels, teacher_logits)
+            if self.args.kd_convention == "hinton":
+                temperature = self.hinton_temperature()
+                s_teacher = s if teacher_offset is None else s + temperature * teacher_offset
+                teacher_term = losses.hinton_kd_term(s_teacher, targets, temperature)
+            else:
+                s_teacher = s if teacher_offset is None else s + teacher_offset
+                teacher_term = losses.soft_cross_entropy(s_teacher, targets)
+            distill = alpha_t * teacher_term
+            components["distill"] = distill
+            total = total + distill
+        weights = self.example_weights(labels)
+        if weights is not None:
+            total = total * weights
+            components = {k: v * weights for k, v in components.items()}
+        scalars = {"alpha_mean": float(alpha_t.mean())} if self.uses_teacher else {}
+        return LossOutput(total, components, scalars)
+
+
+@register_objective("kd")
+class KD(_Distillation):
+    """Plain knowledge distillation (Hinton or target-mixing convention)."""
+
+
+@register_objective("kd_pt")
+class KDTrueClassProbability(_Distillation):
+    """KD-pt (Tang et al.): keep the teacher's mass on the true class, spread the rest uniformly."""
+
+    def targets_for(self, labels, teacher_logits):
+        return losses.kd_pt_targets(self.teacher_probs(teacher_logits), labels)
+
+
+@register_objective("kd_sim")
+class KDClassSimilarity(_Distillation):
+    """KD-sim (Tang et al.): targets from cosine similarities of the teacher's last-layer class weights.
+
+    The targets already carry their own temperature ``kd_sim_rho`` and are not the teacher's tempered
+    probabilities, so ``temperature`` does not apply: the Hinton term is KL(sim_y || softmax(s)) (T = 1, no
+    T^2), and differs from the 'mix' form CE(sim_y, s) only by the targets' entropy, a constant.
+    """
+
+    param_names = ("alpha", "kd_convention", "kd_sim_rho")
+
+    @property
+    def needs_class_similarity(self) -> bool:
+        return True
+
+    def hinton_temperature(self) -> float:
+        return 1.0
+
+    def prior_uses(self) -> list[str]:
+        return []  # the targets come from the teacher's weights, not its (possibly prior-adjusted) logits
+
+    def targets_for(self, labels, teacher_logits):
+        if self.class_similarity is None:
+            raise RuntimeError(
+                "kd_sim needs the teacher's class similarities; the trainer sets them at start."
+            )
+        return self._on(self.class_similarity, labels)[labels]
+
+
+@register_objective("ada_alpha")
+class AdaptiveAlpha(_Distillation):
+    """Lukasik et al.: a teacher weight that follows the teacher's reliability, per class or per example.
+
+    Reliability is measured on the teacher as the student sees it (after ``teacher_logit_mode``): instance
+    level 'prob' a(x) = alpha * p(y|x) at T = 1, 'correct' a(x) = alpha * 1[argmax = y]; class level from
+    the holdout recall of that same argmax (see `Objective.teacher_reliability_signals`).
+    """
+
+    param_names = _Distillation.param_names + (
+        "ada_alpha_level",
+        "ada_alpha_mapping",
+        "ada_alpha_threshold",
+        "ada_alpha_instance_mode",
+        "reliability_pseudo_count",
+    )
+
+    @property
+    def needs_teacher_reliability(self) -> bool:
+        return self.args.ada_alpha_level == "class"
+
+    def class_alphas(self) -> torch.Tensor:
+        if self.teacher_reliability is None:
+            raise RuntimeError(
+                "ada_alpha (class level) needs the teacher's holdout reliability; none was computed."
+            )
+        return losses.alpha_from_reliability(
+            self.teacher_reliability,
+            mapping=self.args.ada_alpha_mapping,
+            alpha_max=self.args.alpha,
+            threshold=self.args.ada_alpha_threshold,
+        )
+
+    def alpha_for(self, labels, teacher_logits):
+        if self.args.ada_alpha_level == "class":
+            return self._on(self.class_alphas(), labels)[labels]
+        correct, p_true = self.teacher_reliability_signals(teacher_logits, labels)
+        return self.args.alpha * (p_true if self.args.ada_alpha_instance_mode == "prob" else correct)
+
+
+@register_objective("ada_margin")
+class AdaptiveMargin(_Distillation):
+    """Lukasik et al.: margin softmax loss log(1 + sum_{j != y} exp(D_yj + s_j - s_y)), i.e. CE(e_y, s + D_y.)
+    with D_yy = 0, and margins from the teacher's reliability (class level: holdout recall; instance level:
+    D_yj(x) = g (t_j - t_y) on the teacher as the student sees it, after ``teacher_logit_mode``)."""
+
+    param_names = _Distillation.param_names + (
+        "margin_level",
+        "margin_scale",
+        "margin_on",
+        "reliability_pseudo_count",
+    )
+
+    @property
+    def needs_teacher_reliability(self) -> bool:
+        return self.args.margin_level == "class"
+
+    def margin_rows(self, labels, teacher_logits) -> torch.Tensor:
+        if self.args.margin_level == "class":
+            if self.teacher_reliability is None:
+                raise RuntimeError("ada_margin (class level) needs the teacher's holdout reliability.")
+            margins = losses.class_reliability_margins(self.teacher_reliability, self.args.margin_scale)
+            rows = self._on(margins, labels)[labels]
+        else:
+            rows = losses.instance_teacher_margins(
+                self.teacher_view(teacher_logits), labels, self.args.margin_scale
+            )
+        return rows - rows.gather(1, labels[:, None])
+
+    def logit_offsets(self, labels, teacher_logits):
+        rows = self.margin_rows(labels, teacher_logits)
+        return rows, (rows if self.args.margin_on == "both" else None)
+
+
+@register_objective("balanced_kd")
+class BalancedKD(_Distillation):
+    """Wang et al.: CE(q, s + tau log pi) (logit adjusted), or CE(q, s) re-weighted by 1/(m pi_y)."""
+
+    param_names = _Distillation.param_names + ("balanced_form", "logit_adjustment_tau")
+
+    def prior_uses(self) -> list[str]:
+        return [f"balanced_form={self.args.balanced_form!r}"] + super().prior_uses()
+
+    def logit_offsets(self, labels, teacher_logits):
+        if self.args.balanced_form != "logit_adjusted":
+            return None, None
+        offset = self._on(self.args.logit_adjustment_tau * self.log_prior, labels)[None, :]
+        return offset, offset
+
+    def example_weights(self, labels):
+        if self.args.balanced_form != "reweighted":
+            return None
+        return self._on(1.0 / (self.num_classes * self.prior), labels)[labels]
+
+
+@register_objective("balanced")
+class TeacherBalanced(BalancedKD):
+    """Teacher objective: logit adjustment CE(e_y, t + tau log pi); 'posthoc' trains plain CE and the trainer
+    then shifts the classifier bias by -tau log pi."""
+
+    uses_teacher = False
+    param_names = ("balanced_form", "logit_adjustment_tau")
+
+    def logit_offsets(self, labels, teacher_logits):
+        if self.args.balanced_form == "posthoc":
+            return None, None
+        return super().logit_offsets(labels, teacher_logits)

@@ -1,0 +1,106 @@
+"""Wang et al.'s class-DRO: the robust_kd student and the dro teacher."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import losses
+from .base import register_objective
+from .distillation import _Distillation
+
+
+@register_objective("robust_kd")
+class RobustKD(_Distillation):
+    """Wang et al.'s class-DRO student: CE(q, s - log c), c_y = w_y / pi_y^tau, w = (1-b) base + b lambda.
+
+    lambda starts uniform and takes an exponentiated-gradient step every K optimisation steps from the
+    student's per-class holdout error (the trainer measures it with the student's UNADJUSTED argmax,
+    all-reduces it, then calls `update`). A class absent from the holdout batch keeps its multiplier exactly;
+    the step and the renormalisation act on the classes seen, within the mass they held.
+    """
+
+    param_names = _Distillation.param_names + (
+        "dro_tradeoff",
+        "dro_base",
+        "dro_tau",
+        "dro_step_size",
+        "dro_update_every",
+        "dro_error_weighting",
+        "dro_holdout_batch_size",
+    )
+
+    def __init__(self, args, class_counts):
+        super().__init__(args, class_counts)
+        self.multipliers = torch.full((self.num_classes,), 1.0 / self.num_classes)
+        self.num_updates = 0
+
+    @property
+    def needs_holdout_updates(self) -> bool:
+        return True
+
+    def prior_uses(self) -> list[str]:
+        uses = []
+        if self.args.dro_tau != 0:
+            uses.append(f"dro_tau={self.args.dro_tau} (c_y = w_y / pi_y^tau)")
+        if self.args.dro_base == "prior":
+            uses.append("dro_base='prior'")
+        return uses + super().prior_uses()
+
+    def class_weights(self) -> torch.Tensor:
+        return losses.dro_class_weights(
+            self.multipliers, self.prior, tradeoff=self.args.dro_tradeoff, base=self.args.dro_base
+        )
+
+    def logit_offsets(self, labels, teacher_logits):
+        offsets = losses.dro_logit_offsets(self.class_weights(), self.log_prior, self.args.dro_tau)
+        offsets = self._on(offsets, labels)[None, :]
+        return offsets, offsets
+
+    def update(self, error_sums: torch.Tensor, weight_sums: torch.Tensor) -> None:
+        """One exponentiated-gradient step from per-class error and weight sums.
+
+        Classes with a weight sum of 0 (absent from the holdout batch) keep their multiplier exactly; the
+        others step and are renormalised to the total mass they held before.
+        """
+        seen = (weight_sums > 0).cpu()
+        errors = (error_sums / weight_sums.clamp_min(1e-12)).where(weight_sums > 0, 0.0).cpu()
+        self.multipliers = losses.exponentiated_gradient_step(
+            self.multipliers, errors.float(), self.args.dro_step_size, seen=seen
+        )
+        self.num_updates += 1
+
+    def weight_stats(self) -> dict[str, float]:
+        w = self.class_weights()
+        entropy = -(w * torch.log(w.clamp_min(1e-12))).sum()
+        return {
+            "class_weight_min": float(w.min()),
+            "class_weight_max": float(w.max()),
+            "class_weight_entropy": float(entropy),
+            "class_weight_argmax": float(w.argmax()),
+        }
+
+    def compute(self, student_logits, labels, teacher_logits=None):
+        out = super().compute(student_logits, labels, teacher_logits)
+        out.scalars.update(self.weight_stats())
+        return out
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["dro_multipliers"] = self.multipliers
+        state["dro_num_updates"] = torch.tensor(self.num_updates)
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if "dro_multipliers" in state:
+            self.multipliers = state["dro_multipliers"].float()
+            self.num_updates = int(state["dro_num_updates"])
+
+
+@register_objective("dro")
+class TeacherDRO(RobustKD):
+    """Teacher objective: class-DRO with one-hot targets (the same machinery as `robust_kd`). Its holdout errors
+    are label-weighted: a teacher has no teacher, so ``dro_error_weighting='teacher'`` is refused."""
+
+    uses_teacher = False
+    param_names = tuple(n for n in RobustKD.param_names if n.startswith("dro_"))

@@ -1,0 +1,103 @@
+"""Provenance and storage of a teacher cache (see `hf_fairkd.teacher_cache`, which re-exports these names).
+
+The teacher fingerprint, the record `build_teacher_cache` writes as one JSON line after the marker
+``hf_fairkd.TeacherCache:`` in ``info.description`` (it survives ``save_to_disk``/``load_from_disk``,
+``select``, ``shuffle`` and ``with_format``), and an atomic save / a checked load of a cached dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import torch
+
+_MARKER = "hf_fairkd.TeacherCache: "
+_MARKER_RE = re.compile(r"^" + re.escape(_MARKER) + r"(.*)$", re.MULTILINE)
+# Config keys that say where, how or whether a model was saved or loaded, not what it computes (the dtype is
+# in the parameters' bytes).
+_VOLATILE_CONFIG_KEYS = ("_name_or_path", "_commit_hash", "transformers_version", "architectures", "dtype")
+
+
+# ------------------------------------------------------------------------------------------ fingerprints
+def teacher_fingerprint(teacher: torch.nn.Module) -> str:
+    """sha256 over the teacher's config (sorted JSON, load-location keys dropped) and every parameter and
+    buffer (name, dtype, shape, bytes). Equal for the same weights however they were loaded."""
+    digest = hashlib.sha256()
+    config = getattr(teacher, "config", None)
+    if config is not None:
+        config_dict = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+        digest.update(json.dumps(config_dict, sort_keys=True, default=str).encode())
+    tensors = [
+        *teacher.named_parameters(remove_duplicate=False),
+        *teacher.named_buffers(remove_duplicate=False),
+    ]
+    for name, tensor in tensors:
+        data = tensor.detach().reshape(-1).cpu().contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(memoryview(data.view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def _cache_fingerprint(record: dict) -> str:
+    body = {k: v for k, v in record.items() if k != "cache_fingerprint"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _attach_record(dataset, record: dict) -> None:
+    line = _MARKER + json.dumps(record, sort_keys=True)
+    text = dataset.info.description or ""
+    if _MARKER_RE.search(text):
+        text = _MARKER_RE.sub(lambda _: line, text)
+    else:
+        text = f"{text}\n\n{line}" if text.strip() else line
+    dataset.info.description = text
+
+
+def teacher_cache_info(dataset) -> dict:
+    """The record `build_teacher_cache` wrote into ``dataset.info.description``."""
+    found = _MARKER_RE.search(getattr(dataset.info, "description", None) or "")
+    if found is None:
+        raise ValueError(
+            f"This dataset carries no teacher-cache record (no {_MARKER.strip()!r} line in info.description): "
+            "its cached columns were made by hand or the record was stripped. Rebuild the cache with "
+            "hf_fairkd.teacher_cache.build_teacher_cache(dataset, teacher)."
+        )
+    return json.loads(found.group(1))
+
+
+# ------------------------------------------------------------------------------------------ saving
+def save_teacher_cache(dataset, path: str | os.PathLike) -> None:
+    """``save_to_disk`` into a temporary folder next to ``path``, then rename it into place, so an interrupted
+    save never leaves half a cache at ``path`` (call it on the main process only)."""
+    teacher_cache_info(dataset)  # refuse to save a cache without its record
+    target = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    try:
+        dataset.save_to_disk(tmp)
+        if os.path.exists(target):
+            # a directory cannot be renamed over a non-empty one: move the old cache aside first
+            old = tempfile.mkdtemp(prefix=f".{name}.old.", suffix=".tmp", dir=parent)
+            os.replace(target, os.path.join(old, name))
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_teacher_cache(path: str | os.PathLike):
+    """``load_from_disk`` of a cache saved by `save_teacher_cache`; refuses a folder without a record."""
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(os.fspath(path))
+    teacher_cache_info(dataset)
+    return dataset
