@@ -115,20 +115,21 @@ def check_images(splits, image_column: str) -> None:
                 row += 1
 
 
-def check_holdout(objectives: dict[str, str], args: DistillationArguments, info) -> None:
-    """Refuse, before any training, objectives that read the holdout (teacher reliability, class-DRO) when the
-    holdout is empty. ``objectives`` maps the flag that chose each objective to its name."""
+def check_objectives(objectives: dict[str, str], args: DistillationArguments, info) -> None:
+    """Refuse, before any training, what an objective cannot train on: an empty holdout for objectives that read
+    it (teacher reliability, class-DRO), and classes without training rows for objectives that read the class
+    prior. ``objectives`` maps the flag that chose each objective to its name."""
     from .objectives import get_objective
 
-    if sum(info.holdout_counts):
-        return
     counts = torch.tensor(info.train_counts, dtype=torch.float64)
     for flag, name in objectives.items():
-        if get_objective(name)(args, counts).needs_holdout:
+        objective = get_objective(name)(args, counts)
+        if objective.needs_holdout and not sum(info.holdout_counts):
             raise ValueError(
                 f"{flag} {name} needs a holdout split (teacher reliability or class-DRO updates) but the holdout is "
                 "empty: set --holdout_per_class to 1 or more (or a fraction below 1), or choose another objective."
             )
+        objective.check_prior(list(info.class_names))
 
 
 def make_image_processor(model_args: ModelArguments):

@@ -50,7 +50,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     trained_here = (
         {} if model_args.teacher_model_name_or_path else {"--teacher_objective": model_args.teacher_objective}
     )
-    pipeline.check_holdout({"--objective": args.objective, **trained_here}, args, info)
+    pipeline.check_objectives({"--objective": args.objective, **trained_here}, args, info)
     say(
         f"Dataset {data_args.dataset_name}: {len(info.class_names)} classes, {sum(info.train_counts)} training rows "
         f"(rho={info.imbalance_factor:g}, {info.profile}), holdout {sum(info.holdout_counts)}, test "

@@ -41,6 +41,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
         repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
         hub.preflight(repo_id, args.hub_token, args.hub_private_repo, folder=args.output_dir)
     splits, info = pipeline.load_data(data_args)
+    pipeline.check_objectives({"--objective": args.objective}, args, info)
     processor = pipeline.make_image_processor(model_args)
     prepared = pipeline.prepare_splits(splits, info, processor, augment=data_args.augment)
     logger.info(f"Training a ViT teacher with objective {args.objective} on {sum(info.train_counts)} rows.")

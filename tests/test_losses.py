@@ -169,3 +169,35 @@ def test_gradcheck_of_the_losses():
     p = losses.teacher_probabilities(T, 2.0).double()
     assert torch.autograd.gradcheck(lambda z: losses.hinton_kd_term(z, p, 2.0), (s,))
     assert torch.autograd.gradcheck(lambda z: losses.soft_cross_entropy(z, p), (s,))
+
+
+# --- pinned by mutation testing (docs/MUTATION.md) ---------------------------------------------------
+
+
+def test_per_class_errors_match_a_python_loop():
+    # labels and predictions whose right and wrong counts differ in every class, so that counting the
+    # right rows instead of the wrong ones (or the wrong class) cannot give the same sums
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 40)
+    preds = np.where(rng.random(40) < 0.3, labels, rng.integers(0, 4, 40))
+    errors, counts = losses.per_class_errors(torch.tensor(preds), torch.tensor(labels), 5)
+    expected = [sum(p != c for p, y in zip(preds, labels) if y == c) for c in range(5)]
+    np.testing.assert_array_equal(errors.numpy(), expected)
+    np.testing.assert_array_equal(counts.numpy(), [int((labels == c).sum()) for c in range(5)])
+    weights = rng.dirichlet(np.ones(5), 40)
+    errors, totals = losses.per_class_errors(
+        torch.tensor(preds), torch.tensor(labels), 5, torch.tensor(weights)
+    )
+    expected = [sum(w[c] for p, w in zip(preds, weights) if p != c) for c in range(5)]
+    np.testing.assert_allclose(errors.numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(totals.numpy(), weights.sum(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("pseudo_count", [0.5, 3.0])
+def test_smoothed_recall_of_a_class_without_holdout_rows_is_the_overall_recall(pseudo_count):
+    correct, counts = torch.tensor([9.0, 0.0, 2.0]), torch.tensor([10.0, 0.0, 4.0])
+    r = losses.smoothed_class_recall(correct, counts, pseudo_count)
+    overall = 11 / 14
+    shrunk = [(9 + pseudo_count * overall) / (10 + pseudo_count), (2 + pseudo_count * overall) / (4 + pseudo_count)]
+    expected = [shrunk[0], overall, shrunk[1]]
+    np.testing.assert_allclose(r.numpy(), expected, rtol=1e-6)

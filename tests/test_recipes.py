@@ -261,3 +261,32 @@ def test_multi_gpu_launch_without_gpu_trains_on_two_cpu_processes(tmp_path):
     assert saved["settings"]["world_size"] == 2  # not two processes each training alone
     assert sum(row["support"] for row in saved["student"]["per_class"]) == 300  # gathered once, no padding
     assert json.loads((out / "run_config.json").read_text())["DistillationArguments"]["use_cpu"] is True
+
+
+@pytest.mark.parametrize(
+    ("flags", "refused"),
+    [
+        ({"--objective": "balanced_kd"}, True),
+        ({"--objective": "kd", "--teacher_objective": "dro"}, True),
+        ({"--objective": "kd", "--teacher_objective": "erm"}, False),
+    ],
+)
+def test_recipe_checks_refuse_empty_classes_before_any_training(tmp_path, flags, refused):
+    """A class with no training rows is refused by the recipe's up-front checks when an objective the recipe
+    will train reads the class prior (the trainer would refuse it only at its own stage, after others trained)."""
+    from types import SimpleNamespace
+
+    from hf_fairkd import DistillationArguments, pipeline
+
+    info = SimpleNamespace(
+        train_counts=[30, 0, 5], holdout_counts=[2, 2, 2], class_names=["cat", "okapi", "dog"]
+    )
+    args = DistillationArguments(output_dir=str(tmp_path), objective=flags["--objective"], report_to=[])
+    if refused:
+        with pytest.raises(ValueError, match=r"no training rows: \['okapi'\]"):
+            pipeline.check_objectives(flags, args, info)
+    else:
+        pipeline.check_objectives(flags, args, info)
+    empty_holdout = SimpleNamespace(**{**vars(info), "holdout_counts": [0, 0, 0]})
+    with pytest.raises(ValueError, match="--objective robust_kd needs a holdout"):
+        pipeline.check_objectives({"--objective": "robust_kd"}, args, empty_holdout)
