@@ -61,7 +61,9 @@ def run_one(seed: int, label: str, results: dict) -> None:
     if label != "kd":
         flags += ["--teacher_model_name_or_path", str(WORK / f"seed{seed}" / "kd" / "teacher")]
     start = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's package, even beside an editable install
+    # this checkout's package, even beside an editable install; one thread: on 2 shared cores two OpenMP threads
+    # slowed these tiny models down by 10-100x whenever another job ran
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "recipes/distill_vit.py", *flags, *VARIANTS[label]]
     subprocess.run(command, cwd=REPO, env=env, check=True)
     metrics = json.loads((out / "subgroup_metrics.json").read_text())

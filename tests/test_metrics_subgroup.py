@@ -408,3 +408,62 @@ def test_jsonable_round_trip_without_nan():
     )
     assert extra == {"a": 0.5, "b": [3, None], "c": [1.0, None]}
     assert type(extra["b"][0]) is int
+
+
+# --- pinned by mutation testing (docs/MUTATION.md) ---------------------------------------------------
+
+
+def test_group_keys_are_sorted_and_the_worst_group_need_not_come_first():
+    # values appear as z, y, x; accuracies z 0.5, y 0.0, x 1.0
+    preds, refs = np.array([0, 1, 1, 1, 0, 0]), np.array([0, 0, 0, 0, 0, 0])
+    report = subgroup_report(preds, refs, groups={"g": ["z", "z", "y", "y", "x", "x"]}, n_bootstrap=0)
+    g = report["groups"]["g"]
+    assert list(g["by_group"]) == ["x", "y", "z"]  # sorted, not first-appearance order
+    assert [g["by_group"][k]["accuracy"] for k in "xyz"] == [1.0, 0.0, 0.5]
+    assert g["worst_group"] == "y" and (g["min"], g["max"], g["ratio"]) == (0.0, 1.0, 0.0)
+    # numbers sort as numbers (1 < 2 < 10), and a tie goes to the first key in that order
+    report = subgroup_report(
+        np.array([0, 1, 1, 0, 0, 0]), refs, groups={"site": [10, 10, 2, 2, 1, 1]}, n_bootstrap=0
+    )
+    site = report["groups"]["site"]
+    assert list(site["by_group"]) == ["1", "2", "10"]
+    assert site["worst_group"] == "2"  # 2 and 10 are both at 0.5
+
+
+def test_groups_all_at_zero_accuracy_have_an_undefined_ratio():
+    preds, refs = np.array([1, 1, 1, 1]), np.array([0, 0, 0, 0])
+    report = subgroup_report(preds, refs, num_classes=2, groups={"g": ["a", "b", "a", "b"]}, n_bootstrap=0)
+    g = report["groups"]["g"]
+    assert (g["min"], g["max"], g["difference"]) == (0.0, 0.0, 0.0)
+    assert math.isnan(g["ratio"])
+
+
+@pytest.mark.parametrize("num_missing, tail", [(20, ""), (25, " and 5 more")])
+def test_missing_class_warning_lists_twenty_names_and_counts_the_rest(num_missing, tail):
+    names = [f"c{i}" for i in range(num_missing + 1)]  # c0 has the only rows
+    with pytest.warns(UserWarning) as record:
+        subgroup_report([0, 0], [0, 0], class_names=names, n_bootstrap=0)
+    (warning,) = record
+    shown = ", ".join(names[1:21])
+    assert str(warning.message).startswith(f"{num_missing} class(es) have no evaluation examples: {shown}{tail}. ")
+    assert warning.filename == __file__  # stacklevel points at the caller of subgroup_report
+
+
+def test_jsonable_converts_numpy_keys():
+    converted = report_to_jsonable({np.int64(3): np.float64(0.25), "name": {np.str_("a"): np.bool_(True)}})
+    assert converted == {3: 0.25, "name": {"a": True}}
+    assert [type(k) for k in converted] == [int, str]
+    assert json.loads(json.dumps(converted)) == {"3": 0.25, "name": {"a": True}}
+
+
+def test_flatten_accepts_a_report_without_shot_groups_or_groups():
+    report = subgroup_report(PREDS, REFS, n_bootstrap=0)
+    del report["shot_groups"], report["groups"]
+    assert set(flatten_report(report)) == {
+        "accuracy",
+        "balanced_accuracy",
+        "worst_class_accuracy",
+        "worst_k_accuracy",
+        "accuracy_class/0",
+        "accuracy_class/1",
+    }
