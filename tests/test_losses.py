@@ -198,6 +198,39 @@ def test_smoothed_recall_of_a_class_without_holdout_rows_is_the_overall_recall(p
     correct, counts = torch.tensor([9.0, 0.0, 2.0]), torch.tensor([10.0, 0.0, 4.0])
     r = losses.smoothed_class_recall(correct, counts, pseudo_count)
     overall = 11 / 14
-    shrunk = [(9 + pseudo_count * overall) / (10 + pseudo_count), (2 + pseudo_count * overall) / (4 + pseudo_count)]
+    shrunk = [
+        (9 + pseudo_count * overall) / (10 + pseudo_count),
+        (2 + pseudo_count * overall) / (4 + pseudo_count),
+    ]
     expected = [shrunk[0], overall, shrunk[1]]
     np.testing.assert_allclose(r.numpy(), expected, rtol=1e-6)
+
+
+def test_kl_divergence_skips_classes_the_teacher_gives_no_mass():
+    p = torch.tensor([[0.25, 0.75, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    # -inf: a masked logit, where the teacher has no mass either
+    s = torch.tensor([[1.0, 2.0, -float("inf")], [0.0, 1.0, 3.0]], dtype=torch.float64)
+    got = losses.kl_divergence(p, s)
+    q0 = np_softmax([1.0, 2.0])
+    expected = [0.25 * math.log(0.25 / q0[0]) + 0.75 * math.log(0.75 / q0[1]), -math.log(np_softmax(s[1])[2])]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+
+
+def test_mix_targets_with_one_alpha_per_example_and_a_class_absent_from_the_batch():
+    p = torch.tensor([[0.2, 0.3, 0.1, 0.4], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
+    labels = torch.tensor([1, 0])  # no label 3 in the batch: the targets still have 4 columns
+    got = losses.mix_targets(labels, p, torch.tensor([0.5, 0.2], dtype=torch.float64))
+    expected = np.array([[0.1, 0.65, 0.05, 0.2], [0.85, 0.05, 0.05, 0.05]])
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+    assert got.dtype == torch.float64
+
+
+def test_exponentiated_gradient_step_keeps_the_dtype_and_takes_0_1_masks():
+    lam = torch.tensor([0.4, 0.1, 0.3, 0.2])  # float32, like RobustKD.multipliers
+    err = torch.tensor([0.5, 0.0, 1.0, 0.0])
+    assert losses.exponentiated_gradient_step(lam, err, 2.0).dtype == torch.float32
+    by_mask = losses.exponentiated_gradient_step(lam, err, 2.0, seen=torch.tensor([True, False, True, True]))
+    assert by_mask.dtype == torch.float32
+    torch.testing.assert_close(
+        losses.exponentiated_gradient_step(lam, err, 2.0, seen=torch.tensor([1, 0, 1, 1])), by_mask
+    )

@@ -150,3 +150,60 @@ def test_interval_coverage_full_grid():
     ns = (5, 10, 20, 50, 100, 200, 500, 1000)
     ps = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
     _check_grid([(n, p, k) for n in ns for p in ps for k in (10, 50)], replicates=300)
+
+
+# --- pinned by mutation testing (docs/MUTATION.md): the array functions directly ----------------------
+
+
+@pytest.mark.parametrize(
+    "n10, n01, n", [(0, 0, 10), (9, 0, 20), (0, 9, 20), (3, 2, 15), (12, 1, 20), (5, 5, 10), (1, 0, 1)]
+)
+@pytest.mark.parametrize("level", [0.95, 0.8])
+def test_paired_difference_interval_is_the_range_of_q_times_2t_minus_1_over_the_box(n10, n01, n, level):
+    from hf_fairkd.metrics.intervals import paired_difference_interval
+
+    box_level = 1.0 - (1.0 - level) / 2  # Bonferroni over the two intervals
+    d = n10 + n01
+    q = exact_interval(d, n, box_level)
+    t = exact_interval(n10, d, box_level) if d else (0.0, 1.0)
+    corners = [qq * (2 * tt - 1) for qq in q for tt in t]  # q (2t - 1) is bilinear: extremes at corners
+    if level == 0.95:  # the default
+        got = paired_difference_interval(n10, n01, n)
+    else:
+        got = paired_difference_interval(n10, n01, n, level)
+    assert float(got[0]) == pytest.approx(min(corners), abs=1e-9)
+    assert float(got[1]) == pytest.approx(max(corners), abs=1e-9)
+
+
+def test_mcnemar_refuses_a_negative_count_on_either_side():
+    from hf_fairkd.metrics.intervals import mcnemar_exact_p
+
+    for n10, n01 in ((-1, 3), (3, -1)):
+        with pytest.raises(ValueError, match="non-negative"):
+            mcnemar_exact_p([n10, 1], [n01, 1])
+
+
+def test_simultaneous_and_worst_class_intervals_work_row_by_row():
+    from hf_fairkd.metrics.intervals import (
+        clopper_pearson,
+        simultaneous_clopper_pearson,
+        worst_class_interval,
+    )
+
+    correct = np.array([[3, 1, 0, 0], [5, 2, 1, 0], [0, 0, 0, 0]])
+    support = np.array([[4, 1, 0, 0], [6, 2, 3, 1], [0, 0, 0, 0]])  # K = 2, 4 and 0 (support 1 counts)
+    low, high, k = simultaneous_clopper_pearson(correct, support)
+    assert k.tolist() == [2, 4, 0]
+    for r, kr in enumerate(k):
+        level = 1.0 - 0.05 / max(kr, 1)
+        exp_low, exp_high = clopper_pearson(correct[r], support[r], level)
+        np.testing.assert_array_equal(low[r], exp_low)
+        np.testing.assert_array_equal(high[r], exp_high)
+    w_low, w_high = worst_class_interval(correct, support)
+    for r in range(2):
+        assert w_low[r] == np.nanmin(low[r]) and w_high[r] == np.nanmin(high[r])
+    assert np.isnan(w_low[2]) and np.isnan(w_high[2])  # no class with examples
+    # classes along axis 0 instead
+    t_low, t_high = worst_class_interval(correct.T, support.T, 0.95, axis=0)
+    np.testing.assert_array_equal(t_low, w_low)
+    np.testing.assert_array_equal(t_high, w_high)

@@ -192,3 +192,47 @@ def test_delta_interval_coverage(n, p10, p01):
     # The paired percentile bootstrap covered 39% / 63% / 87% / 63% / 63% of these: with few
     # discordant rows it gives a zero-width interval at 0.
     assert _delta_coverage(n, p10, p01, num_classes=3000, seed=n) >= 0.93
+
+
+# --- pinned by mutation testing (docs/MUTATION.md) ---------------------------------------------------
+
+
+def test_hurt_and_helped_classes_use_the_given_alpha():
+    # 0 vs 9 discordant: p = 2/512 = 0.0039; 1 vs 8: p = 20/512 = 0.039, hurt at 0.05 but not at 0.01
+    a, b, refs = _paired_rows([(5, 0, 9, 6), (5, 1, 8, 6), (5, 8, 1, 6)])
+    rows = paired_delta(a, b, refs, class_names=["x", "y", "z"], n_bootstrap=0)
+    assert [row["p_value"] for row in rows] == pytest.approx([2 / 512, 20 / 512, 20 / 512], rel=1e-9)
+    assert hurt_and_helped_classes(rows) == (["x", "y"], ["z"])
+    assert hurt_and_helped_classes(rows, alpha=0.01) == (["x"], [])
+    assert [delta_verdict(row, alpha=0.01) for row in rows] == ["hurt", "no clear change", "no clear change"]
+
+
+def test_delta_verdict_boundaries_and_rows_without_counts():
+    # p must be below alpha, not equal to it
+    assert delta_verdict({"p_value": 0.05, "delta": -0.2, "n10": 0, "n01": 8}) == "no clear change"
+    assert delta_verdict({"p_value": 0.01, "delta": -0.2, "n10": 0, "n01": 8}) == "hurt"
+    # rows with a p-value but without the counts fall back on the sign of delta (fractions, not counts)
+    assert delta_verdict({"p_value": 0.01, "delta": -0.3}) == "hurt"
+    assert delta_verdict({"p_value": 0.01, "delta": 0.3}) == "helped"
+    assert delta_verdict({"p_value": 0.01, "delta": 0.0}) == "no clear change"
+    assert delta_verdict({"p_value": 0.01, "delta": 0.3, "n10": 4}) == "helped"  # n01 missing
+    assert delta_verdict({"p_value": 0.01, "delta": -0.3, "n01": 4}) == "hurt"  # n10 missing
+    # the counts win over delta when both are there
+    assert delta_verdict({"p_value": 0.01, "delta": 0.3, "n10": 0, "n01": 9}) == "hurt"
+
+
+def test_paired_delta_checks_both_models_and_passes_the_level_on():
+    with pytest.raises(ValueError, match="different shapes"):
+        paired_delta(np.zeros((3, 2)), np.zeros((3, 4)), [0, 1, 0])
+    paired_delta(np.eye(3), [0, 1, 2], [0, 1, 2], n_bootstrap=0)  # one model as scores: no shape check
+    with pytest.raises(ValueError, match="empty"):
+        paired_delta([], [], [])
+    with pytest.raises(ValueError, match="predictions hold values"):  # model b out of range too
+        paired_delta([0, 1], [0, 5], [0, 1], num_classes=3)
+    a, b, refs = _paired_rows([(5, 1, 8, 6), (3, 4, 2, 1)])
+    from hf_fairkd.metrics.intervals import paired_difference_interval
+
+    rows = paired_delta(a, b, refs, confidence_level=0.8, n_bootstrap=1)  # any positive n_bootstrap
+    low, high = paired_difference_interval([1, 4], [8, 2], [20, 10], 0.8)
+    assert [r["ci_low"] for r in rows] == pytest.approx(low.tolist(), abs=1e-12)
+    assert [r["ci_high"] for r in rows] == pytest.approx(high.tolist(), abs=1e-12)

@@ -415,7 +415,8 @@ def test_jsonable_round_trip_without_nan():
 
 def test_group_keys_are_sorted_and_the_worst_group_need_not_come_first():
     # values appear as z, y, x; accuracies z 0.5, y 0.0, x 1.0
-    preds, refs = np.array([0, 1, 1, 1, 0, 0]), np.array([0, 0, 0, 0, 0, 0])
+    refs = np.array([0, 1, 0, 1, 0, 1])
+    preds = np.array([0, 0, 1, 0, 0, 1])  # right on rows 0, 4, 5
     report = subgroup_report(preds, refs, groups={"g": ["z", "z", "y", "y", "x", "x"]}, n_bootstrap=0)
     g = report["groups"]["g"]
     assert list(g["by_group"]) == ["x", "y", "z"]  # sorted, not first-appearance order
@@ -423,7 +424,7 @@ def test_group_keys_are_sorted_and_the_worst_group_need_not_come_first():
     assert g["worst_group"] == "y" and (g["min"], g["max"], g["ratio"]) == (0.0, 1.0, 0.0)
     # numbers sort as numbers (1 < 2 < 10), and a tie goes to the first key in that order
     report = subgroup_report(
-        np.array([0, 1, 1, 0, 0, 0]), refs, groups={"site": [10, 10, 2, 2, 1, 1]}, n_bootstrap=0
+        np.array([0, 0, 1, 1, 0, 1]), refs, groups={"site": [10, 10, 2, 2, 1, 1]}, n_bootstrap=0
     )
     site = report["groups"]["site"]
     assert list(site["by_group"]) == ["1", "2", "10"]
@@ -431,8 +432,8 @@ def test_group_keys_are_sorted_and_the_worst_group_need_not_come_first():
 
 
 def test_groups_all_at_zero_accuracy_have_an_undefined_ratio():
-    preds, refs = np.array([1, 1, 1, 1]), np.array([0, 0, 0, 0])
-    report = subgroup_report(preds, refs, num_classes=2, groups={"g": ["a", "b", "a", "b"]}, n_bootstrap=0)
+    preds, refs = np.array([1, 0, 1, 0]), np.array([0, 1, 0, 1])
+    report = subgroup_report(preds, refs, groups={"g": ["a", "b", "a", "b"]}, n_bootstrap=0)
     g = report["groups"]["g"]
     assert (g["min"], g["max"], g["difference"]) == (0.0, 0.0, 0.0)
     assert math.isnan(g["ratio"])
@@ -445,7 +446,8 @@ def test_missing_class_warning_lists_twenty_names_and_counts_the_rest(num_missin
         subgroup_report([0, 0], [0, 0], class_names=names, n_bootstrap=0)
     (warning,) = record
     shown = ", ".join(names[1:21])
-    assert str(warning.message).startswith(f"{num_missing} class(es) have no evaluation examples: {shown}{tail}. ")
+    expected = f"{num_missing} class(es) have no evaluation examples: {shown}{tail}. "
+    assert str(warning.message).startswith(expected)
     assert warning.filename == __file__  # stacklevel points at the caller of subgroup_report
 
 

@@ -476,3 +476,146 @@ def test_teacher_stage_does_not_inherit_teacher_weighted_dro_errors(tmp_path):
     assert student.dro_error_weighting == "teacher"  # the student's own arguments are untouched
     baseline = pipeline.stage_args(student, output_dir=str(tmp_path / "s"))
     assert baseline.dro_error_weighting == "teacher"
+
+
+# --- pinned by mutation testing (docs/MUTATION.md) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, overrides, uses",
+    [
+        ("kd", {}, []),
+        ("kd", {"teacher_logit_mode": "prior_adjusted"}, ["teacher_logit_mode='prior_adjusted'"]),
+        ("kd", {"teacher_logit_mode": "shift"}, []),
+        ("ce", {"teacher_logit_mode": "prior_adjusted"}, []),  # no teacher: its logit mode is not read
+        ("kd_sim", {"teacher_logit_mode": "prior_adjusted"}, []),  # targets from weights, not logits
+        ("balanced_kd", {}, ["balanced_form='logit_adjusted'"]),
+        (
+            "balanced_kd",
+            {"balanced_form": "reweighted", "teacher_logit_mode": "prior_adjusted"},
+            ["balanced_form='reweighted'", "teacher_logit_mode='prior_adjusted'"],
+        ),
+        ("robust_kd", {"dro_tau": 0.0, "dro_base": "uniform"}, []),
+        ("robust_kd", {"dro_tau": 0.5, "dro_base": "uniform"}, ["dro_tau=0.5 (c_y = w_y / pi_y^tau)"]),
+        ("robust_kd", {"dro_tau": 0.0, "dro_base": "prior"}, ["dro_base='prior'"]),
+        (
+            "robust_kd",
+            {"dro_tau": 1.0, "dro_base": "prior", "teacher_logit_mode": "prior_adjusted"},
+            ["dro_tau=1.0 (c_y = w_y / pi_y^tau)", "dro_base='prior'", "teacher_logit_mode='prior_adjusted'"],
+        ),
+        ("dro", {"dro_tau": 0.0, "dro_base": "uniform", "teacher_logit_mode": "prior_adjusted"}, []),
+    ],
+)
+def test_prior_uses_name_every_setting_that_reads_the_prior(name, overrides, uses):
+    assert get_objective(name)(args(**overrides), COUNTS).prior_uses() == uses
+
+
+def test_check_prior_refuses_an_empty_class_only_when_the_prior_is_read():
+    counts = torch.tensor([5.0, 0.0, 1.0])  # class 1 has no training rows; class 2 has one (fine)
+    for name, overrides in (("kd", {}), ("robust_kd", {"dro_tau": 0.0, "dro_base": "uniform"})):
+        get_objective(name)(args(**overrides), counts).check_prior(["a", "b", "c"])  # prior not read
+    get_objective("balanced_kd")(args(), COUNTS).check_prior()  # prior read, no empty class
+    obj = get_objective("robust_kd")(args(dro_tau=0.5, dro_base="prior"), counts)
+    with pytest.raises(ValueError) as info:
+        obj.check_prior(["a", "b", "c"])
+    message = str(info.value)
+    assert message.startswith("Classes with no training rows: ['b'] (ids [1]). objective='robust_kd' reads")
+    assert "through dro_tau=0.5 (c_y = w_y / pi_y^tau) and dro_base='prior', and" in message
+    with pytest.raises(ValueError, match=r"rows: \[1\] \(ids \[1\]\)"):  # no names: the ids stand in
+        obj.check_prior()
+    many = get_objective("balanced_kd")(args(), torch.tensor([1.0] + [0.0] * 25))
+    with pytest.raises(ValueError) as info:
+        many.check_prior([f"k{i}" for i in range(26)])
+    shown, ids = [f"k{i}" for i in range(1, 21)], list(range(1, 21))
+    assert str(info.value).startswith(f"Classes with no training rows: {shown} (ids {ids}).")
+
+
+def test_register_objective_names_and_refuses_duplicates(monkeypatch):
+    from hf_fairkd.objectives import base
+
+    monkeypatch.setattr(base, "OBJECTIVES", dict(base.OBJECTIVES))
+
+    @base.register_objective("test_only")
+    class TestOnly(base.OneHot):
+        pass
+
+    assert TestOnly.name == "test_only" and base.get_objective("test_only") is TestOnly
+    with pytest.raises(ValueError, match="'test_only' is already registered"):
+        base.register_objective("test_only")(base.OneHot)
+    assert base.get_objective("test_only") is TestOnly
+
+
+def test_fresh_objective_state_prior_and_state_dict_round_trip():
+    obj = get_objective("ada_alpha")(args(), torch.tensor([5.0, 0.0, 1.0]))
+    assert obj.teacher_reliability is None and obj.class_similarity is None and obj.state_dict() == {}
+    # the empty class gets a tiny prior; the others keep n_y / n
+    np.testing.assert_allclose(obj.prior.numpy()[[0, 2]], [5 / 6, 1 / 6], rtol=1e-6)
+    assert obj.log_prior[1].item() == pytest.approx(math.log(1e-12 / 6), rel=1e-6)
+    obj.teacher_reliability = torch.tensor([0.9, 0.3, 0.6], dtype=torch.float64)
+    state = obj.state_dict()
+    assert set(state) == {"teacher_reliability"}
+    other = get_objective("ada_alpha")(args(), COUNTS)
+    other.load_state_dict(state)
+    assert other.teacher_reliability.dtype == torch.float32
+    torch.testing.assert_close(other.teacher_reliability, torch.tensor([0.9, 0.3, 0.6]))
+    with pytest.raises(RuntimeError, match="kd_sim needs the teacher's class similarities"):
+        run("kd_sim", args())
+
+
+def test_shifted_teacher_and_teacher_probs_at_a_given_temperature():
+    shift = [1.0, 0.0, -2.0]
+    obj, out = run("kd", args(teacher_logit_mode="shift", teacher_logit_shift=shift, kd_convention="mix"))
+    t = T.numpy() + np.array(shift)
+    np.testing.assert_allclose(out.per_example.numpy(), kd_hand(S.numpy(), t, Y, 0.4, 2.0, "mix"), rtol=1e-6)
+    # the trainer's teacher-weighted DRO errors ask for T = 1 whatever args.temperature is
+    np.testing.assert_allclose(obj.teacher_probs(T, temperature=1.0).numpy(), softmax(t), rtol=1e-6)
+    np.testing.assert_allclose(obj.teacher_probs(T).numpy(), softmax(t, 2.0), rtol=1e-6)
+
+
+def test_ada_alpha_class_level_threshold_is_passed_on():
+    r = [0.9, 0.3, 0.6]
+    _, out = run("ada_alpha", args(ada_alpha_mapping="threshold", ada_alpha_threshold=0.7), reliability=r)
+    a = 0.4 * (np.array(r) >= 0.7)[Y.numpy()]
+    np.testing.assert_allclose(
+        out.per_example.numpy(), kd_hand(S.numpy(), T.numpy(), Y, a, 2.0, "hinton"), rtol=1e-6
+    )
+
+
+def test_components_and_scalars_follow_the_loss():
+    _, out = run("ce", args())
+    assert set(out.components) == {"one_hot"} and out.scalars == {}
+    torch.testing.assert_close(out.components["one_hot"], out.per_example)
+    _, out = run("balanced", args(balanced_form="posthoc"))
+    assert out.scalars == {}  # a teacher objective has no alpha to report
+    # re-weighted: every logged part carries the same weight as the loss
+    _, out = run("balanced_kd", args(kd_convention="mix", balanced_form="reweighted"))
+    w = 1 / (3 * PRIOR[Y.numpy()])
+    q_t = softmax(T.numpy(), 2.0)
+    np.testing.assert_allclose(
+        out.components["one_hot"].numpy(), w * 0.6 * ce_soft(onehot(Y), S.numpy()), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        out.components["distill"].numpy(), w * 0.4 * ce_soft(q_t, S.numpy()), rtol=1e-6
+    )
+
+
+def test_dro_update_with_fractional_weight_sums_and_the_logged_weights():
+    # teacher-weighted holdout errors give fractional weight sums (here 0.5 for class 2)
+    a = args(dro_step_size=1.0, dro_tradeoff=1.0, dro_base="uniform")
+    obj = get_objective("robust_kd")(a, COUNTS)
+    obj.update(
+        torch.tensor([1.0, 0.0, 0.25], dtype=torch.float64),
+        torch.tensor([4.0, 2.0, 0.5], dtype=torch.float64),
+    )
+    raw = np.exp(np.array([0.25, 0.0, 0.5]))
+    np.testing.assert_allclose(obj.multipliers.numpy(), raw / raw.sum(), rtol=1e-6)
+    obj.update(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    assert obj.num_updates == 2
+    w = obj.class_weights().numpy()
+    stats = obj.weight_stats()
+    assert stats["class_weight_min"] == pytest.approx(w.min()) and stats["class_weight_max"] == pytest.approx(
+        w.max()
+    )
+    assert stats["class_weight_entropy"] == pytest.approx(-(w * np.log(w)).sum(), rel=1e-6)
+    assert stats["class_weight_argmax"] == 2.0
+    assert set(obj.compute(S, Y, T).scalars) == {"alpha_mean", *stats}
