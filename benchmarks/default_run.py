@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hf_fairkd.io_utils import atomic_write_json  # noqa: E402
-from hf_fairkd.reporting import hurt_and_helped  # noqa: E402
+from hf_fairkd.results import hurt_and_helped  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "default_run.json"
 WORK = REPO / "benchmarks" / "work" / "default_run"

@@ -18,8 +18,8 @@ from pathlib import Path
 import datasets
 import torch
 
-from hf_fairkd import pipeline
 from hf_fairkd.io_utils import atomic_write_json
+from hf_fairkd.run import arguments, models, preparation, preprocessing, stages
 
 RESULTS = Path(__file__).resolve().parent / "results" / "epoch_cached_vs_online.json"
 PRESET = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "cifar10_lt_budget.yaml"
@@ -31,7 +31,7 @@ def main() -> None:
     cli = parser.parse_args()
     datasets.disable_caching()  # time the cache build itself, not a reload of an earlier run's Arrow file
     work = tempfile.mkdtemp(prefix="hf_fairkd_epoch_")
-    model_args, data_args, args, _ = pipeline.parse_recipe_args(
+    model_args, data_args, args, _ = arguments.parse_recipe_args(
         argv=[
             str(PRESET),
             "--dataset_name",
@@ -46,18 +46,18 @@ def main() -> None:
             "1000",
         ]  # fmt: skip
     )
-    splits, info = pipeline.load_data(data_args)
-    processor = pipeline.make_image_processor(model_args)
-    teacher = pipeline.teacher_model(model_args, info.class_names, seed=0).eval()
+    splits, info = preparation.load_data(data_args)
+    processor = preprocessing.make_image_processor(model_args)
+    teacher = models.teacher_model(model_args, info.class_names, seed=0).eval()
     seconds = {}
     for signal in ("online", "cached"):  # the same student init, data order and steps in both
-        prepared = pipeline.prepare_splits(splits, info, processor)
+        prepared = preprocessing.prepare_splits(splits, info, processor)
         start = time.perf_counter()
         if signal == "cached":
-            pipeline.cache_teacher_signal(prepared, teacher, processor, args.per_device_eval_batch_size)
+            stages.cache_teacher_signal(prepared, teacher, processor, args.per_device_eval_batch_size)
             seconds["cache_build"] = time.perf_counter() - start
-        student = pipeline.student_model(model_args, info.class_names, seed=0)
-        pipeline.train_stage(student, pipeline.stage_args(args, objective="kd"), prepared, teacher=teacher)
+        student = models.student_model(model_args, info.class_names, seed=0)
+        stages.train_stage(student, stages.stage_args(args, objective="kd"), prepared, teacher=teacher)
         seconds[signal] = time.perf_counter() - start
     epoch_cached = seconds["cached"] - seconds["cache_build"]
     results = {

@@ -190,12 +190,13 @@ def teacher_table(teacher_runs: dict, groups: dict, b_robust) -> list[str]:
 def pareto_plot(groups: dict, path: Path) -> None:
     """Overall accuracy against worst-class accuracy (left) and against the mean of the worst 3 classes
     (right: informative when several models share a worst class at 0)."""
-    import matplotlib
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
+    fig = Figure(figsize=(15, 5.5))  # no pyplot: no global backend is chosen
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     sweep = sorted(
         (k for k in groups if k[0] == "erm" and k[1] == "robust_kd" and k[2] is not None), key=lambda k: k[2]
     )
@@ -217,7 +218,7 @@ def pareto_plot(groups: dict, path: Path) -> None:
                 [x],
                 [y],
                 marker=markers.get(key[0], "o"),
-                color=plt.cm.tab10([0, 1, 2, 4, 5, 6, 7, 8, 9][i % 9]),
+                color=colormaps["tab10"]([0, 1, 2, 4, 5, 6, 7, 8, 9][i % 9]),
                 s=45,
                 label=label(key),
             )
@@ -230,7 +231,6 @@ def pareto_plot(groups: dict, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------ reading

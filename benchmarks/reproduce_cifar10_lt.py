@@ -31,12 +31,17 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without `pip install -e .`
 
-from hf_fairkd import pipeline  # noqa: E402
 from hf_fairkd.config import DistillationArguments  # noqa: E402
-from hf_fairkd.io_utils import atomic_write_json  # noqa: E402
+from hf_fairkd.io_utils import atomic_write_json, nan_to_none  # noqa: E402
+from hf_fairkd.objectives import teacher_objectives  # noqa: E402
+from hf_fairkd.run.arguments import ARGUMENT_FILE_SUFFIXES, DataArguments, ModelArguments, read_argument_file  # noqa: E402
+from hf_fairkd.run.models import build_vit  # noqa: E402
+from hf_fairkd.run.preparation import load_data  # noqa: E402
+from hf_fairkd.run.preprocessing import PreparedSplits, make_image_processor  # noqa: E402
+from hf_fairkd.run.stages import train_stage  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "cifar10_lt.json"
-TEACHER_OBJECTIVES = ("erm", "balanced", "dro")
+TEACHERS = ("erm", "balanced", "dro")  # the study's order: the students of the first (ERM) come first
 SWEEP_OBJECTIVES = ("ce", "kd", "ada_alpha", "ada_margin", "balanced_kd")
 SEEDED_OBJECTIVES = ("ce", "kd", "ada_alpha", "robust_kd")
 CUTS = (
@@ -52,7 +57,7 @@ CUTS = (
 
 def vit(args, class_names, role: str, seed: int):
     """A fresh ViT of the student's or the teacher's sizes from this script's arguments."""
-    return pipeline.build_vit(
+    return build_vit(
         class_names,
         hidden_size=getattr(args, f"{role}_hidden"),
         num_layers=getattr(args, f"{role}_layers"),
@@ -84,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="b used for the seeded robust_kd runs and for the balanced / DRO teachers.",
     )
-    p.add_argument("--teachers", nargs="+", default=list(TEACHER_OBJECTIVES), choices=TEACHER_OBJECTIVES)
+    p.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=teacher_objectives())
     p.add_argument("--student_epochs", type=float, default=8)
     p.add_argument("--teacher_epochs", type=float, default=10)
     p.add_argument("--student_hidden", type=int, default=64)
@@ -131,8 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU only).")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith((".yaml", ".yml")):  # a config file first, CLI overrides after it
-        argv = pipeline.yaml_to_argv(argv[0]) + argv[1:]
+    if argv and argv[0].endswith(ARGUMENT_FILE_SUFFIXES):  # a config file first, CLI overrides after it
+        p.set_defaults(**read_argument_file(p, argv.pop(0)))
     args = p.parse_args(argv)
     if not 0 <= args.robust_tradeoff <= 1 or any(not 0 <= b <= 1 for b in args.tradeoffs):
         raise ValueError("--tradeoffs and --robust_tradeoff must lie in [0, 1].")
@@ -183,21 +188,21 @@ def tensor_splits(args: argparse.Namespace):
     from datasets import disable_progress_bars
 
     disable_progress_bars()
-    data_args = pipeline.DataArguments(
+    data_args = DataArguments(
         dataset_name=args.dataset_name,
         imbalance_factor=args.imbalance_factor,
         long_tail_profile="exp",
         holdout_per_class=args.holdout_per_class,
     )
-    splits, info = pipeline.load_data(data_args)
+    splits, info = load_data(data_args)
     if args.test_per_class is not None:
         from hf_fairkd.data.longtail import plan_holdout, read_labels
 
         labels = read_labels(splits["test"], info.label_column)
         _, subset = plan_holdout(labels, len(info.class_names), args.test_per_class, seed=0)
         splits["test"] = splits["test"].select(np.sort(subset))
-    model_args = pipeline.ModelArguments(image_size=args.image_size, patch_size=args.patch_size)
-    processor = pipeline.make_image_processor(model_args)
+    model_args = ModelArguments(image_size=args.image_size, patch_size=args.patch_size)
+    processor = make_image_processor(model_args)
 
     def preprocess(batch):
         images = [image.convert("RGB") for image in batch[info.image_column]]
@@ -212,7 +217,7 @@ def tensor_splits(args: argparse.Namespace):
             preprocess, batched=True, batch_size=500, remove_columns=split.column_names, keep_in_memory=True
         )
         out[name] = mapped.with_format("torch")
-    return pipeline.PreparedSplits(out, class_counts=info.train_counts), info, processor
+    return PreparedSplits(out, class_counts=info.train_counts), info, processor
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -291,7 +296,7 @@ def load_saved_teacher(args: argparse.Namespace, teacher: str):
     return ViTForImageClassification.from_pretrained(path)
 
 
-def cache_teacher(model, splits, processor) -> pipeline.PreparedSplits:
+def cache_teacher(model, splits, processor) -> PreparedSplits:
     """Train and holdout with the teacher's dense logits as a column (the teacher runs once, here)."""
     from hf_fairkd.teacher_cache import build_teacher_cache
 
@@ -301,43 +306,43 @@ def cache_teacher(model, splits, processor) -> pipeline.PreparedSplits:
         )
         for name in ("train", "holdout")
     }
-    return pipeline.PreparedSplits(cached, class_counts=splits.class_counts)
+    return PreparedSplits(cached, class_counts=splits.class_counts)
 
 
 def evaluate_run(
     run: dict, logits: np.ndarray, labels: np.ndarray, info, ce_predictions: dict, n_bootstrap: int
 ):
-    from hf_fairkd.metrics import (
-        calibration_report,
-        paired_delta,
-        report_to_jsonable,
-        softmax,
-        subgroup_report,
-    )
+    """The run's report, paired delta against the same seed's one-hot student and (teachers) calibration,
+    taken from the one run record (hf_fairkd.results.build_run_record)."""
+    from hf_fairkd.results.schema import build_run_record
 
-    predictions = logits.argmax(-1)
     names = info.class_names
-    run["report"] = subgroup_report(
-        predictions,
+    models = {"student": logits}  # the evaluated model; a teacher is also compared against the ce student
+    if run["objective"] == "teacher":
+        models["teacher"] = logits
+    baseline = ce_predictions.get(run["seed"])
+    if baseline is not None and run["objective"] != "ce":
+        models["baseline"] = baseline
+    record = build_run_record(
+        models,
         labels,
         class_names=names,
         train_counts=info.train_counts,
         shot_counts=info.long_tail_counts,  # standard shot groups: the counts before the holdout
+        dataset=info.to_dict(),
+        settings={"objective": run["objective"], "seed": run["seed"], **run.get("params", {})},
         n_bootstrap=n_bootstrap,
         seed=0,
     )
-    baseline = ce_predictions.get(run["seed"])
-    run["delta_vs_ce"] = None
-    if baseline is not None and run["objective"] != "ce":
-        run["delta_vs_ce"] = paired_delta(
-            predictions, baseline, labels, class_names=names, n_bootstrap=n_bootstrap, seed=0
-        )
+    run["report"] = record["student"]
+    run["delta_vs_ce"] = record.get("student_minus_baseline")
     if run["objective"] == "teacher":
-        run["calibration"] = calibration_report(softmax(logits), labels, class_names=names)
+        run["calibration"] = record["teacher_calibration"]
+    predictions = logits.argmax(-1)
     run["predictions"] = (
         "".join(str(int(p)) for p in predictions) if len(names) <= 10 else predictions.tolist()
     )
-    return report_to_jsonable(run)
+    return nan_to_none(run)
 
 
 def decode_predictions(run: dict) -> np.ndarray:
@@ -434,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
         run = {"name": key, "teacher": spec["teacher"], "objective": spec["objective"], "seed": spec["seed"]}
         if spec["objective"] == "teacher":
             stage = training_args(args, spec["teacher"], spec["seed"], args.teacher_epochs, work)
-            trainer = pipeline.train_stage(
+            trainer = train_stage(
                 vit(args, class_names, "teacher", spec["seed"] + 1),
                 stage,
                 splits,
@@ -447,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
                 teacher_splits[teacher] = cache_teacher(load_saved_teacher(args, teacher), splits, processor)
             extra = {} if spec["dro_tradeoff"] is None else {"dro_tradeoff": spec["dro_tradeoff"]}
             stage = training_args(args, spec["objective"], spec["seed"], args.student_epochs, work, **extra)
-            trainer = pipeline.train_stage(
+            trainer = train_stage(
                 vit(args, class_names, "student", spec["seed"]),
                 stage,
                 teacher_splits.get(teacher, splits),

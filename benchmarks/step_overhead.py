@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Array3D, ClassLabel, Dataset, Features, disable_progress_bars
-from transformers import Trainer, TrainingArguments, ViTConfig, ViTForImageClassification
+from transformers import Trainer, TrainingArguments, ViTForImageClassification
 from transformers.utils import logging as hf_logging
 
 from hf_fairkd import DistillationArguments, DistillationTrainer
 from hf_fairkd.io_utils import atomic_write_json
+from hf_fairkd.run.models import build_vit
 from hf_fairkd.teacher_cache import build_teacher_cache
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,21 +43,9 @@ GOALS = {"cached_over_plain": 1.03, "online_over_plain_plus_teacher": 1.05}
 
 
 def vit(hidden: int, layers: int, seed: int) -> ViTForImageClassification:
-    torch.manual_seed(seed)
     names = [f"class_{i}" for i in range(NUM_CLASSES)]
-    config = ViTConfig(
-        image_size=IMAGE,
-        patch_size=4,
-        num_channels=3,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=4 * hidden,
-        num_labels=NUM_CLASSES,
-        id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)},
-    )
-    return ViTForImageClassification(config)
+    sizes = dict(hidden_size=hidden, num_layers=layers, num_heads=4, image_size=IMAGE, patch_size=4)
+    return build_vit(names, seed=seed, **sizes)
 
 
 def synthetic_images(rows: int) -> Dataset:

@@ -12,8 +12,8 @@ Writes benchmarks/results/teacher_cache.json and prints a table.
    which classes are alike). A ViT teacher is trained with ERM, cached densely and as top-10, and students
    (seeds 0..n-1, the same seeds for every variant) are distilled (kd) from each cache at T = 1, 2 and 4,
    each top-k fill selected the way the trainer reads it: DistillationArguments(teacher_topk_fill=...).
-   After each run the benchmark reads a batch through that trainer's own dataloader and `_split_batch` and
-   checks that the teacher logits it trained on are the ones of the fill it reports (and that the fills'
+   After each run the benchmark reads a batch through that trainer's own dataloader and
+   `teacher_source.split_batch` and checks that the teacher logits it trained on are the ones of the fill it reports (and that the fills'
    logits differ), so a variant that did not really run fails the benchmark instead of printing a row.
 """
 
@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Array3D, ClassLabel, Dataset, Features, concatenate_datasets, disable_progress_bars
-from transformers import ViTConfig, ViTForImageClassification
+from transformers import ViTForImageClassification
 from transformers.utils import logging as hf_logging
 
 import hf_fairkd.teacher_cache as tc
 from hf_fairkd import DistillationArguments, DistillationTrainer
 from hf_fairkd.io_utils import atomic_write_json
+from hf_fairkd.run.models import build_vit
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "teacher_cache.json"
@@ -46,23 +47,9 @@ GOALS = {"cache_over_raw_throughput": 0.90}
 
 
 def vit(hidden, layers, image, channels, seed, heads=4) -> ViTForImageClassification:
-    torch.manual_seed(seed)
     names = [f"c{i:02d}" for i in range(NUM_CLASSES)]
-    config = ViTConfig(
-        image_size=image,
-        patch_size=4,
-        num_channels=channels,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=4 * hidden,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=NUM_CLASSES,
-        id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)},
-    )
-    return ViTForImageClassification(config)
+    sizes = dict(hidden_size=hidden, num_layers=layers, num_heads=heads, image_size=image, patch_size=4)
+    return build_vit(names, num_channels=channels, seed=seed, **sizes)
 
 
 def images(pixels: np.ndarray, labels: np.ndarray) -> Dataset:
@@ -183,10 +170,10 @@ def accuracy(model, test: Dataset) -> float:
 
 def trained_on(trainer: DistillationTrainer) -> tuple[torch.Tensor, float]:
     """The teacher logits of the first training batch as the trainer itself reads them (its dataloader,
-    `_prepare_inputs`, `_split_batch`, hence its `teacher_topk_fill`), checked against the fill it reports;
+    `_prepare_inputs`, `teacher_source.split_batch`, hence its `teacher_topk_fill`), checked against the fill it reports;
     and the mean mass its targets (softmax at its temperature) put outside the stored top k."""
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-    _, _, logits = trainer._split_batch(batch)
+    _, _, logits = trainer.teacher_source.split_batch(batch)
     fill = trainer.args.teacher_topk_fill
     expected = tc.cached_logits_from_batch(batch, NUM_CLASSES, topk_fill=fill)
     if not torch.equal(logits, expected):

@@ -99,8 +99,8 @@ def resolve_checkpoint(resume, output_dir: str, required: tuple[str, ...] = ()) 
     return None
 
 
-def write_objective_state(folder: str, objective, last_dro_step: int) -> None:
-    """The objective's tensors (and the step of the last class-DRO update) into ``folder``, atomically."""
+def write_objective_state(folder: str, objective) -> None:
+    """The objective's tensors (`Objective.state_dict`) into ``folder``, atomically."""
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
@@ -109,12 +109,12 @@ def write_objective_state(folder: str, objective, last_dro_step: int) -> None:
         os.remove(stale)
     state = {k: v.detach().cpu().contiguous() for k, v in objective.state_dict().items()}
     tmp = os.path.join(folder, OBJECTIVE_STATE_NAME + ".tmp")
-    save_file(state, tmp, metadata={"objective": objective.name, "last_dro_step": str(last_dro_step)})
+    save_file(state, tmp, metadata={"objective": objective.name})
     os.replace(tmp, os.path.join(folder, OBJECTIVE_STATE_NAME))
 
 
-def read_objective_state(folder: str, objective) -> int | None:
-    """Restore ``objective`` from ``folder``; returns the step of the last class-DRO update (None: no file)."""
+def read_objective_state(folder: str, objective) -> bool:
+    """Restore ``objective`` from ``folder``; False if there is no state file (and the objective has no state)."""
     from safetensors import safe_open
 
     path = os.path.join(folder, OBJECTIVE_STATE_NAME)
@@ -124,7 +124,7 @@ def read_objective_state(folder: str, objective) -> int | None:
                 f"{folder} has no {OBJECTIVE_STATE_NAME}: it was not written by DistillationTrainer with "
                 f"objective={objective.name!r}, or its save was interrupted. Resume from an earlier checkpoint."
             )
-        return None
+        return False
     with safe_open(path, framework="pt") as f:
         metadata = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}
@@ -133,5 +133,10 @@ def read_objective_state(folder: str, objective) -> int | None:
             f"{folder} was saved with objective={metadata.get('objective')!r}, not {objective.name!r}."
         )
     objective.load_state_dict(state)
+    if "last_dro_step" in metadata:  # written before the class-DRO update moved after the step (on_step_end)
+        raise ValueError(
+            f"{folder} was written by an older hf_fairkd, whose class-DRO update of a step ran after that step's "
+            "checkpoint: resuming it would skip an update. Restart the run, or resume with that version."
+        )
     logger.info("Restored %s state from %s", objective.name, folder)
-    return int(metadata.get("last_dro_step", -1))
+    return True

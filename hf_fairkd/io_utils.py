@@ -12,7 +12,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,17 +85,23 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     return atomic_write_bytes(path, text.encode(encoding))
 
 
+def _is_numpy(obj: Any) -> bool:
+    return type(obj).__module__ == "numpy" and hasattr(obj, "tolist")
+
+
 def nan_to_none(obj: Any) -> Any:
     """Return a copy of ``obj`` with NaN/inf floats replaced by None (JSON has no NaN).
 
-    Tuples become lists and numpy scalars/arrays become Python values; anything else is returned
-    unchanged so that ``json.dumps`` can reject it with its usual TypeError.
+    The package's one JSON cleaner (``hf_fairkd.metrics.report_to_jsonable`` is this function): mappings
+    become dicts (numpy keys become Python values), tuples become lists and numpy scalars/arrays become
+    Python values; anything else is returned unchanged so that ``json.dumps`` can reject it with its usual
+    TypeError. numpy is recognised by module name, so this module does not import it.
     """
-    if isinstance(obj, dict):
-        return {key: nan_to_none(value) for key, value in obj.items()}
+    if isinstance(obj, Mapping):
+        return {(key.tolist() if _is_numpy(key) else key): nan_to_none(value) for key, value in obj.items()}
     if isinstance(obj, list | tuple):
         return [nan_to_none(value) for value in obj]
-    if hasattr(obj, "tolist") and type(obj).__module__ == "numpy":
+    if _is_numpy(obj):
         return nan_to_none(obj.tolist())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None

@@ -14,15 +14,10 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard, parse_eval_result_entries
 
-from hf_fairkd.cards import (
-    build_model_card,
-    escape_markdown_cell,
-    load_subgroup_metrics,
-    save_card_and_metrics,
-    write_eval_results,
-)
 from hf_fairkd.io_utils import atomic_path, atomic_write_json, atomic_write_text
 from hf_fairkd.metrics import delta_verdict, paired_delta, report_to_jsonable, subgroup_report
+from hf_fairkd.results import build_model_card, load_subgroup_metrics, save_card_and_metrics
+from hf_fairkd.results.card import escape_markdown_cell, write_eval_results
 
 # Hand-made long tail: 5 classes, 20 test images each; the first k images of class c are predicted right.
 NAMES = ["cat", "dog", "bird", "fish", "frog"]
@@ -333,7 +328,7 @@ def test_run_metrics_use_long_tail_counts_for_shot_groups(tmp_path):
     """CIFAR-100-LT with a 5-per-class holdout: the standard 35 / 35 / 30 groups, and the card says why."""
     from hf_fairkd.data import long_tail_counts
     from hf_fairkd.data.longtail import LongTailInfo
-    from hf_fairkd.reporting import build_run_metrics
+    from hf_fairkd.results.schema import record_from_info
 
     before = long_tail_counts(500, 100, 100.0, "exp")
     info = LongTailInfo(
@@ -354,7 +349,7 @@ def test_run_metrics_use_long_tail_counts_for_shot_groups(tmp_path):
     )
     labels = np.repeat(np.arange(100), 2)
     logits = {role: np.eye(100)[labels] for role in ("baseline", "student")}
-    metrics = build_run_metrics(logits, labels, info, dict(SETTINGS), n_bootstrap=10)
+    metrics = record_from_info(logits, labels, info, dict(SETTINGS), n_bootstrap=10)
     groups = metrics["student"]["shot_groups"]
     assert [groups[g]["num_classes"] for g in ("many", "medium", "few")] == [35, 35, 30]
     assert [row["train_count"] for row in metrics["student"]["per_class"]] == [n - 5 for n in before]

@@ -331,3 +331,14 @@ def test_train_test_folders_of_class_folders_still_load(tmp_path):
     dsd, label, _ = load_source(str(image_tree(tmp_path / "imgs", layout)), cache_dir=str(tmp_path / "cache"))
     assert label == "label" and dsd["train"].features["label"].names == ["cat", "dog"]
     assert np.bincount(dsd["test"]["label"]).tolist() == [3, 3]
+
+
+def test_hub_dataset_ids_for_the_card(tmp_path, monkeypatch):
+    from hf_fairkd.data.sources import hub_dataset_ids, looks_like_hub_id
+
+    assert hub_dataset_ids("cifar10") == ["uoft-cs/cifar10"] and hub_dataset_ids("digits") is None
+    assert hub_dataset_ids("someone/flowers-lt") == ["someone/flowers-lt"]
+    (tmp_path / "local" / "folder").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert hub_dataset_ids("local/folder") is None  # an existing folder is not a Hub id
+    assert not looks_like_hub_id(None) and not looks_like_hub_id("/abs/path/x") and looks_like_hub_id("a/b")

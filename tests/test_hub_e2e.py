@@ -20,7 +20,7 @@ from transformers import AutoModelForImageClassification
 
 import hf_fairkd
 from hf_fairkd import DistillationArguments, DistillationTrainer
-from hf_fairkd.hub import HubPushError
+from hf_fairkd.results import HubPushError
 
 REPO = "test-user/digits-student-e2e"
 
@@ -104,15 +104,16 @@ def test_card_and_metrics_read_back_as_data(pushed):
 
 
 def test_trainer_push_to_hub_makes_a_new_commit_with_its_own_card(pushed, hub_server, tmp_path):
-    from hf_fairkd import pipeline
     from hf_fairkd.data import load_long_tailed, long_tail_info
+    from hf_fairkd.run.arguments import ModelArguments
+    from hf_fairkd.run.preprocessing import make_image_processor, prepare_splits
 
     out, _ = pushed
     before = len(hub_server.commits(REPO))
     splits = load_long_tailed("digits")
     info = long_tail_info(splits["train"])
-    processor = pipeline.make_image_processor(pipeline.ModelArguments(image_size=8))
-    prepared = pipeline.prepare_splits(splits, info, processor)
+    processor = make_image_processor(ModelArguments(image_size=8))
+    prepared = prepare_splits(splits, info, processor)
     args = DistillationArguments(
         output_dir=str(tmp_path / "again"), objective="ce", report_to="none", push_to_hub=True, hub_model_id=REPO,
         hub_token=hub_server.token, remove_unused_columns=False, use_cpu=True,
@@ -157,13 +158,14 @@ def test_failed_push_keeps_the_local_folder_and_a_retry_succeeds(pushed, hub_ser
 
 # ------------------------------------------------------------------------------------ publishing once
 def _digits():
-    from hf_fairkd import pipeline
     from hf_fairkd.data import load_long_tailed, long_tail_info
+    from hf_fairkd.run.arguments import ModelArguments
+    from hf_fairkd.run.preprocessing import make_image_processor, prepare_splits
 
     splits = load_long_tailed("digits")
     info = long_tail_info(splits["train"])
-    processor = pipeline.make_image_processor(pipeline.ModelArguments(image_size=8))
-    return pipeline.prepare_splits(splits, info, processor), info, processor
+    processor = make_image_processor(ModelArguments(image_size=8))
+    return prepare_splits(splits, info, processor), info, processor
 
 
 def _fresh_repo(hub, stem: str) -> str:
@@ -179,7 +181,7 @@ def _closed_endpoint() -> str:
 def test_trainer_train_save_model_push_to_hub_is_one_commit(hub_server, tmp_path):
     """The stock Trainer pushes a "Model save" commit from save_model() and half-trained weights from each
     checkpoint; here nothing is published until push_to_hub(), which makes exactly one commit."""
-    from hf_fairkd.pipeline import build_vit
+    from hf_fairkd.run.models import build_vit
 
     prepared, info, processor = _digits()
     repo_id = _fresh_repo(hub_server, "trainer-flow")
@@ -263,7 +265,7 @@ def test_failed_final_push_keeps_the_outputs_and_says_how_to_push_them(hub_serve
         assert (out / name).is_file(), name
     assert str(out) in message and repo_id in message and "complete" in message
     assert [c.title for c in HfApi().list_repo_commits(repo_id)] == ["initial commit"]
-    command = re.search(r"`(python -m hf_fairkd\.hub push [^`]+)`", message).group(1)
+    command = re.search(r"`(python -m hf_fairkd\.results\.hub push [^`]+)`", message).group(1)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_TOKEN": hub_server.token}
     argv = [sys.executable, *shlex.split(command)[1:]]
     result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)

@@ -20,10 +20,9 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from hf_fairkd import hub as hub_lib
-from hf_fairkd.cards import load_subgroup_metrics, save_card_and_metrics
-from hf_fairkd.hub import HubPushError, push_output_dir
 from hf_fairkd.metrics import report_to_jsonable
+from hf_fairkd.results import HubPushError, load_subgroup_metrics, push_output_dir, save_card_and_metrics
+from hf_fairkd.results import hub as hub_lib
 
 try:  # same import dance as conftest.py: `tests` is a namespace package from the repo root
     from tests.test_cards import CORRECT, SUPPORT, make_metrics, table_after

@@ -234,3 +234,13 @@ def test_exponentiated_gradient_step_keeps_the_dtype_and_takes_0_1_masks():
     torch.testing.assert_close(
         losses.exponentiated_gradient_step(lam, err, 2.0, seen=torch.tensor([1, 0, 1, 1])), by_mask
     )
+
+
+def test_half_precision_logits_are_computed_in_float32():
+    s16 = S.to(torch.float16)
+    for loss in (
+        losses.one_hot_cross_entropy(s16, Y),
+        losses.soft_cross_entropy(s16, torch.full((2, 3), 1 / 3)),
+    ):
+        assert loss.dtype == torch.float32
+    assert losses.teacher_probabilities(T.to(torch.bfloat16)).dtype == torch.float32

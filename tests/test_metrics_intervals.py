@@ -156,7 +156,8 @@ def test_interval_coverage_full_grid():
 
 
 @pytest.mark.parametrize(
-    "n10, n01, n", [(0, 0, 10), (9, 0, 20), (0, 9, 20), (3, 2, 15), (12, 1, 20), (5, 5, 10), (1, 0, 1)]
+    "n10, n01, n",
+    [(0, 0, 10), (9, 0, 20), (0, 9, 20), (3, 2, 15), (12, 1, 20), (5, 5, 10), (1, 0, 1), (0, 1, 5)],
 )
 @pytest.mark.parametrize("level", [0.95, 0.8])
 def test_paired_difference_interval_is_the_range_of_q_times_2t_minus_1_over_the_box(n10, n01, n, level):
@@ -207,3 +208,15 @@ def test_simultaneous_and_worst_class_intervals_work_row_by_row():
     t_low, t_high = worst_class_interval(correct.T, support.T, 0.95, axis=0)
     np.testing.assert_array_equal(t_low, w_low)
     np.testing.assert_array_equal(t_high, w_high)
+
+
+def test_clopper_pearson_checks_both_ends_and_defaults_to_95_percent():
+    from hf_fairkd.metrics.intervals import clopper_pearson
+
+    for x, n in (([-1, 2], [3, 3]), ([4, 2], [3, 3])):
+        with pytest.raises(ValueError, match="0 <= correct <= support"):
+            clopper_pearson(x, n)
+    low, high = clopper_pearson([0, 3, 5], [5, 5, 5])
+    expected = [exact_interval(x, 5, 0.95) for x in (0, 3, 5)]
+    np.testing.assert_allclose(low, [e[0] for e in expected], atol=1e-9)
+    np.testing.assert_allclose(high, [e[1] for e in expected], atol=1e-9)

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import binomtest
 
 from hf_fairkd.metrics import delta_verdict, hurt_and_helped_classes, paired_delta, subgroup_report
-from hf_fairkd.reporting import hurt_and_helped
+from hf_fairkd.results import hurt_and_helped
 
 
 def _random_case(n=600, num_classes=7, p_correct=0.6, seed=1):
@@ -210,6 +210,7 @@ def test_hurt_and_helped_classes_use_the_given_alpha():
 def test_delta_verdict_boundaries_and_rows_without_counts():
     # p must be below alpha, not equal to it
     assert delta_verdict({"p_value": 0.05, "delta": -0.2, "n10": 0, "n01": 8}) == "no clear change"
+    assert delta_verdict({"p_value": 0.05, "delta": 0.2, "n10": 8, "n01": 0}) == "no clear change"
     assert delta_verdict({"p_value": 0.01, "delta": -0.2, "n10": 0, "n01": 8}) == "hurt"
     # rows with a p-value but without the counts fall back on the sign of delta (fractions, not counts)
     assert delta_verdict({"p_value": 0.01, "delta": -0.3}) == "hurt"
@@ -225,6 +226,8 @@ def test_paired_delta_checks_both_models_and_passes_the_level_on():
     with pytest.raises(ValueError, match="different shapes"):
         paired_delta(np.zeros((3, 2)), np.zeros((3, 4)), [0, 1, 0])
     paired_delta(np.eye(3), [0, 1, 2], [0, 1, 2], n_bootstrap=0)  # one model as scores: no shape check
+    rows = paired_delta(np.eye(3), np.eye(3)[[1, 1, 2]], [0, 1, 2], n_bootstrap=0)  # same shapes: fine
+    assert [r["n10"] for r in rows] == [1, 0, 0]
     with pytest.raises(ValueError, match="empty"):
         paired_delta([], [], [])
     with pytest.raises(ValueError, match="predictions hold values"):  # model b out of range too

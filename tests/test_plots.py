@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_fairkd.plots import plot_per_class_accuracy
+from hf_fairkd.results import plot_per_class_accuracy
 
 try:  # same import dance as conftest.py: `tests` is a namespace package from the repo root
     from tests.test_cards import CORRECT, make_metrics

@@ -62,14 +62,14 @@ def test_default_recipe_writes_every_output(distilled):
 
 
 def test_saved_student_reproduces_the_reported_accuracy(distilled):
-    from hf_fairkd import pipeline
     from hf_fairkd.data import load_long_tailed
+    from hf_fairkd.run.preprocessing import with_image_transform
 
     out, metrics = distilled
     model = AutoModelForImageClassification.from_pretrained(out).eval()
     processor = AutoImageProcessor.from_pretrained(out)
     test = load_long_tailed("digits")["test"]
-    batch = pipeline.with_image_transform(test, processor, "image", "label")[: len(test)]
+    batch = with_image_transform(test, processor, "image", "label")[: len(test)]
     with torch.no_grad():
         predictions = model(pixel_values=batch["pixel_values"]).logits.argmax(-1).numpy()
     accuracy = float(np.mean(predictions == batch["labels"].numpy()))
@@ -108,7 +108,7 @@ def test_bad_input_fails_before_training(tmp_path, extra, message):
 
 
 def test_teacher_with_other_classes_is_refused_before_training(tmp_path):
-    from hf_fairkd.pipeline import build_vit
+    from hf_fairkd.run.models import build_vit
 
     teacher = build_vit(
         list("abcdefghij"), hidden_size=16, num_layers=1, num_heads=2, image_size=8, patch_size=4, seed=0
@@ -160,12 +160,12 @@ def test_train_teacher_recipe(tmp_path, objective):
 
 def saved_model_logits(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """A saved model's logits and the labels on the digits test split (its own processor, one forward)."""
-    from hf_fairkd import pipeline
     from hf_fairkd.data import load_long_tailed
+    from hf_fairkd.run.preprocessing import with_image_transform
 
     model = AutoModelForImageClassification.from_pretrained(folder).eval()
     test = load_long_tailed("digits")["test"]
-    batch = pipeline.with_image_transform(test, AutoImageProcessor.from_pretrained(folder), "image", "label")
+    batch = with_image_transform(test, AutoImageProcessor.from_pretrained(folder), "image", "label")
     batch = batch[: len(test)]
     with torch.no_grad():
         return model(pixel_values=batch["pixel_values"]).logits.numpy(), batch["labels"].numpy()
@@ -180,53 +180,6 @@ def test_cli_reports_bad_input_as_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert "error: alpha must be in [0, 1]" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-@pytest.mark.parametrize(
-    "config", sorted((ROOT / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.name
-)
-def test_every_preset_parses_on_this_machine(config):
-    from hf_fairkd import pipeline
-
-    model_args, data_args, args, _ = pipeline.parse_recipe_args(argv=[str(config)])
-    assert args.output_dir.startswith("outputs/") and data_args.dataset_name
-    if "cifar" in config.name:
-        assert (
-            data_args.imbalance_factor == 100
-            and model_args.teacher_hidden_size > model_args.student_hidden_size
-        )
-
-
-# ------------------------------------------------------------------------ intervals imply their strategy
-@pytest.mark.parametrize("spelling", ["cli", "cli_equals", "yaml"])
-def test_explicit_steps_turn_their_strategy_on(tmp_path, caplog, spelling):
-    from hf_fairkd import pipeline
-
-    given = {"save_steps": 10, "eval_steps": 5}
-    if spelling == "yaml":
-        (tmp_path / "c.yaml").write_text("".join(f"{k}: {v}\n" for k, v in given.items()))
-        argv = [str(tmp_path / "c.yaml")]
-    elif spelling == "cli_equals":
-        argv = [f"--{k}={v}" for k, v in given.items()]
-    else:
-        argv = [a for k, v in given.items() for a in (f"--{k}", str(v))]
-    with caplog.at_level("INFO", logger="hf_fairkd"):
-        _, _, args, _ = pipeline.parse_recipe_args(argv=argv)
-    assert (args.save_strategy, args.save_steps) == ("steps", 10)
-    assert (args.eval_strategy, args.eval_steps) == ("steps", 5)
-    assert caplog.text.count("--save_steps given: save_strategy set to 'steps' (it was 'no')") == 1
-    assert caplog.text.count("--eval_steps given: eval_strategy set to 'steps'") == 1
-
-
-def test_explicit_strategy_wins_and_defaults_stay_off(caplog):
-    from hf_fairkd import pipeline
-
-    with caplog.at_level("INFO", logger="hf_fairkd"):
-        _, _, args, _ = pipeline.parse_recipe_args(argv=["--save_steps", "10", "--save_strategy", "epoch"])
-        _, _, default, _ = pipeline.parse_recipe_args(argv=["--logging_steps", "3"])
-    assert args.save_strategy == "epoch" and args.eval_strategy == "no"
-    assert (default.save_strategy, default.eval_strategy, default.logging_strategy) == ("no", "no", "steps")
-    assert "set to 'steps'" not in caplog.text
 
 
 def test_save_steps_alone_writes_checkpoints(tmp_path):
@@ -276,7 +229,8 @@ def test_recipe_checks_refuse_empty_classes_before_any_training(tmp_path, flags,
     will train reads the class prior (the trainer would refuse it only at its own stage, after others trained)."""
     from types import SimpleNamespace
 
-    from hf_fairkd import DistillationArguments, pipeline
+    from hf_fairkd import DistillationArguments
+    from hf_fairkd.run.preparation import check_objectives
 
     info = SimpleNamespace(
         train_counts=[30, 0, 5], holdout_counts=[2, 2, 2], class_names=["cat", "okapi", "dog"]
@@ -284,9 +238,9 @@ def test_recipe_checks_refuse_empty_classes_before_any_training(tmp_path, flags,
     args = DistillationArguments(output_dir=str(tmp_path), objective=flags["--objective"], report_to=[])
     if refused:
         with pytest.raises(ValueError, match=r"no training rows: \['okapi'\]"):
-            pipeline.check_objectives(flags, args, info)
+            check_objectives(flags, args, info)
     else:
-        pipeline.check_objectives(flags, args, info)
+        check_objectives(flags, args, info)
     empty_holdout = SimpleNamespace(**{**vars(info), "holdout_counts": [0, 0, 0]})
     with pytest.raises(ValueError, match="--objective robust_kd needs a holdout"):
-        pipeline.check_objectives({"--objective": "robust_kd"}, args, empty_holdout)
+        check_objectives({"--objective": "robust_kd"}, args, empty_holdout)

@@ -416,7 +416,7 @@ def test_full_disk_keeps_earlier_outputs_whole(tmp_path):
     """A file-size limit stands in for a full disk: the big write fails, the earlier files stay as they were."""
     from test_cards import make_metrics
 
-    from hf_fairkd.cards import save_card_and_metrics
+    from hf_fairkd.results import save_card_and_metrics
 
     save_card_and_metrics(tmp_path, make_metrics())
     before = tree_hashes(tmp_path)
@@ -425,7 +425,7 @@ def test_full_disk_keeps_earlier_outputs_whole(tmp_path):
         import resource, signal, sys
         sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests")!r}]
         from test_cards import make_metrics
-        from hf_fairkd.cards import save_card_and_metrics
+        from hf_fairkd.results import save_card_and_metrics
         metrics = make_metrics(names=["n" * 5000 + str(i) for i in range(5)])
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
@@ -473,7 +473,7 @@ def test_full_disk_during_the_recipe_is_one_clear_error(tmp_path):
 def _hub_folder(tmp_path: Path) -> Path:
     from test_cards import make_metrics
 
-    from hf_fairkd.cards import save_card_and_metrics
+    from hf_fairkd.results import save_card_and_metrics
 
     make_vit().save_pretrained(tmp_path / "out")
     save_card_and_metrics(tmp_path / "out", make_metrics())
@@ -487,7 +487,7 @@ def test_connection_refused_is_retried_reported_and_a_later_push_succeeds(
 
     from huggingface_hub import constants
 
-    from hf_fairkd.hub import HubPushError, push_output_dir
+    from hf_fairkd.results import HubPushError, push_output_dir
 
     folder, repo_id = _hub_folder(tmp_path), f"{hub_server.user}/refused-{uuid.uuid4().hex[:8]}"
     before = tree_hashes(folder)
@@ -507,7 +507,7 @@ def test_connection_refused_is_retried_reported_and_a_later_push_succeeds(
 
 
 def test_forbidden_403_is_not_retried_and_publishes_nothing(hub_server, hub_token, tmp_path):
-    from hf_fairkd.hub import HubPushError, push_output_dir
+    from hf_fairkd.results import HubPushError, push_output_dir
 
     folder, repo_id = _hub_folder(tmp_path), f"{hub_server.user}/forbidden-{uuid.uuid4().hex[:8]}"
     before, commits = tree_hashes(folder), hub_server.stats["commit"]
@@ -547,7 +547,7 @@ def test_hostile_class_and_dataset_names_through_the_recipe(tmp_path):
 def test_hostile_config_strings_are_escaped_in_the_card():
     from test_cards import make_metrics
 
-    from hf_fairkd.cards import build_model_card
+    from hf_fairkd.results import build_model_card
 
     evil = "<img src=x onerror=alert(1)>|---\n# heading"
     metrics = make_metrics()
@@ -609,7 +609,7 @@ def test_tokens_never_reach_outputs_logs_or_the_hub(hub_server, tmp_path, monkey
 def test_token_from_the_environment_never_leaks_from_a_push(
     hub_server, hub_token, tmp_path, monkeypatch, caplog
 ):
-    from hf_fairkd.hub import push_output_dir
+    from hf_fairkd.results import push_output_dir
 
     monkeypatch.setenv("HF_TOKEN", hub_token)
     folder, repo_id = _hub_folder(tmp_path), f"{hub_server.user}/envtoken-{uuid.uuid4().hex[:8]}"

@@ -122,13 +122,14 @@ def test_teachers_have_calibration(results):
     import torch
     from transformers import ViTForImageClassification
 
-    from hf_fairkd import pipeline
+    from hf_fairkd.run.arguments import ModelArguments
+    from hf_fairkd.run.preprocessing import make_image_processor
 
     data, output = results
     test = Dataset.from_parquet(
         str(output.parents[1] / "cifar_like" / "plain_text" / "test-00000-of-00001.parquet")
     )
-    processor = pipeline.make_image_processor(pipeline.ModelArguments(image_size=16, patch_size=8))
+    processor = make_image_processor(ModelArguments(image_size=16, patch_size=8))
     pixels = processor([im.convert("RGB") for im in test["img"]], return_tensors="pt")["pixel_values"]
     labels = np.array(test["label"])
     teachers = [r for r in data["runs"] if r["objective"] == "teacher"]

@@ -182,7 +182,7 @@ def test_spread_at_t2_matches_a_hand_computation_through_the_trainer(tmp_path):
     student = make_vit(num_labels=5, names=[f"LABEL_{i}" for i in range(5)])
     trainer = DistillationTrainer(model=student, args=args, train_dataset=cached.with_format("torch"))
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-    targets = trainer.objective.teacher_probs(trainer._split_batch(batch)[2])
+    targets = trainer.objective.teacher_probs(trainer.teacher_source.split_batch(batch)[2])
     torch.testing.assert_close(
         targets[0].double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=0
     )

@@ -229,7 +229,7 @@ def test_class_level_reliability_is_measured_on_the_adjusted_teacher(data, tmp_p
     trainer = DistillationTrainer(
         model=make_vit(), args=args, teacher=teacher, train_dataset=train, holdout_dataset=holdout
     )
-    trainer._prepare_objective()
+    trainer.objective.on_train_begin(trainer.objective_hooks.context)
     with torch.no_grad():
         pixels = torch.stack([holdout[i]["pixel_values"] for i in range(len(holdout))])
         logits = teacher(pixel_values=pixels).logits.double().numpy()
@@ -346,6 +346,24 @@ def test_resume_refuses_a_checkpoint_without_objective_state(data, teacher, tmp_
     )
     with pytest.raises(ValueError, match="has no fairkd_objective_state"):
         again.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_a_checkpoint_of_the_old_update_order_is_refused(tmp_path):
+    # older versions ran the class-DRO update of step s after checkpoint-s was saved (metadata last_dro_step):
+    # resuming one now would skip that update, so it is refused rather than silently diverging
+    from safetensors.torch import save_file
+
+    from hf_fairkd.checkpoints import read_objective_state
+    from hf_fairkd.objectives import get_objective
+
+    objective = get_objective("robust_kd")(tiny_args(tmp_path, objective="robust_kd"), torch.ones(3))
+    save_file(
+        objective.state_dict(),
+        str(tmp_path / OBJECTIVE_STATE_NAME),
+        metadata={"objective": "robust_kd", "last_dro_step": "2"},
+    )
+    with pytest.raises(ValueError, match="older hf_fairkd.*skip an update"):
+        read_objective_state(str(tmp_path), objective)
 
 
 def test_teacher_is_frozen_in_eval_mode_and_not_wrapped(data, teacher, tmp_path):

@@ -5,31 +5,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, Features, Sequence, Value
-from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
+from transformers import BertConfig, BertForSequenceClassification, ViTForImageClassification
 
 from hf_fairkd import DistillationArguments
+from hf_fairkd.run.models import build_vit
 
 CLASS_NAMES = ["cat", "dog", "bird"]
 
 
 def make_vit(num_labels: int = 3, seed: int = 0, hidden: int = 16, names=None) -> ViTForImageClassification:
-    torch.manual_seed(seed)
     names = names or CLASS_NAMES[:num_labels]
-    config = ViTConfig(
-        image_size=8,
-        patch_size=4,
-        num_channels=1,
-        hidden_size=hidden,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=num_labels,
-        id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)},
-    )
-    return ViTForImageClassification(config)
+    sizes = dict(hidden_size=hidden, num_layers=1, num_heads=2, image_size=8, patch_size=4)
+    return build_vit(names, num_channels=1, intermediate_size=2 * hidden, seed=seed, **sizes)
 
 
 def make_bert(num_labels: int = 3, seed: int = 0) -> BertForSequenceClassification:

@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,6 @@ DEFAULT_IMBALANCE = {"digits": 10.0}
 DEFAULT_IMBALANCE_OTHER = 100.0
 DEFAULT_HOLDOUT = {"digits": 5}
 LABEL_NAMES = ("label", "labels", "fine_label")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 def load_digits_dataset(test_per_class: int = 30, seed: int = 0) -> DatasetDict:
@@ -139,7 +137,9 @@ def _raw_load(name_or_path: str, cache_dir: str | None):
     looks_like_path = (
         name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
     )
-    if looks_like_path or not _HUB_ID.match(name_or_path):
+    from hf_fairkd.results.hub import is_repo_id
+
+    if looks_like_path or not is_repo_id(name_or_path):
         raise ValueError(
             f"{name_or_path!r} does not exist and is not a plausible Hub id (owner/name); pass an existing "
             f"folder, a Hub id, 'digits' or one of the presets {sorted(PRESETS)}"
@@ -322,3 +322,18 @@ def load_long_tailed(
         holdout=attach_long_tail_info(holdout, info),
         test=attach_long_tail_info(source["test"], info),
     )
+
+
+def looks_like_hub_id(name: str | None) -> bool:
+    """Whether ``name`` reads as a Hub repository id ('owner/name') and is not a local path."""
+    from hf_fairkd.results.hub import is_repo_id
+
+    return bool(name) and not os.path.exists(name) and is_repo_id(name, namespaced=True)
+
+
+def hub_dataset_ids(dataset_name: str) -> list[str] | None:
+    """The Hub dataset id(s) ``dataset_name`` stands for (a preset's, or the name itself when it reads as
+    one), for a model card's ``datasets:``; None for the embedded digits and local folders."""
+    hub_id = PRESETS[dataset_name]["hub_id"] if dataset_name in PRESETS else None
+    hub_id = hub_id or (dataset_name if looks_like_hub_id(dataset_name) else None)
+    return [hub_id] if hub_id else None

@@ -15,6 +15,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
+from hf_fairkd.io_utils import nan_to_none as report_to_jsonable  # noqa: F401 - the one JSON cleaner
 from hf_fairkd.metrics.intervals import (
     INTERVAL_METHOD,
     WORST_CLASS_INTERVAL_METHOD,
@@ -352,21 +353,3 @@ def flatten_report(report: Mapping, prefix: str = "") -> dict[str, float]:
         for value, cell in summary["by_group"].items():
             flat[f"accuracy_group/{column}/{value}"] = float(cell["accuracy"])
     return {f"{prefix}{key}": value for key, value in flat.items()}
-
-
-def report_to_jsonable(obj):
-    """Same structure with NaN/inf -> None, numpy scalars/arrays -> Python (recursively), for json.dump."""
-    if isinstance(obj, Mapping):
-        return {
-            report_to_jsonable(k) if isinstance(k, np.generic) else k: report_to_jsonable(v)
-            for k, v in obj.items()
-        }
-    if isinstance(obj, list | tuple):
-        return [report_to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return report_to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

@@ -2,7 +2,9 @@
 
 ``base``: the registry, `LossOutput` and `Objective` (with ce, erm, label_smoothing); ``distillation``: kd,
 kd_pt, kd_sim, ada_alpha, ada_margin, balanced_kd and the balanced teacher; ``dro``: robust_kd and the dro
-teacher. Register a new objective with `register_objective`.
+teacher; ``hooks``: `ObjectiveContext` and `ObjectiveCallback`, through which the trainer runs each objective's
+hooks (before training, after each optimisation step, after training). Register a new objective with
+`register_objective`; `student_objectives()` / `teacher_objectives()` read the registry at call time.
 """
 
 from .base import (
@@ -15,6 +17,9 @@ from .base import (
     get_objective,
     names,
     register_objective,
+    student_objectives,
+    teacher_free_objectives,
+    teacher_objectives,
 )
 from .distillation import (
     KD,
@@ -26,19 +31,20 @@ from .distillation import (
     TeacherBalanced,
 )
 from .dro import RobustKD, TeacherDRO
-
-TEACHER_OBJECTIVES = ("erm", "balanced", "dro")
-STUDENT_OBJECTIVES = tuple(name for name in OBJECTIVES if name not in TEACHER_OBJECTIVES)
+from .hooks import ObjectiveCallback, ObjectiveContext
 
 __all__ = [
     "OBJECTIVES",
-    "STUDENT_OBJECTIVES",
-    "TEACHER_OBJECTIVES",
     "LossOutput",
     "Objective",
+    "ObjectiveCallback",
+    "ObjectiveContext",
     "get_objective",
     "names",
     "register_objective",
+    "student_objectives",
+    "teacher_free_objectives",
+    "teacher_objectives",
     "OneHot",
     "TeacherERM",
     "LabelSmoothing",

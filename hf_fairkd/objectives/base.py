@@ -2,8 +2,10 @@
 
 An objective turns (student logits, labels, teacher logits) into one loss per example plus named
 components for the logs. It holds the little state its paper needs (teacher reliability, class-DRO
-multipliers) as tensors exposed through ``state_dict`` so checkpoints carry it. The maths is in
-``hf_fairkd.losses``; the trainer owns models, data and processes.
+multipliers) as tensors exposed through ``state_dict`` so checkpoints carry it, and measures that state itself
+in its hooks (``on_train_begin``, ``on_step_end``, ``on_train_end``), which the trainer runs with an
+`hooks.ObjectiveContext` (the holdout batches, the wrapped student, the teacher, the process group). The maths
+is in ``hf_fairkd.losses``; the trainer owns models, data and processes.
 
 Two conventions hold for every objective:
 
@@ -19,12 +21,15 @@ Two conventions hold for every objective:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from .. import losses
+
+if TYPE_CHECKING:
+    from .hooks import ObjectiveContext
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 
@@ -47,6 +52,21 @@ def names() -> list[str]:
     return sorted(OBJECTIVES)
 
 
+def student_objectives() -> list[str]:
+    """Names of the registered objectives that train a student (``role == "student"``), sorted."""
+    return sorted(name for name, cls in OBJECTIVES.items() if cls.role == "student")
+
+
+def teacher_objectives() -> list[str]:
+    """Names of the registered objectives that train a teacher (``role == "teacher"``), sorted."""
+    return sorted(name for name, cls in OBJECTIVES.items() if cls.role == "teacher")
+
+
+def teacher_free_objectives() -> list[str]:
+    """Names of the registered objectives that need no teacher (``uses_teacher`` False), sorted."""
+    return sorted(name for name, cls in OBJECTIVES.items() if not cls.uses_teacher)
+
+
 def get_objective(name: str) -> type[Objective]:
     """The registered objective class for ``name``; unknown names list the known ones."""
     try:
@@ -67,9 +87,15 @@ class LossOutput:
 
 
 class Objective:
-    """Base class. ``args`` is a `DistillationArguments`; ``class_counts`` the training count of each class."""
+    """Base class. ``args`` is a `DistillationArguments`; ``class_counts`` the training count of each class.
+
+    ``role`` is "student" or "teacher" (the lists `student_objectives()` / `teacher_objectives()`);
+    ``uses_teacher`` says whether `compute` reads teacher logits; ``needs_holdout`` whether the hooks read the
+    holdout split (the trainer refuses to start without one).
+    """
 
     name: ClassVar[str] = ""
+    role: ClassVar[str] = "student"
     uses_teacher: ClassVar[bool] = True
     param_names: ClassVar[tuple[str, ...]] = ()
 
@@ -84,7 +110,7 @@ class Objective:
         self.teacher_reliability: torch.Tensor | None = None
         self.class_similarity: torch.Tensor | None = None
 
-    # what the trainer must supply
+    # what the hooks read (the trainer only checks `needs_holdout`)
     @property
     def needs_teacher_reliability(self) -> bool:
         return False
@@ -122,6 +148,21 @@ class Objective:
             "from the label space (num_labels / id2label), or use an objective that does not read the prior "
             "(e.g. ce, kd, ada_alpha, ada_margin with teacher_logit_mode='raw')."
         )
+
+    # hooks: the trainer runs them through `hooks.ObjectiveCallback`; every one is a no-op here
+    def on_train_begin(self, ctx: ObjectiveContext) -> None:
+        """Before the first loss (at the start of training, or of an evaluation that comes first): measure
+        what the loss needs. Runs again at each `train()`, after a resumed state is loaded: keep what is set."""
+
+    def on_step_end(self, ctx: ObjectiveContext) -> None:
+        """After each optimisation step (``ctx.global_step`` is the number of steps done), on every process."""
+
+    def on_train_end(self, ctx: ObjectiveContext) -> None:
+        """After training (and after the best model is loaded, if asked), before the final save."""
+
+    def log_values(self) -> dict[str, float]:
+        """Current values of the state to log (they replace any average of the same key over the steps)."""
+        return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {}
@@ -188,6 +229,8 @@ class OneHot(Objective):
 @register_objective("erm")
 class TeacherERM(OneHot):
     """Teacher objective: plain empirical risk minimisation, CE(e_y, t)."""
+
+    role = "teacher"
 
 
 @register_objective("label_smoothing")

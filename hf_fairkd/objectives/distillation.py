@@ -3,10 +3,15 @@ Wang et al.'s balanced_kd (with the 'balanced' teacher, which shares its logit a
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .. import losses
+from ..teacher import shift_classifier_bias
 from .base import LossOutput, Objective, register_objective
+
+logger = logging.getLogger(__name__)
 
 
 class _Distillation(Objective):
@@ -69,6 +74,26 @@ class _Distillation(Objective):
         return LossOutput(total, components, scalars)
 
 
+class _ClassReliability(_Distillation):
+    """ada_alpha and ada_margin at class level: the teacher's per-class holdout recall, measured before training
+    on the teacher as the student sees it (`Objective.teacher_reliability_signals`), summed over processes."""
+
+    def on_train_begin(self, ctx):
+        if not self.needs_teacher_reliability or self.teacher_reliability is not None:
+            return  # instance level, or already measured (or restored from a checkpoint)
+        correct = torch.zeros(self.num_classes, dtype=torch.float64)
+        counts = torch.zeros_like(correct)
+        for batch in ctx.holdout_batches():
+            right, _ = self.teacher_reliability_signals(ctx.teacher_logits(batch), ctx.labels(batch))
+            labels = ctx.gather(ctx.labels(batch)).cpu()
+            correct.index_add_(0, labels, ctx.gather(right).cpu().double())
+            counts += torch.bincount(labels, minlength=self.num_classes).double()
+        self.teacher_reliability = losses.smoothed_class_recall(
+            correct, counts, self.args.reliability_pseudo_count
+        )
+        logger.info("Teacher per-class holdout recall: %s", self.teacher_reliability.tolist())
+
+
 @register_objective("kd")
 class KD(_Distillation):
     """Plain knowledge distillation (Hinton or target-mixing convention)."""
@@ -100,19 +125,23 @@ class KDClassSimilarity(_Distillation):
     def hinton_temperature(self) -> float:
         return 1.0
 
+    def on_train_begin(self, ctx):
+        if self.class_similarity is None:
+            self.class_similarity = ctx.teacher.class_similarity(self.args.kd_sim_rho)
+
     def prior_uses(self) -> list[str]:
         return []  # the targets come from the teacher's weights, not its (possibly prior-adjusted) logits
 
     def targets_for(self, labels, teacher_logits):
         if self.class_similarity is None:
             raise RuntimeError(
-                "kd_sim needs the teacher's class similarities; the trainer sets them at start."
+                "kd_sim needs the teacher's class similarities; its on_train_begin hook sets them."
             )
         return self._on(self.class_similarity, labels)[labels]
 
 
 @register_objective("ada_alpha")
-class AdaptiveAlpha(_Distillation):
+class AdaptiveAlpha(_ClassReliability):
     """Lukasik et al.: a teacher weight that follows the teacher's reliability, per class or per example.
 
     Reliability is measured on the teacher as the student sees it (after ``teacher_logit_mode``): instance
@@ -152,7 +181,7 @@ class AdaptiveAlpha(_Distillation):
 
 
 @register_objective("ada_margin")
-class AdaptiveMargin(_Distillation):
+class AdaptiveMargin(_ClassReliability):
     """Lukasik et al.: margin softmax loss log(1 + sum_{j != y} exp(D_yj + s_j - s_y)), i.e. CE(e_y, s + D_y.)
     with D_yy = 0, and margins from the teacher's reliability (class level: holdout recall; instance level:
     D_yj(x) = g (t_j - t_y) on the teacher as the student sees it, after ``teacher_logit_mode``)."""
@@ -208,11 +237,16 @@ class BalancedKD(_Distillation):
 
 @register_objective("balanced")
 class TeacherBalanced(BalancedKD):
-    """Teacher objective: logit adjustment CE(e_y, t + tau log pi); 'posthoc' trains plain CE and the trainer
-    then shifts the classifier bias by -tau log pi."""
+    """Teacher objective: logit adjustment CE(e_y, t + tau log pi); 'posthoc' trains plain CE and then, after
+    training, shifts the classifier bias by -tau log pi (so the saved model predicts with the adjustment)."""
 
+    role = "teacher"
     uses_teacher = False
     param_names = ("balanced_form", "logit_adjustment_tau")
+
+    def on_train_end(self, ctx):
+        if self.args.balanced_form == "posthoc":
+            shift_classifier_bias(ctx.student_model(), -self.args.logit_adjustment_tau * self.log_prior)
 
     def logit_offsets(self, labels, teacher_logits):
         if self.args.balanced_form == "posthoc":

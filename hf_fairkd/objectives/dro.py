@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .. import losses
@@ -13,9 +14,9 @@ from .distillation import _Distillation
 class RobustKD(_Distillation):
     """Wang et al.'s class-DRO student: CE(q, s - log c), c_y = w_y / pi_y^tau, w = (1-b) base + b lambda.
 
-    lambda starts uniform and takes an exponentiated-gradient step every K optimisation steps from the
-    student's per-class holdout error (the trainer measures it with the student's UNADJUSTED argmax,
-    all-reduces it, then calls `update`). A class absent from the holdout batch keeps its multiplier exactly;
+    lambda starts uniform and takes an exponentiated-gradient step every K optimisation steps (`on_step_end`)
+    from the student's per-class holdout error, measured with the student's UNADJUSTED argmax on holdout rows
+    drawn from (seed, update index) and gathered from every process, then passed to `update`. A class absent from the holdout batch keeps its multiplier exactly;
     the step and the renormalisation act on the classes seen, within the mass they held.
     """
 
@@ -56,6 +57,28 @@ class RobustKD(_Distillation):
         offsets = self._on(offsets, labels)[None, :]
         return offsets, offsets
 
+    def on_step_end(self, ctx):
+        step, every = ctx.global_step, self.args.dro_update_every
+        # Steps K, 2K, ... before the last: no update at step 0, and none after the last step (no loss follows).
+        if step == 0 or step % every or step >= ctx.max_steps:
+            return
+        n = len(ctx.holdout)
+        # Drawn from (seed, update index) alone, so a resumed run draws the same holdout batches.
+        rng = np.random.default_rng([self.args.seed, step // every])
+        indices = np.sort(rng.choice(n, size=min(self.args.dro_holdout_batch_size, n), replace=False))
+        error_sums = torch.zeros(self.num_classes, dtype=torch.float64)
+        weight_sums = torch.zeros_like(error_sums)
+        for batch in ctx.holdout_batches(indices):
+            predictions = ctx.gather(ctx.student_logits(batch).argmax(-1))
+            labels = ctx.gather(ctx.labels(batch))
+            weights = None
+            if self.args.dro_error_weighting == "teacher":
+                weights = ctx.gather(self.teacher_probs(ctx.teacher_logits(batch), temperature=1.0))
+            errors, totals = losses.per_class_errors(predictions, labels, self.num_classes, weights)
+            error_sums += errors.cpu()
+            weight_sums += totals.cpu()
+        self.update(error_sums, weight_sums)
+
     def update(self, error_sums: torch.Tensor, weight_sums: torch.Tensor) -> None:
         """One exponentiated-gradient step from per-class error and weight sums.
 
@@ -68,6 +91,9 @@ class RobustKD(_Distillation):
             self.multipliers, errors.float(), self.args.dro_step_size, seen=seen
         )
         self.num_updates += 1
+
+    def log_values(self) -> dict[str, float]:
+        return self.weight_stats()  # state: its value at the log, not its average since the last one
 
     def weight_stats(self) -> dict[str, float]:
         w = self.class_weights()
@@ -102,5 +128,6 @@ class TeacherDRO(RobustKD):
     """Teacher objective: class-DRO with one-hot targets (the same machinery as `robust_kd`). Its holdout errors
     are label-weighted: a teacher has no teacher, so ``dro_error_weighting='teacher'`` is refused."""
 
+    role = "teacher"
     uses_teacher = False
     param_names = tuple(n for n in RobustKD.param_names if n.startswith("dro_"))

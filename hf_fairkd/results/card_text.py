@@ -11,10 +11,10 @@ import math
 import re
 from typing import Any
 
-from hf_fairkd.card_block import MODELS as _MODELS
-from hf_fairkd.card_block import class_names as _class_names
-from hf_fairkd.card_block import train_counts as _train_counts
-from hf_fairkd.metrics.paired import delta_verdict
+from hf_fairkd.results.card_block import class_names as _class_names
+from hf_fairkd.results.card_block import train_counts as _train_counts
+from hf_fairkd.results.schema import ROLES as _MODELS
+from hf_fairkd.results.schema import class_verdicts
 
 __all__ = ["card_body", "escape_markdown_cell", "fmt"]
 
@@ -86,10 +86,11 @@ def _per_class(metrics: dict) -> tuple[list[list[str]], dict[str, list[str]]]:
     """Per-class table rows and the classes where distillation helped / hurt / made no clear change."""
     names, counts = _class_names(metrics), _train_counts(metrics)
     deltas = {row["class_id"]: row for row in metrics.get("student_minus_baseline") or []}
+    judged = class_verdicts(metrics)  # the one hurt / helped rule (hf_fairkd.results.schema)
     rows, verdicts = [], {"helped": [], "hurt": [], "no clear change": []}
     for i, row in enumerate(metrics["student"]["per_class"]):
         d = deltas.get(row["class_id"], {})
-        verdict = delta_verdict(d) if d else None  # the one hurt / helped rule (hf_fairkd.metrics.paired)
+        verdict = judged.get(row["class_id"])
         if verdict is not None:
             verdicts[verdict].append(names[i])
         accs = _cells(metrics, lambda r, i=i: r["per_class"][i]["accuracy"])

@@ -1,12 +1,13 @@
-"""Hub I/O: check the Hub before training, push an output folder in one atomic commit, read metrics back.
+"""Hub I/O: check the Hub before training, push an output folder in one atomic commit, read records back.
 
-A push never modifies the local folder and never reveals the token: every error message is scrubbed of
-it, and errors are re-raised without the original exception attached (that may carry request headers).
-Nothing here imports the HTTP library by name (httpx2 under huggingface_hub 2.x, httpx under 1.x).
+A push takes a folder (whatever wrote it) and never modifies it, and never reveals the token: every error
+message is scrubbed of it (:mod:`hf_fairkd.results.hub_errors`), and errors are re-raised without the
+original exception attached (that may carry request headers). Reading a record back needs only the card's
+YAML block (:mod:`hf_fairkd.results.card_block`), never the card renderer or the plot.
 
 Push a finished output folder later (the token comes from HF_TOKEN or `hf auth login`):
 
-    python -m hf_fairkd.hub push OUTPUT_DIR user/repo [--revision BRANCH] [--private]
+    python -m hf_fairkd.results.hub push OUTPUT_DIR user/repo [--revision BRANCH] [--private]
 """
 
 from __future__ import annotations
@@ -15,18 +16,32 @@ import contextlib
 import json
 import logging
 import os
-import re
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from hf_fairkd.results.hub_errors import (
+    CLI,
+    LOGIN_HINT,
+    HubPushError,
+    _endpoint,
+    _explain,
+    _is_transient,
+    _scrub,
+    _server_message,
+    hub_error,
+    push_command,
+)
+from hf_fairkd.results.schema import CARD_FILE, METRICS_FILE
+
 __all__ = [
     "DEFAULT_IGNORE_PATTERNS",
     "HubPushError",
     "finished_run_push",
+    "is_repo_id",
     "load_subgroup_metrics",
+    "output_repo_id",
     "preflight",
     "push_command",
     "push_output_dir",
@@ -37,128 +52,27 @@ logger = logging.getLogger(__name__)
 # Training leftovers that do not belong in the model repo (Trainer checkpoints, TensorBoard runs, temporary
 # files of io_utils, and the teacher / baseline models that recipes save next to the student).
 DEFAULT_IGNORE_PATTERNS = ["checkpoint-*", "runs/*", "*.tmp", "teacher/*", "baseline/*", ".git/*", ".cache/*"]
-_LOGIN_HINT = "run `hf auth login`, or pass --hub_token / set the HF_TOKEN environment variable"
-_TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{16,}")  # real tokens: hf_ + 34 characters; not "hf_fairkd"
-# httpx / httpx2 classes meaning "no usable answer came back" (refused, dropped, timed out, bad framing).
-_TRANSPORT_CLASSES = {"TransportError", "NetworkError", "TimeoutException", "ProtocolError", "ProxyError"}
 
 
-class HubPushError(RuntimeError):
-    """A push to the Hub failed; the message names the repo and the fix, and never contains the token.
+def is_repo_id(name: object, *, namespaced: bool = False) -> bool:
+    """Whether ``name`` is a valid Hub repo id, by the Hub's own rule (``huggingface_hub.utils.validate_repo_id``:
+    letters, digits, '-', '_', '.', at most 96 characters, no '--' or '..'); ``namespaced`` also requires
+    the 'owner/name' form. The package's one repo-id check."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
-    Attributes: ``repo_id``, ``status_code`` (HTTP status or None), ``transient`` (a retry may succeed).
-    """
-
-    def __init__(
-        self, message: str, *, repo_id: str, status_code: int | None = None, transient: bool = False
-    ):
-        super().__init__(message)
-        self.repo_id, self.status_code, self.transient = repo_id, status_code, transient
-
-
-def _scrub(text: str, token: str | None) -> str:
-    if token:
-        text = text.replace(token, "<token>")
-    return _TOKEN_LIKE.sub("hf_<redacted>", text)
+    if not isinstance(name, str) or not name or (namespaced and name.count("/") != 1):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
-def _status(err: BaseException) -> int | None:
-    response = getattr(err, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _is_transport_error(err: BaseException) -> bool:
-    """A connection-level failure, recognised by the httpx / httpx2 class names in the exception's MRO."""
-    if isinstance(err, ConnectionError | TimeoutError):
-        return True
-    return any(
-        cls.__name__ in _TRANSPORT_CLASSES and cls.__module__.split(".")[0].startswith("httpx")
-        for cls in type(err).__mro__
-    )
-
-
-def _is_transient(err: BaseException) -> bool:
-    """Server errors, rate limits and dropped/refused connections: retrying a whole commit is safe."""
-    status = _status(err)
-    if status is not None:
-        return status >= 500 or status == 429
-    return _is_transport_error(err)
-
-
-def _server_message(err: BaseException) -> str:
-    message = getattr(err, "server_message", None)
-    if not message:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        message = lines[-1] if lines else type(err).__name__
-    return message
-
-
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def push_command(folder: str | os.PathLike, repo_id: str, revision: str | None = None) -> str:
-    """The shell command that pushes ``folder`` to ``repo_id`` later (the token comes from the environment)."""
-    command = f"python -m hf_fairkd.hub push {shlex.quote(str(folder))} {shlex.quote(repo_id)}"
-    return command + (f" --revision {shlex.quote(revision)}" if revision not in (None, "main") else "")
-
-
-def _cause(err: BaseException, repo_id: str, token: str, attempts: int) -> str:
-    """What went wrong and how to fix it, for any failure of a Hub call about ``repo_id``."""
-    from huggingface_hub.errors import HFValidationError, LocalTokenNotFoundError, RepositoryNotFoundError
-
-    status = _status(err)
-    detail = _scrub(_server_message(err), token)
-    if isinstance(err, LocalTokenNotFoundError):
-        return f"No Hugging Face token found to push to {repo_id!r}: {_LOGIN_HINT}."
-    if isinstance(err, HFValidationError) or status in (400, 422):
-        return (
-            f"The Hub refused the repository name {repo_id!r}: {detail} Use 'namespace/name' with letters, "
-            "digits, '-', '_' or '.' (at most 96 characters, no '--' or '..'), e.g. 'your-name/vit-kd-cifar10-lt'."
-        )
-    if status in (401, 403):
-        return (
-            f"The Hub at {_endpoint()} rejected the token (HTTP {status}) when pushing to {repo_id!r}: the token "
-            f"is invalid, expired or lacks write access to the namespace. Use a token with 'write' permission: "
-            f"{_LOGIN_HINT}."
-        )
-    if isinstance(err, RepositoryNotFoundError) or status == 404:
-        return (
-            f"Repository {repo_id!r} was not found or is not writable with this token (HTTP {status}); check "
-            f"the namespace (your user name or an organisation you can write to). {_LOGIN_HINT[0].upper()}{_LOGIN_HINT[1:]}."
-        )
-    if _is_transport_error(err):
-        names = {cls.__name__ for cls in type(err).__mro__}
-        refused = bool(names & {"ConnectError", "ConnectTimeout", "ProxyError", "ConnectionRefusedError"})
-        what = "could not be reached" if refused else "dropped the connection or did not answer"
-        return (
-            f"The Hub at {_endpoint()} {what} for {repo_id!r} (connection error ({type(err).__name__}) after "
-            f"{attempts} attempt(s): {detail}). Check the network or proxy, and HF_ENDPOINT if you use a mirror "
-            "or a local Hub."
-        )
-    if _is_transient(err):
-        return f"Pushing to {repo_id!r} failed after {attempts} attempt(s): HTTP {status}: {detail}"
-    return f"Pushing to {repo_id!r} failed ({type(err).__name__}: {detail})."
-
-
-def _explain(
-    err: BaseException, repo_id: str, folder: Path, token: str, attempts: int, revision: str | None = None
-) -> HubPushError:
-    """Turn any failure of a push into a HubPushError: the cause, the fix, and the command to push later."""
-    later = f"`{push_command(folder, repo_id, revision)}`"
-    if _is_transient(err):
-        tail = (
-            f"The commit is atomic, so the repo holds either all of this push or none of it, and the local output "
-            f"at {folder} is intact: re-run the push when the Hub is reachable: {later}."
-        )
-    else:
-        tail = f"The local output at {folder} is intact; fix the cause above and re-run the push: {later}."
-    message = f"{_cause(err, repo_id, token, attempts)} {tail}"
-    return HubPushError(
-        _scrub(message, token), repo_id=repo_id, status_code=_status(err), transient=_is_transient(err)
-    )
+def output_repo_id(hub_model_id: str | None, output_dir: str | os.PathLike) -> str:
+    """The repo a run publishes to: ``hub_model_id``, else the output folder's name (as the Trainer does)."""
+    return hub_model_id or os.path.basename(os.path.abspath(output_dir))
 
 
 def _with_retries(call, *, retries: int, backoff: float, repo_id: str, token: str):
@@ -225,7 +139,7 @@ def push_output_dir(
     token = token or get_token()
     if not token:
         raise HubPushError(
-            f"No Hugging Face token found to push to {repo_id!r}: {_LOGIN_HINT}.", repo_id=repo_id
+            f"No Hugging Face token found to push to {repo_id!r}: {LOGIN_HINT}.", repo_id=repo_id
         )
 
     api = HfApi(token=token, library_name="hf_fairkd")
@@ -270,7 +184,7 @@ def preflight(
     )
     if not token:
         raise HubPushError(
-            f"No Hugging Face token found to push to {repo_id!r} on {endpoint}: {_LOGIN_HINT}. {tail}",
+            f"No Hugging Face token found to push to {repo_id!r} on {endpoint}: {LOGIN_HINT}. {tail}",
             repo_id=repo_id,
         )
     api = HfApi(endpoint=endpoint, token=token, library_name="hf_fairkd")
@@ -278,10 +192,7 @@ def preflight(
         api.whoami()
         return api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     except Exception as err:  # noqa: BLE001 - every failure becomes one clear HubPushError
-        message = _scrub(f"{_cause(err, repo_id, token, 1)} {tail}", token)
-        failure = HubPushError(
-            message, repo_id=repo_id, status_code=_status(err), transient=_is_transient(err)
-        )
+        failure = hub_error(err, repo_id, token, 1, tail)
     raise failure  # outside the except block: the client error (which may hold headers) is not chained
 
 
@@ -305,10 +216,10 @@ def finished_run_push(folder: str | os.PathLike, contents: str = "the model, its
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hf_fairkd.hub push OUTPUT_DIR REPO_ID`: publish a finished output folder in one commit."""
+    """`python -m hf_fairkd.results.hub push OUTPUT_DIR REPO_ID`: publish a finished output folder in one commit."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m hf_fairkd.hub", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog=CLI, description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     push = commands.add_parser("push", help="push OUTPUT_DIR to REPO_ID (token: HF_TOKEN or `hf auth login`)")
     push.add_argument("output_dir")
@@ -334,13 +245,13 @@ def _read_json(path: Path) -> dict:
 def _from_card(path: Path, where: str) -> dict:
     from huggingface_hub import ModelCard
 
-    from hf_fairkd.cards import CARD_BLOCK_KEY, METRICS_FILENAME, expand_card_block
+    from hf_fairkd.results.card_block import CARD_BLOCK_KEY, expand_card_block
 
     block = ModelCard.load(path).data.get(CARD_BLOCK_KEY)
     if not isinstance(block, dict) or "class_names" not in block:
         raise ValueError(
-            f"{where} has neither {METRICS_FILENAME} nor a README.md card with an '{CARD_BLOCK_KEY}' block; "
-            "write them with hf_fairkd.cards.save_card_and_metrics and push with hf_fairkd.hub.push_output_dir."
+            f"{where} has neither {METRICS_FILE} nor a README.md card with an '{CARD_BLOCK_KEY}' block; "
+            "write them with hf_fairkd.results.save_card_and_metrics and push with hf_fairkd.results.push_output_dir."
         )
     return expand_card_block(block)
 
@@ -354,43 +265,38 @@ def load_subgroup_metrics(
     ``hf_fairkd`` block what the card holds (per-class accuracies, scalars, train counts, settings),
     marked ``"recovered_from": "model_card"``.
     """
-    from hf_fairkd.cards import CARD_FILENAME, METRICS_FILENAME
-
     path = Path(repo_id_or_path)
     if path.exists():
         if path.is_file():
             return _read_json(path) if path.suffix == ".json" else _from_card(path, str(path))
-        if (path / METRICS_FILENAME).is_file():
-            return _read_json(path / METRICS_FILENAME)
-        if (path / CARD_FILENAME).is_file():
-            return _from_card(path / CARD_FILENAME, str(path))
+        if (path / METRICS_FILE).is_file():
+            return _read_json(path / METRICS_FILE)
+        if (path / CARD_FILE).is_file():
+            return _from_card(path / CARD_FILE, str(path))
         raise FileNotFoundError(
-            f"{path} has neither {METRICS_FILENAME} nor {CARD_FILENAME}; point to the recipe's output folder "
-            "or write them with hf_fairkd.cards.save_card_and_metrics."
+            f"{path} has neither {METRICS_FILE} nor {CARD_FILE}; point to the recipe's output folder "
+            "or write them with hf_fairkd.results.save_card_and_metrics."
         )
 
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HFValidationError, RemoteEntryNotFoundError
-    from huggingface_hub.utils import validate_repo_id
+    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     name = str(repo_id_or_path)
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
+    if not is_repo_id(name):
         raise FileNotFoundError(
             f"{name!r} is neither an existing local path nor a Hub repo id like 'user/model'."
-        ) from None
+        )
     where = f"Hub repo {name!r}" + (f" at revision {revision!r}" if revision else "")
     try:
-        return _read_json(Path(hf_hub_download(name, METRICS_FILENAME, revision=revision, token=token)))
+        return _read_json(Path(hf_hub_download(name, METRICS_FILE, revision=revision, token=token)))
     except RemoteEntryNotFoundError:
         pass  # older pushes or hand-made repos: fall back to the card
     try:
-        card_path = hf_hub_download(name, CARD_FILENAME, revision=revision, token=token)
+        card_path = hf_hub_download(name, CARD_FILE, revision=revision, token=token)
     except RemoteEntryNotFoundError:
         raise FileNotFoundError(
-            f"{where} has neither {METRICS_FILENAME} nor {CARD_FILENAME}; push the recipe's output folder "
-            "with hf_fairkd.hub.push_output_dir."
+            f"{where} has neither {METRICS_FILE} nor {CARD_FILE}; push the recipe's output folder "
+            "with hf_fairkd.results.push_output_dir."
         ) from None
     return _from_card(Path(card_path), where)
 

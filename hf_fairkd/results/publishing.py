@@ -1,7 +1,8 @@
 """Saving and publishing for `DistillationTrainer`: arguments as JSON, the subgroup card, one Hub commit.
 
-A mixin so the trainer itself holds only the distillation step; every method here overrides a `Trainer`
-method, with the reason beside it.
+A mixin so the trainer itself holds only the distillation step. Every method overrides a `Trainer`
+method, with the reason beside it; the one private override (`_push_from_checkpoint`) is kept because no
+public switch turns checkpoint pushes off while `push_to_hub=True`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
+from hf_fairkd.results.hub import output_repo_id
 
 logger = logging.getLogger(__name__)
 
@@ -19,88 +20,75 @@ TRAINING_ARGS_JSON = "training_args.json"
 class PublishingMixin:
     """Mixed into `DistillationTrainer` ahead of `transformers.Trainer`."""
 
-    subgroup_metrics: dict | None = None  # set by the recipe: the teacher / baseline / student comparison
-    card_kwargs: dict = {}  # extra arguments for hf_fairkd.cards.build_model_card
+    subgroup_metrics: dict | None = None  # set by the recipe: the teacher / baseline / student record
+    card_kwargs: dict = {}  # extra arguments for hf_fairkd.results.build_model_card
 
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Save as the Trainer does, but the arguments as JSON with tokens masked instead of a pickle.
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the student (and processor) to ``output_dir``, the arguments as JSON with tokens masked
+        instead of a pickle. It never publishes: `push_to_hub()` does, once.
 
-        The stock `training_args.bin` is a pickle of the arguments: it would carry `hub_token` in clear and
-        needs unpickling to read. `TrainingArguments.to_dict` masks every `*_token` field.
+        The Trainer's checkpoints come through here too (`_save_checkpoint` calls
+        ``save_model(checkpoint_dir, _internal_call=True)``), so no folder gets the pickle.
         """
-        super()._save(output_dir, state_dict)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        # why: the stock one pushes a "Model save" commit (weights + stock card) whenever args.push_to_hub is set,
+        # and its `_save` writes `training_args.bin`, a pickle of the arguments that carries `hub_token` in clear
+        # and needs unpickling to read; `TrainingArguments.to_dict` masks every `*_token` field.
+        super().save_model(output_dir, _internal_call=True)
         if not self.args.should_save:
             return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
         pickled = os.path.join(output_dir, "training_args.bin")
         if os.path.exists(pickled):
             os.remove(pickled)
-        from .io_utils import atomic_write_json
+        from hf_fairkd.io_utils import atomic_write_json
 
         atomic_write_json(os.path.join(output_dir, TRAINING_ARGS_JSON), self.args.to_dict())
 
     def create_model_card(self, **kwargs) -> None:
         """Write the subgroup card, metrics file and plot (the recipe sets `subgroup_metrics`; otherwise the
         student is evaluated on `eval_dataset`). Without either, the stock Trainer card is written."""
-        # predict() needs every process, so the metrics come before the rank-0 check
-        metrics = self.subgroup_metrics or self._metrics_from_eval_dataset()
+        # why: the stock card has no per-class results
+        # predict() needs every process, so the record comes before the rank-0 check
+        record = self.subgroup_metrics or self._metrics_from_eval_dataset()
         if not self.is_world_process_zero():
             return
-        if metrics is None:
+        if record is None:
             logger.warning("No subgroup metrics and no eval_dataset: writing the generic Trainer model card.")
             super().create_model_card(**kwargs)
             return
-        from .cards import save_card_and_metrics
+        from hf_fairkd.results.card import save_card_and_metrics
 
         card_kwargs = {"model_id": self.args.hub_model_id, **self.card_kwargs}
-        save_card_and_metrics(self.args.output_dir, metrics, **card_kwargs)
+        save_card_and_metrics(self.args.output_dir, record, **card_kwargs)
 
     def _metrics_from_eval_dataset(self) -> dict | None:
+        """The run record of the student alone on `eval_dataset` (not a Trainer method)."""
         if self.eval_dataset is None or isinstance(self.eval_dataset, dict):
             return None
-        from .metrics import report_to_jsonable, subgroup_report
+        from hf_fairkd.results.schema import build_run_record, run_settings
 
         output = self.predict(self.eval_dataset)
         logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-        names = [str(self.model.config.id2label[i]) for i in range(self.objective.num_classes)]
-        counts = self.class_counts.long().tolist()
-        report = subgroup_report(
-            np.asarray(logits).argmax(-1), output.label_ids, class_names=names, train_counts=counts
-        )
-        settings = {
-            "objective": self.args.objective,
-            "objective_params": self.args.objective_params(),
-            "teacher_target_mode": self.args.teacher_logit_mode,
-            "temperature": self.args.temperature,
-            "seed": self.args.seed,
-        }
-        return report_to_jsonable(
-            {
-                "format_version": 1,
-                "student": report,
-                "class_names": names,
-                "train_counts": counts,
-                "settings": settings,
-            }
+        return build_run_record(
+            {"student": logits},
+            output.label_ids,
+            class_names=[str(self.model.config.id2label[i]) for i in range(self.objective.num_classes)],
+            train_counts=self.class_counts.long().tolist(),
+            settings=run_settings(self.args),
         )
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """Check the Hub and create the repo (run by the constructor when `push_to_hub=True`)."""
         # why: the stock one lets a raw client error (httpx ConnectError, 401) escape the constructor
-        from .hub import preflight
+        from hf_fairkd.results.hub import preflight
 
         if not self.is_world_process_zero():
             return
-        name = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        name = output_repo_id(self.args.hub_model_id, self.args.output_dir)
         token = token if token is not None else self.args.hub_token
         private = self.args.hub_private_repo if private is None else private
         self.hub_model_id = preflight(name, token, private, folder=self.args.output_dir)
         self.push_in_progress = None
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the student (and processor) to ``output_dir``. It never publishes: `push_to_hub()` does, once."""
-        # why: the stock one pushes a "Model save" commit (weights + stock card) whenever args.push_to_hub is set
-        super().save_model(output_dir, _internal_call=True)
 
     def push_to_hub(
         self,
@@ -113,12 +101,12 @@ class PublishingMixin:
     ):
         """Save the student, write the card, metrics file and plot, and upload them in ONE commit.
 
-        Failures raise `hf_fairkd.hub.HubPushError` naming the repo and the fix; the local folder is kept.
+        Failures raise `hf_fairkd.results.HubPushError` naming the repo and the fix; the local folder is kept.
         """
         # why: the stock one uploads the stock card and every leftover (teacher/, baseline/, runs/) as they are
-        from .hub import push_output_dir
+        from hf_fairkd.results.hub import push_output_dir
 
-        repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        repo_id = output_repo_id(self.args.hub_model_id, self.args.output_dir)
         self.save_model(_internal_call=True)
         self.create_model_card(**kwargs)  # on every process: it may evaluate, which needs all of them
         if not self.is_world_process_zero():
@@ -136,6 +124,8 @@ class PublishingMixin:
         """No pushes during training. The stock one uploads a pickle of the arguments (`hub_token` in clear),
         the teacher/ and baseline/ folders and half-trained weights without a card; `push_to_hub` publishes the
         finished output in one commit instead."""
+        # why private: `_save_checkpoint` calls it whenever `push_to_hub=True`, and no public argument or hook
+        # turns checkpoint pushes off (`hub_strategy` only chooses which checkpoints are pushed)
         if not getattr(self, "_said_no_checkpoint_push", False):
             logger.info("Checkpoints are not pushed to the Hub; the finished student is, in one commit.")
             self._said_no_checkpoint_push = True

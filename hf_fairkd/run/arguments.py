@@ -1,22 +1,33 @@
-"""The recipes' command-line arguments: dataclasses, parsing (YAML/JSON + overrides), and the checks that
-run before any work (processes, output folder, disk)."""
+"""The recipes' arguments: the model, data and run dataclasses, the recipe defaults, and parsing of
+``[config.yaml|json] [--overrides]`` (the file's values become parser defaults, typed by the parser's own
+actions; nothing is turned back into command-line strings, so lists, dicts and nulls survive)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
+import yaml
+from transformers import HfArgumentParser
+
+from ..config import DistillationArguments
+from ..io_utils import atomic_write_json
+from ..objectives import teacher_objectives
+from .checks import has_accelerator
 
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG_NAME = "run_config.json"
 DEFAULT_OUTPUT_DIR = "outputs/distill_vit"
+ARGUMENT_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 # Defaults the recipes use where TrainingArguments' own defaults suit fine-tuning large models, not this.
 RECIPE_TRAINING_DEFAULTS = {
     "output_dir": DEFAULT_OUTPUT_DIR,
@@ -61,7 +72,11 @@ class ModelArguments:
     teacher_num_layers: int = field(default=4, metadata={"help": "Layers of a teacher trained here."})
     teacher_num_heads: int = field(default=4, metadata={"help": "Attention heads of a teacher trained here."})
     teacher_objective: str = field(
-        default="erm", metadata={"help": "How a teacher trained here is trained: erm, balanced or dro."}
+        default="erm",
+        metadata={
+            "help": "How a teacher trained here is trained: one of the registry's teacher objectives "
+            f"({', '.join(teacher_objectives())})."
+        },
     )
     teacher_signal: str = field(
         default="auto",
@@ -132,49 +147,94 @@ class RunArguments:
     )
 
 
-# ------------------------------------------------------------------------------------------------ arguments
-def yaml_to_argv(path: str) -> list[str]:
-    """A YAML/JSON config file as command-line arguments, so the file and CLI overrides parse the same way."""
-    import yaml
-
-    if not os.path.exists(path):
-        raise ValueError(f"Config file {path!r} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a mapping of argument names to values.")
-    argv = []
-    for key, value in config.items():
-        if isinstance(value, list):
-            argv += [f"--{key}", *[str(v) for v in value]]
-        elif value is not None:
-            argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return argv
-
-
+# ------------------------------------------------------------------------------------------------ parsing
 def parse_recipe_args(dataclass_types=None, argv: list[str] | None = None, **defaults):
     """Parse ``[config.yaml] [--overrides]`` into the dataclasses (default: model, data, distillation and run
-    arguments), with the recipe defaults and then ``defaults`` (a recipe's own) under the user's values."""
-    from transformers import HfArgumentParser
-
-    from .config import DistillationArguments
-
+    arguments). Under the user's values: the recipe defaults, then ``defaults`` (a recipe's own); the file's
+    values are defaults too, so the command line overrides them."""
     dataclass_types = dataclass_types or (ModelArguments, DataArguments, DistillationArguments, RunArguments)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        argv = yaml_to_argv(argv[0]) + argv[1:]
-    defaults = {**RECIPE_TRAINING_DEFAULTS, **defaults}
-    explicit = explicit_arguments(HfArgumentParser(dataclass_types), argv)
-    defaults.update(implied_defaults(explicit, defaults))
     parser = HfArgumentParser(dataclass_types)
-    parser.set_defaults(**defaults)
+    from_file = (
+        read_argument_file(parser, argv.pop(0)) if argv and argv[0].endswith(ARGUMENT_FILE_SUFFIXES) else {}
+    )
+    known = {action.dest for action in parser._actions}
+    if unknown := sorted(set(defaults) - known):
+        raise ValueError(f"parse_recipe_args: no argument named {', '.join(unknown)}.")
+    defaults = {**{k: v for k, v in RECIPE_TRAINING_DEFAULTS.items() if k in known}, **defaults}
+    explicit = set(from_file) | explicit_arguments(HfArgumentParser(dataclass_types), argv)
+    defaults.update(implied_defaults(explicit, defaults))
+    parser.set_defaults(**{**defaults, **from_file})
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false (YAML 1.1 would read ``eval_strategy: no`` as False)."""
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def read_argument_file(parser: argparse.ArgumentParser, path: str) -> dict:
+    """A YAML/JSON mapping of argument names to values, each typed by ``parser``'s action for it (lists for
+    arguments that take several values; dicts and nulls kept as they are). An unknown name is an error that
+    names it."""
+    if not os.path.isfile(path):
+        raise ValueError(f"Config file {path!r} does not exist.")
+    with open(path, encoding="utf-8") as f:
+        values = json.load(f) if path.endswith(".json") else yaml.load(f, Loader=_YamlLoader)
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values.")
+    actions = {}
+    for action in reversed(parser._actions):  # the first action of a name (``--x``, not ``--no_x``)
+        if not isinstance(action, argparse._HelpAction):
+            actions[action.dest] = action
+    unknown = [key for key in values if key not in actions]
+    if unknown:
+        hints = [f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, actions, 1))
+                 else repr(key) for key in unknown]  # fmt: skip
+        raise ValueError(f"{path}: unknown argument(s) {', '.join(hints)}.")
+    return {key: typed_value(actions[key], value, where=f"{path}: {key}") for key, value in values.items()}
+
+
+def typed_value(action: argparse.Action, value, where: str):
+    """``value`` (from a file) as the parser would type it on the command line; None stays None."""
+    if value is None or action.type is None:  # a null, or a flag (store_true) that takes the bool as it is
+        return value
+    several = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1)
+    if isinstance(value, (list, tuple)) and several:
+        return [_typed_scalar(action, item, where) for item in value]
+    if isinstance(value, (list, tuple, dict)):
+        if action.type is str:  # a field that also takes the structure itself (dict | str, list[str] | str)
+            return value
+        raise ValueError(f"{where} takes one value, not {value!r}.")
+    return [_typed_scalar(action, value, where)] if several else _typed_scalar(action, value, where)
+
+
+def _typed_scalar(action: argparse.Action, value, where: str):
+    kind = action.type
+    try:
+        if kind in (int, float) and not isinstance(value, str):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != kind(value):
+                raise ValueError
+        typed = kind(value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        raise ValueError(f"{where}: {value!r} is not a valid {getattr(kind, '__name__', 'value')}.") from None
+    if action.choices is not None and typed not in action.choices:
+        raise ValueError(f"{where}: {value!r} is not one of {list(action.choices)}.")
+    return typed
 
 
 def explicit_arguments(parser, argv: list[str]) -> set[str]:
     """The argument names ``argv`` sets (in any spelling argparse accepts: ``--x=1``, abbreviations, ``--no_x``)."""
-    import argparse
-
     for action in parser._actions:
         action.default, action.required = argparse.SUPPRESS, False
     given, _ = parser.parse_known_args(argv)
@@ -206,106 +266,10 @@ def implied_defaults(explicit: set[str], defaults: dict) -> dict:
     return implied
 
 
-def has_accelerator() -> bool:
-    """Whether a device accelerate can run several processes on (CUDA, XPU, NPU, ...) is present."""
-    if torch.cuda.is_available():
-        return True
-    from accelerate import utils
-
-    checks = (
-        "is_xpu_available",
-        "is_npu_available",
-        "is_mlu_available",
-        "is_musa_available",
-        "is_sdaa_available",
-    )
-    return any(getattr(utils, name, lambda: False)() for name in checks) or utils.is_torch_xla_available()
-
-
 def note(message: str) -> None:
     """A warning from the main process only (logging is not configured yet when the arguments are parsed)."""
     if int(os.environ.get("RANK", "0")) == 0:
         logger.warning(message)
-
-
-def start_run():
-    """The process state of a recipe run: checked launch, and INFO logs from the main process only."""
-    from accelerate import PartialState
-
-    state = PartialState()
-    check_processes(state)
-    level = logging.INFO if state.is_main_process else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s")
-    return state
-
-
-def check_processes(state) -> None:
-    """Refuse a multi-process launch in which every process would train alone (CPU without --use_cpu)."""
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > state.num_processes:
-        raise ValueError(
-            f"Launched as {launched} processes but each would train alone (no GPU and --use_cpu false): pass "
-            "--use_cpu true, or launch one process."
-        )
-
-
-def check_output_dir(output_dir: str, *, overwrite: bool, resuming: bool) -> None:
-    """Refuse to mix two runs in one folder; nothing is ever deleted here."""
-    path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--output_dir {output_dir} is a file; pass a folder path.")
-    check_writable(path, what="--output_dir")
-    if not path.exists():
-        return
-    entries = sorted(p.name for p in path.iterdir())
-    if entries and not overwrite and not resuming:
-        raise ValueError(
-            f"--output_dir {output_dir} already holds a run ({', '.join(entries[:6])}{', ...' if len(entries) > 6 else ''}). "
-            "Pass --overwrite_output_dir to write over it, --resume_from_checkpoint to continue it, or choose another "
-            "--output_dir. Nothing was deleted."
-        )
-
-
-def check_writable(path: Path, what: str) -> None:
-    """Create (and remove) a probe file in ``path``, or in its nearest existing parent, before any training.
-
-    `os.access` is not enough: it says yes to root on a read-only mount, and the first real write would come
-    only after the teacher has trained.
-    """
-    import tempfile
-
-    probe_dir = path
-    while not probe_dir.exists():
-        probe_dir = probe_dir.parent
-    try:
-        with tempfile.TemporaryFile(dir=probe_dir):
-            pass
-    except OSError as err:
-        raise ValueError(
-            f"{what} {path} is not writable ({probe_dir}: {err.strerror or err}); choose another folder, or fix "
-            "its permissions or free space."
-        ) from None
-
-
-DISK_FULL_MESSAGE = (
-    "error: writing the outputs failed ({reason}). Free disk space, raise the quota / file-size limit or fix the "
-    "permissions (or pass another --output_dir), then re-run with --resume_from_checkpoint true to continue from the "
-    "last complete checkpoint. The card, metrics file and plot are written atomically: none is left half-written."
-)
-
-
-def disk_write_failure(err: BaseException) -> str | None:
-    """The reason when ``err`` is a failed write (full disk, file-size limit, quota, read-only), else None."""
-    import errno
-    import re
-
-    codes = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES}
-    if isinstance(err, OSError) and err.errno in codes:
-        return err.strerror + (f": {err.filename}" if err.filename else "")
-    match = re.search(r"I/O error: (.+?) \(os error (\d+)\)", str(err))  # how safetensors (Rust) reports them
-    if match and int(match.group(2)) in codes:
-        return match.group(1)
-    return None
 
 
 def resolved_config(*dataclass_objects) -> dict:
@@ -315,3 +279,8 @@ def resolved_config(*dataclass_objects) -> dict:
         values = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
         config[type(obj).__name__] = json.loads(json.dumps(values, default=str))
     return config
+
+
+def write_run_config(output_dir: str, *dataclass_objects) -> None:
+    """``run_config.json``: every argument of the run, resolved (see `resolved_config`)."""
+    atomic_write_json(os.path.join(output_dir, RUN_CONFIG_NAME), resolved_config(*dataclass_objects))

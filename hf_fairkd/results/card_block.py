@@ -10,20 +10,19 @@ import math
 from typing import Any
 
 from hf_fairkd.io_utils import nan_to_none
+from hf_fairkd.results.schema import FORMAT_VERSION, ROLES
 
 __all__ = [
     "CARD_BLOCK_KEY",
-    "FORMAT_VERSION",
     "SIGNIFICANT_DIGITS",
     "card_block",
+    "check_card_record",
     "expand_card_block",
     "round_sig",
 ]
 
-FORMAT_VERSION = 1
 CARD_BLOCK_KEY = "hf_fairkd"
 SIGNIFICANT_DIGITS = 4
-MODELS = ("teacher", "baseline", "student")
 BLOCK_SCALARS = (
     "num_examples",
     "accuracy",
@@ -53,7 +52,8 @@ def round_sig(obj: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
     return nan_to_none(obj)
 
 
-def _check(metrics: dict) -> None:
+def check_card_record(metrics: dict) -> None:
+    """Refuse a record that a card cannot be built from (it needs the student's per-class report)."""
     if not isinstance(metrics, dict) or not isinstance(metrics.get("student"), dict):
         raise ValueError(
             "metrics must be the subgroup_metrics.json dict with at least a 'student' subgroup report; "
@@ -77,7 +77,7 @@ def train_counts(metrics: dict) -> list[int | None]:
 
 def card_block(metrics: dict) -> dict:
     """Compact, machine-readable results stored in the card's YAML under ``hf_fairkd`` (NaN -> None)."""
-    _check(metrics)
+    check_card_record(metrics)
     student = metrics["student"]
     block: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -87,7 +87,7 @@ def card_block(metrics: dict) -> dict:
     }
     if student.get("shot_counts") is not None and student["shot_counts"] != block["train_counts"]:
         block["shot_counts"] = student["shot_counts"]
-    for key in MODELS:
+    for key in ROLES:
         report = metrics.get(key)
         if not report:
             continue
@@ -118,7 +118,7 @@ def expand_card_block(block: dict) -> dict:
         k: block.get(k) for k in ("format_version", "class_names", "train_counts", "dataset", "settings")
     }
     out["recovered_from"] = "model_card"
-    for key in MODELS:
+    for key in ROLES:
         if key not in block:
             continue
         small = block[key]

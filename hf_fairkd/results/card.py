@@ -1,8 +1,9 @@
-"""Model cards from subgroup metrics (Mitchell et al. sections), and reading the metrics back.
+"""The model card (Mitchell et al. sections) from a run record, written with the record and its plot.
 
 All text that comes from users or data (class names, group values, dataset and model names) reaches the
 Markdown body only through :func:`escape_markdown_cell`; the YAML header is written by the YAML dumper
-of huggingface_hub, so names are stored there verbatim and parse back unchanged.
+of huggingface_hub, so names are stored there verbatim and parse back unchanged. Reading a record back
+(from a folder or the Hub) is :func:`hf_fairkd.results.hub.load_subgroup_metrics`.
 """
 
 from __future__ import annotations
@@ -14,39 +15,23 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from hf_fairkd.card_block import (  # re-exported: the card's YAML block lives in its own module
-    CARD_BLOCK_KEY,
-    FORMAT_VERSION,
-    _check,
-    card_block,
-    expand_card_block,
-    round_sig,
-)
-from hf_fairkd.card_text import SCALARS, SHOTS, card_body, escape_markdown_cell, num, shot_acc
-from hf_fairkd.hub import load_subgroup_metrics  # re-exported: reading results back lives with Hub I/O
 from hf_fairkd.io_utils import atomic_write_json, atomic_write_text
-from hf_fairkd.plots import plot_per_class_accuracy
+from hf_fairkd.results.card_block import CARD_BLOCK_KEY, card_block, check_card_record, round_sig
+from hf_fairkd.results.card_text import SCALARS, SHOTS, card_body, escape_markdown_cell, num, shot_acc
+from hf_fairkd.results.hub import is_repo_id
+from hf_fairkd.results.plots import plot_per_class_accuracy
+from hf_fairkd.results.schema import CARD_FILE, EVAL_RESULTS_FILE, METRICS_FILE, PLOT_FILE
 
 __all__ = [
-    "CARD_BLOCK_KEY",
-    "FORMAT_VERSION",
-    "METRICS_FILENAME",
     "TEMPLATE_PATH",
     "build_model_card",
-    "card_block",
     "escape_markdown_cell",
-    "expand_card_block",
-    "load_subgroup_metrics",
     "save_card_and_metrics",
     "write_eval_results",
 ]
 
-METRICS_FILENAME = "subgroup_metrics.json"
-CARD_FILENAME = "README.md"
-EVAL_RESULTS_PATH = ".eval_results/hf_fairkd.yaml"
-TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card_template.md"
+TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "model_card_template.md"
 TAGS = ["knowledge-distillation", "hf-fairkd", "long-tail", "image-classification"]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
 
 def _eval_results(metrics: dict, dataset_name: str) -> list[EvalResult]:
@@ -76,7 +61,7 @@ def build_model_card(
     license: str = "apache-2.0",
     base_model: str | None = None,
     datasets: str | list[str] | None = None,
-    plot_filename: str = "per_class_accuracy.png",
+    plot_filename: str = PLOT_FILE,
     extra_text: str | None = None,
 ) -> ModelCard:
     """Render the hf_fairkd model card (YAML metadata + Mitchell et al. sections) from subgroup metrics.
@@ -84,7 +69,7 @@ def build_model_card(
     ``base_model`` defaults to ``settings["teacher_hub_id"]``. ``extra_text`` is shown as plain text
     (escaped, paragraphs kept).
     """
-    _check(metrics)
+    check_card_record(metrics)
     settings = metrics.get("settings") or {}
     dataset_name = str(
         settings.get("dataset_name") or (metrics.get("dataset") or {}).get("source") or "unknown"
@@ -103,7 +88,7 @@ def build_model_card(
         **{CARD_BLOCK_KEY: card_block(metrics)},
     )
     paragraphs = [p for p in re.split(r"\n\s*\n", extra_text or "") if p.strip()]
-    repo_hint = model_id if model_id and _REPO_ID.fullmatch(model_id) else "your-name/your-model"
+    repo_hint = model_id if model_id and is_repo_id(model_id) else "your-name/your-model"
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
@@ -122,9 +107,9 @@ def write_eval_results(folder: str | os.PathLike, metrics: dict) -> Path | None:
     """
     from huggingface_hub import EvalResultEntry, eval_result_entries_to_yaml
 
-    _check(metrics)
+    check_card_record(metrics)
     dataset_id = str((metrics.get("settings") or {}).get("dataset_name") or "")
-    if not _REPO_ID.fullmatch(dataset_id):
+    if not is_repo_id(dataset_id):
         return None
     entries = [
         EvalResultEntry(
@@ -135,7 +120,7 @@ def write_eval_results(folder: str | os.PathLike, metrics: dict) -> Path | None:
         )
         for r in _eval_results(metrics, dataset_id)
     ]
-    path = Path(folder) / EVAL_RESULTS_PATH
+    path = Path(folder) / EVAL_RESULTS_FILE
     atomic_write_text(
         path, yaml.safe_dump(eval_result_entries_to_yaml(entries), sort_keys=False, allow_unicode=True)
     )
@@ -153,9 +138,9 @@ def save_card_and_metrics(
     card = build_model_card(metrics, **card_kwargs)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / METRICS_FILENAME, metrics)
-    plot_per_class_accuracy(metrics, out / card_kwargs.get("plot_filename", "per_class_accuracy.png"))
+    atomic_write_json(out / METRICS_FILE, metrics)
+    plot_per_class_accuracy(metrics, out / card_kwargs.get("plot_filename", PLOT_FILE))
     if eval_results:
         write_eval_results(out, metrics)
     text = str(card)
-    return atomic_write_text(out / CARD_FILENAME, text if text.endswith("\n") else text + "\n")
+    return atomic_write_text(out / CARD_FILE, text if text.endswith("\n") else text + "\n")

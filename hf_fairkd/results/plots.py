@@ -1,0 +1,160 @@
+"""Plot of per-class accuracy against training count (teacher, one-hot baseline, student), from a run record.
+
+The figure is a plain ``matplotlib.figure.Figure`` drawn on an Agg canvas: pyplot is never imported and no
+global backend is chosen, so a notebook's backend is untouched and nothing needs a display.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import matplotlib.ticker
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from hf_fairkd.io_utils import atomic_path
+from hf_fairkd.results.schema import METRICS_FILE
+
+__all__ = ["plot_per_class_accuracy"]
+
+# (key in the run record, legend label, colour, marker); drawn in this order so the student is on top.
+_MODELS = (
+    ("teacher", "teacher", "#7f7f7f", "s"),
+    ("baseline", "one-hot baseline (no distillation)", "#1f77b4", "^"),
+    ("student", "distilled student", "#d62728", "o"),
+)
+_MAX_LABEL_CHARS = 18
+_ALL_LABELS_UP_TO = 12  # with more classes only a few informative ones are named
+
+
+def _plain_label(text: object, max_chars: int = _MAX_LABEL_CHARS) -> str:
+    """One-line label safe for matplotlib: whitespace collapsed, ``$`` escaped (no mathtext), truncated."""
+    label = re.sub(r"\s+", " ", str(text)).strip()
+    if len(label) > max_chars:
+        label = label[: max_chars - 1] + "…"
+    return label.replace("$", r"\$")
+
+
+def _accuracy(value: object) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _classes_to_name(xs: list[float], ys: list[float], baseline: list[float] | None) -> list[int]:
+    """Indices of classes to annotate, skipping any label that would sit on top of one already placed.
+
+    With few classes every class is a candidate; with many, only the worst (student), rarest, commonest
+    and most improved over the baseline are, so the plot stays readable.
+    """
+    n = len(xs)
+    seen = [i for i in range(n) if not math.isnan(ys[i])]
+    worst = sorted(seen, key=lambda i: ys[i])
+    by_count = sorted(seen, key=lambda i: xs[i])  # classes without test images have no point to label
+    if n <= _ALL_LABELS_UP_TO:
+        candidates = worst + by_count
+    else:
+        gains = []
+        if baseline is not None:
+            gains = sorted(
+                (i for i in seen if not math.isnan(baseline[i])), key=lambda i: baseline[i] - ys[i]
+            )
+        candidates = worst[:2] + by_count[:2] + by_count[-1:] + gains[:1]
+    log_lo, log_hi = math.log10(min(xs)), math.log10(max(xs))
+    span = max(log_hi - log_lo, 1e-9)
+    placed: list[tuple[float, float]] = []
+    chosen: list[int] = []
+    for i in dict.fromkeys(candidates):  # keeps priority order, drops repeats
+        point = ((math.log10(xs[i]) - log_lo) / span, ys[i])
+        if all(abs(point[0] - px) > 0.1 or abs(point[1] - py) > 0.05 for px, py in placed):
+            placed.append(point)
+            chosen.append(i)
+    return sorted(chosen)
+
+
+def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Save a PNG of per-class test accuracy (y) against per-class training count (x, log scale).
+
+    ``metrics`` is a subgroup_metrics.json dict; the teacher, baseline and student reports present are
+    drawn as markers joined by lines in order of training count. The file is written atomically.
+    """
+    if "student" not in metrics:
+        raise ValueError(
+            f"metrics has no 'student' report; pass the {METRICS_FILE} record written by the recipe."
+        )
+    student_rows = metrics["student"]["per_class"]
+    train_counts = metrics.get("train_counts") or [row.get("train_count") for row in student_rows]
+    if any(count is None for count in train_counts):
+        raise ValueError("plot_per_class_accuracy needs per-class train_counts; add metrics['train_counts'].")
+    names = metrics.get("class_names") or [row["name"] for row in student_rows]
+    # A log axis cannot show 0; classes with no training rows sit at 0.5 and are flagged in the label.
+    xs = [max(float(c), 0.5) for c in train_counts]
+    order = sorted(range(len(xs)), key=lambda i: (xs[i], i))
+
+    fig = Figure(figsize=(9, 5.5), dpi=110)
+    FigureCanvasAgg(fig)  # savefig renders with Agg whatever backend pyplot (if anyone uses it) has
+    ax = fig.subplots()
+    for key, label, colour, marker in _MODELS:
+        if key not in metrics or metrics[key] is None:
+            continue
+        acc = [_accuracy(row["accuracy"]) for row in metrics[key]["per_class"]]
+        ax.plot(
+            [xs[i] for i in order],
+            [acc[i] for i in order],
+            marker=marker,
+            color=colour,
+            label=label,
+            linewidth=1.8 if key == "student" else 1.2,
+            markersize=7 if key == "student" else 5,
+            zorder=3 if key == "student" else 2,
+        )
+
+    student_acc = [_accuracy(row["accuracy"]) for row in student_rows]
+    baseline_acc = None
+    if metrics.get("baseline"):
+        baseline_acc = [_accuracy(row["accuracy"]) for row in metrics["baseline"]["per_class"]]
+    for i in _classes_to_name(xs, student_acc, baseline_acc):
+        y = student_acc[i]
+        text = _plain_label(names[i]) + (" (0 train)" if train_counts[i] <= 0 else "")
+        ax.annotate(
+            text,
+            (xs[i], y),
+            textcoords="offset points",
+            xytext=(4, 6),
+            fontsize=8,
+            color="#333333",
+            annotation_clip=False,
+        )
+
+    lo, hi = min(xs) / 1.6, max(xs) * 1.8  # margins leave room for the class labels
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    thresholds = metrics["student"].get("shot_thresholds") or {}
+    few, many = thresholds.get("few_below"), thresholds.get("many_above")
+    if few and many:
+        # Shade the three shot groups so readers see where the rare classes are.
+        for start, end, name, shade in (
+            (lo, few, "few", "#f2dede"),
+            (few, many, "medium", "#fcf8e3"),
+            (many, hi, "many", "#eef5ea"),
+        ):
+            start, end = max(start, lo), min(end, hi)
+            if start < end:
+                ax.axvspan(start, end, color=shade, alpha=0.6, zorder=0, linewidth=0)
+                ax.text(math.sqrt(start * end), 1.045, name, ha="center", fontsize=8, color="#666666")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_ylim(-0.03, 1.08)
+    ax.set_xlabel("training images of the class (log scale)")
+    ax.set_ylabel("test accuracy of the class (recall)")
+    dataset = (metrics.get("settings") or {}).get("dataset_name")
+    default_title = "Per-class accuracy vs. training count" + (
+        f" — {_plain_label(dataset, 40)}" if dataset else ""
+    )
+    ax.set_title(_plain_label(title, 120) if title else default_title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9, framealpha=0.9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)

@@ -1,0 +1,184 @@
+"""The one schema of a run's results: the subgroup_metrics.json record, its settings, the hurt / helped rule,
+the file names and the format version.
+
+Every producer builds the record with :func:`build_run_record` (the recipes, the trainer's card from its
+eval_dataset, the CIFAR-10-LT reproduction script); cards, plots and the Hub push only read it.
+NaN / inf become None through :func:`hf_fairkd.io_utils.nan_to_none`, the package's one JSON cleaner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from hf_fairkd.io_utils import nan_to_none
+
+__all__ = [
+    "CARD_FILE",
+    "EVAL_RESULTS_FILE",
+    "FORMAT_VERSION",
+    "METRICS_FILE",
+    "PLOT_FILE",
+    "RECORD_KEYS",
+    "ROLES",
+    "build_run_record",
+    "class_verdicts",
+    "format_summary",
+    "hurt_and_helped",
+    "record_from_info",
+    "run_settings",
+]
+
+FORMAT_VERSION = 1
+METRICS_FILE = "subgroup_metrics.json"
+PLOT_FILE = "per_class_accuracy.png"
+CARD_FILE = "README.md"
+EVAL_RESULTS_FILE = ".eval_results/hf_fairkd.yaml"
+# The models a record can hold, in the order cards and plots show them.
+ROLES = ("teacher", "baseline", "student")
+# Keys every record has, whichever models it holds.
+RECORD_KEYS = ("format_version", "class_names", "train_counts", "dataset", "settings")
+
+
+def _predicted_ids(values) -> np.ndarray:
+    values = np.asarray(values)
+    return values.argmax(-1) if values.ndim == 2 else values
+
+
+def build_run_record(
+    logits: dict[str, np.ndarray],
+    labels,
+    *,
+    class_names,
+    train_counts,
+    shot_counts=None,
+    dataset: dict | None = None,
+    settings: dict,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """The subgroup_metrics.json record: a subgroup report per model, the paired student - baseline deltas,
+    the teacher's calibration, the class names and counts, the dataset's metadata and the run's settings.
+
+    ``logits`` maps roles of :data:`ROLES` to (n, C) logits; a model whose logits are gone may give its
+    (n,) predicted class ids (it then gets no calibration). ``shot_counts`` are the per-class counts that
+    define the many / medium / few groups (default: ``train_counts``), e.g. the long-tail profile's counts
+    before the holdout was carved. Returns a JSON-ready dict (NaN -> None).
+    """
+    from hf_fairkd.metrics import calibration_report, paired_delta, softmax, subgroup_report
+
+    unknown = sorted(set(logits) - set(ROLES))
+    if unknown:
+        raise ValueError(f"build_run_record: unknown model role(s) {unknown}; use {list(ROLES)}.")
+    names, counts = [str(n) for n in class_names], [int(c) for c in train_counts]
+    predicted = {role: _predicted_ids(values) for role, values in logits.items()}
+    record: dict = {"format_version": FORMAT_VERSION}
+    for role in (r for r in ROLES if r in logits):
+        record[role] = subgroup_report(
+            predicted[role],
+            labels,
+            class_names=names,
+            train_counts=counts,
+            shot_counts=shot_counts,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+        )
+    if "student" in predicted and "baseline" in predicted:
+        record["student_minus_baseline"] = paired_delta(
+            predicted["student"],
+            predicted["baseline"],
+            labels,
+            class_names=names,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+        )
+    if "teacher" in logits and np.ndim(logits["teacher"]) == 2:
+        record["teacher_calibration"] = calibration_report(
+            softmax(logits["teacher"]), labels, class_names=names
+        )
+    record.update(class_names=names, train_counts=counts, dataset=dict(dataset or {}), settings=settings)
+    return nan_to_none(record)
+
+
+def record_from_info(
+    logits: dict[str, np.ndarray], labels, info, settings: dict, *, n_bootstrap: int = 1000, seed: int = 0
+) -> dict:
+    """:func:`build_run_record` for a long-tailed dataset described by a ``LongTailInfo``.
+
+    Shot groups come from ``info.long_tail_counts`` (the profile before the holdout was carved: the
+    standard groups, e.g. 35 / 35 / 30 on CIFAR-100-LT); the per-class ``train_count`` stays the number of
+    images actually trained on.
+    """
+    return build_run_record(
+        logits,
+        labels,
+        class_names=info.class_names,
+        train_counts=info.train_counts,
+        shot_counts=getattr(info, "long_tail_counts", None) or None,
+        dataset=info.to_dict(),
+        settings=settings,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+
+
+def run_settings(args, **extra) -> dict:
+    """The record's ``settings``: what defines the objective and its targets, plus ``extra`` (models, data).
+
+    ``args`` is a :class:`hf_fairkd.config.DistillationArguments`; no secret (token) is ever read from it.
+    """
+    settings = {
+        "objective": args.objective,
+        "objective_params": args.objective_params(),
+        "teacher_target_mode": args.teacher_logit_mode,
+        "temperature": args.temperature,
+        "seed": args.seed,
+    }
+    settings.update(extra)
+    return settings
+
+
+def class_verdicts(record: Mapping) -> dict[int, str | None]:
+    """class_id -> "hurt" / "helped" / "no clear change" (None: cannot be judged) of the student against
+    the one-hot baseline; empty without a ``student_minus_baseline`` comparison.
+
+    The one place a record is judged: the rule is :func:`hf_fairkd.metrics.paired.delta_verdict` (exact
+    McNemar test per class, p < 0.05).
+    """
+    from hf_fairkd.metrics.paired import delta_verdict
+
+    return {row["class_id"]: delta_verdict(row) for row in record.get("student_minus_baseline") or []}
+
+
+def hurt_and_helped(record: Mapping) -> tuple[list[str], list[str]]:
+    """Classes the student is significantly below / above the one-hot baseline on (see :func:`class_verdicts`)."""
+    rows = {row["class_id"]: row["name"] for row in record.get("student_minus_baseline") or []}
+    verdicts = class_verdicts(record)
+    hurt = [rows[i] for i, v in verdicts.items() if v == "hurt"]
+    helped = [rows[i] for i, v in verdicts.items() if v == "helped"]
+    return hurt, helped
+
+
+def format_summary(record: Mapping) -> str:
+    """A closing summary a person can read in a terminal."""
+
+    def pct(value):
+        return "  n/a " if value is None else f"{100 * value:5.1f}%"
+
+    lines = ["", f"{'model':<10}{'overall':>9}{'balanced':>10}{'worst class':>13}  worst", "-" * 52]
+    for role in ROLES:
+        report = record.get(role)
+        if report:
+            lines.append(
+                f"{role:<10}{pct(report['accuracy']):>9}{pct(report['balanced_accuracy']):>10}"
+                f"{pct(report['worst_class_accuracy']):>13}  {report['worst_class']}"
+            )
+    hurt, helped = hurt_and_helped(record)
+    lines.append("")
+    lines.append(
+        "Classes distillation hurt (student below the one-hot baseline, exact McNemar test p < 0.05): "
+        + (", ".join(hurt) if hurt else "none")
+    )
+    lines.append("Classes it helped: " + (", ".join(helped) if helped else "none"))
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Data preparation for a recipe run: the long-tailed splits with their metadata, every image decoded once
+before training, and the objectives' demands on the data (a holdout, training rows in every class) checked
+before anything trains. Turning images into model inputs is `preprocessing`'s job."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from datasets import Image as ImageFeature
+from PIL import Image
+
+from ..config import DistillationArguments
+from ..data import load_long_tailed, long_tail_info
+from ..objectives import get_objective
+from .arguments import DataArguments
+
+
+def load_data(data_args: DataArguments):
+    """The long-tailed DatasetDict (train / holdout / test) and its metadata."""
+    holdout = data_args.holdout_per_class
+    if holdout is not None and (holdout >= 1 or holdout == 0):  # 0: no holdout (the CLI parses floats)
+        if holdout != int(holdout):
+            raise ValueError(
+                f"--holdout_per_class {holdout} must be a whole number of rows, or a fraction below 1."
+            )
+        holdout = int(holdout)
+    splits = load_long_tailed(
+        data_args.dataset_name,
+        imbalance_factor=data_args.imbalance_factor,
+        profile=data_args.long_tail_profile,
+        holdout_per_class=holdout,
+        label_column=data_args.label_column_name,
+        image_column=data_args.image_column_name,
+        rare_classes=data_args.rare_classes,
+        seed=data_args.data_seed_long_tail,
+    )
+    info = long_tail_info(splits["train"])
+    if info.image_column is None:
+        raise ValueError(
+            f"{data_args.dataset_name} has no image column; pass --image_column_name (columns: "
+            f"{splits['train'].column_names})."
+        )
+    for split in ("train", "test"):
+        if len(splits[split]) == 0:
+            raise ValueError(
+                f"The {split} split of {data_args.dataset_name} is empty; supply a dataset whose {split} split has "
+                "rows (without a 'test' split, a balanced one is carved from train)."
+            )
+    check_images(splits, info.image_column)
+    return splits, info
+
+
+def check_images(splits, image_column: str) -> None:
+    """Decode every image once, before any training: a corrupt file (e.g. a truncated JPEG) fails here, by
+    name, instead of inside a data loader hours later."""
+    for name, split in splits.items():
+        if not isinstance(split.features.get(image_column), ImageFeature) or not len(split):
+            continue
+        raw = split.select_columns([image_column]).cast_column(image_column, ImageFeature(decode=False))
+        row = 0
+        for batch in raw.iter(batch_size=256):
+            for value in batch[image_column]:
+                where = (value or {}).get("path") or "bytes embedded in the dataset"
+                try:
+                    if not value or not (value.get("bytes") or value.get("path")):
+                        raise ValueError("the row has no image")
+                    source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+                    with Image.open(source) as image:
+                        image.load()
+                except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
+                    raise ValueError(
+                        f"Image {row} of the {name} split ({where}) cannot be decoded: {type(err).__name__}: {err}. "
+                        "Replace or remove that file (or filter the row out of the dataset), then re-run."
+                    ) from None
+                row += 1
+
+
+def check_objectives(objectives: dict[str, str], args: DistillationArguments, info) -> None:
+    """Refuse, before any training, what an objective cannot train on: an empty holdout for objectives that read
+    it (teacher reliability, class-DRO), and classes without training rows for objectives that read the class
+    prior. ``objectives`` maps the flag that chose each objective to its name."""
+    counts = torch.tensor(info.train_counts, dtype=torch.float64)
+    for flag, name in objectives.items():
+        objective = get_objective(name)(args, counts)
+        if objective.needs_holdout and not sum(info.holdout_counts):
+            raise ValueError(
+                f"{flag} {name} needs a holdout split (teacher reliability or class-DRO updates) but the holdout is "
+                "empty: set --holdout_per_class to 1 or more (or a fraction below 1), or choose another objective."
+            )
+        objective.check_prior(list(info.class_names))

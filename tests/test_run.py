@@ -1,0 +1,247 @@
+"""The recipes' shared machinery (`hf_fairkd.run`): argument files and overrides, the one ViT builder, and
+prediction for a model trained elsewhere."""
+
+import importlib.util
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(argv, **defaults):
+    from hf_fairkd.run.arguments import parse_recipe_args
+
+    return parse_recipe_args(argv=[str(a) for a in argv], **defaults)
+
+
+# ------------------------------------------------------------------------------------------ argument files
+@pytest.mark.parametrize(
+    "config", sorted((ROOT / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_preset_parses_on_this_machine(config):
+    model_args, data_args, args, _ = parse([str(config)])
+    assert args.output_dir.startswith("outputs/") and data_args.dataset_name
+    if "cifar" in config.name:
+        assert (
+            data_args.imbalance_factor == 100
+            and model_args.teacher_hidden_size > model_args.student_hidden_size
+        )
+
+
+# ------------------------------------------------------------------------ intervals imply their strategy
+@pytest.mark.parametrize("spelling", ["cli", "cli_equals", "yaml"])
+def test_explicit_steps_turn_their_strategy_on(tmp_path, caplog, spelling):
+    given = {"save_steps": 10, "eval_steps": 5}
+    if spelling == "yaml":
+        (tmp_path / "c.yaml").write_text("".join(f"{k}: {v}\n" for k, v in given.items()))
+        argv = [str(tmp_path / "c.yaml")]
+    elif spelling == "cli_equals":
+        argv = [f"--{k}={v}" for k, v in given.items()]
+    else:
+        argv = [a for k, v in given.items() for a in (f"--{k}", str(v))]
+    with caplog.at_level("INFO", logger="hf_fairkd"):
+        _, _, args, _ = parse(argv)
+    assert (args.save_strategy, args.save_steps) == ("steps", 10)
+    assert (args.eval_strategy, args.eval_steps) == ("steps", 5)
+    assert caplog.text.count("--save_steps given: save_strategy set to 'steps' (it was 'no')") == 1
+    assert caplog.text.count("--eval_steps given: eval_strategy set to 'steps'") == 1
+
+
+def test_explicit_strategy_wins_and_defaults_stay_off(caplog):
+    with caplog.at_level("INFO", logger="hf_fairkd"):
+        _, _, args, _ = parse(["--save_steps", "10", "--save_strategy", "epoch"])
+        _, _, default, _ = parse(["--logging_steps", "3"])
+    assert args.save_strategy == "epoch" and args.eval_strategy == "no"
+    assert (default.save_strategy, default.eval_strategy, default.logging_strategy) == ("no", "no", "steps")
+    assert "set to 'steps'" not in caplog.text
+
+
+def test_argument_file_values_keep_their_types_lists_dicts_and_nulls(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "teacher_logit_mode: shift\n"
+        "teacher_logit_shift: [0.1, -0.2, 0, 1, 2e-3]\n"  # ints and a YAML 1.1 string float, as floats
+        "lr_scheduler_type: cosine_with_min_lr\n"
+        "lr_scheduler_kwargs: {min_lr: 0.0001}\n"  # a dict reaches TrainingArguments as a dict
+        "teacher_num_train_epochs: null\n"
+        "learning_rate: 2e-3\n"
+        "holdout_per_class: 3\n"
+        "eval_strategy: no\n"  # a string, not YAML 1.1's False
+        "disable_tqdm: yes\n"
+        "student_num_layers: 3\n"
+    )
+    model_args, data_args, args, _ = parse([config])
+    assert args.teacher_logit_shift == [0.1, -0.2, 0.0, 1.0, 0.002]
+    assert all(type(v) is float for v in args.teacher_logit_shift)
+    assert args.lr_scheduler_kwargs == {"min_lr": 0.0001}
+    assert model_args.teacher_num_train_epochs is None
+    assert args.learning_rate == 0.002 and type(data_args.holdout_per_class) is float
+    assert (
+        str(args.eval_strategy.value if hasattr(args.eval_strategy, "value") else args.eval_strategy) == "no"
+    )
+    assert args.disable_tqdm is True and model_args.student_num_layers == 3
+
+
+def test_json_argument_file_is_read_the_same_way(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(
+        json.dumps({"teacher_logit_shift": [1, 2], "alpha": 1, "augment": True, "image_size": 8})
+    )
+    model_args, data_args, args, _ = parse([config])
+    assert args.teacher_logit_shift == [1.0, 2.0] and args.alpha == 1.0 and data_args.augment is True
+    assert model_args.image_size == 8
+
+
+@dataclass
+class _Fields:
+    scale: float | None = 1.0
+    shift: list[float] | None = field(default_factory=lambda: [1.0])
+    options: dict | str | None = None
+    name: str = "x"
+
+
+def test_null_overrides_a_default_and_a_dict_survives(tmp_path):
+    from hf_fairkd.run.arguments import parse_recipe_args
+
+    config = tmp_path / "c.yaml"
+    config.write_text("scale: null\nshift: null\noptions: {a: 1, b: [2, 3], c: null}\n")
+    (values,) = parse_recipe_args((_Fields,), argv=[str(config)])
+    assert values.scale is None and values.shift is None
+    assert values.options == {"a": 1, "b": [2, 3], "c": None}
+    (defaults,) = parse_recipe_args((_Fields,), argv=[])
+    assert defaults.scale == 1.0 and defaults.shift == [1.0]
+
+
+def test_command_line_overrides_the_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "alpha: 0.7\nteacher_logit_shift: [1, 2, 3]\ntemperature: 3\noutput_dir: outputs/from_file\n"
+    )
+    _, _, args, _ = parse([config, "--alpha", "0.3", "--teacher_logit_shift", "4", "5"])
+    assert args.alpha == 0.3 and args.teacher_logit_shift == [4.0, 5.0]
+    assert args.temperature == 3.0 and args.output_dir == "outputs/from_file"  # the file under the CLI
+    _, _, teacher, _ = parse([config], output_dir="outputs/teacher", objective="erm")
+    assert (
+        teacher.output_dir == "outputs/from_file" and teacher.objective == "erm"
+    )  # the file over the recipe
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "alpah: 0.3\nbogus_key: 1\n",
+            r"unknown argument\(s\) 'alpah' \(did you mean 'alpha'\?\), 'bogus_key'",
+        ),
+        ("student_hidden_size: 2.5\n", r"student_hidden_size: 2.5 is not a valid int"),
+        ("alpha: high\n", r"alpha: 'high' is not a valid float"),
+        ("save_strategy: sometimes\n", r"save_strategy: 'sometimes' is not one of"),
+        ("temperature: [1, 2]\n", r"temperature takes one value"),
+        ("- alpha\n", "must hold a mapping"),
+    ],
+)
+def test_bad_argument_file_is_a_clear_error_naming_the_key(tmp_path, text, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        parse([config])
+
+
+def test_missing_argument_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        parse([tmp_path / "nope.yaml"])
+
+
+def test_the_benchmark_reads_its_argument_file_with_the_same_reader():
+    spec = importlib.util.spec_from_file_location("repro", ROOT / "benchmarks" / "reproduce_cifar10_lt.py")
+    repro = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repro)
+    config = ROOT / "benchmarks" / "configs" / "cifar10_lt_repro_gpu.yaml"
+    args = repro.parse_args([str(config), "--seeds", "7", "8"])
+    assert args.seeds == [7, 8] and args.tradeoffs == [0.0, 0.25, 0.5, 0.75, 1.0]  # CLI over the file
+    assert (args.device, args.threads, args.learning_rate) == ("auto", 8, 0.0005)
+    assert args.teachers == ["erm", "balanced", "dro"]
+
+
+# ------------------------------------------------------------------------------------------ models
+def test_one_vit_builder_everywhere():
+    """Only `hf_fairkd.run.models` builds a ViTConfig; benchmarks and the test models use its builder."""
+    from hf_fairkd.run import models
+
+    builders = [
+        p.relative_to(ROOT).as_posix()
+        for folder in ("hf_fairkd", "recipes", "benchmarks")
+        for p in (ROOT / folder).rglob("*.py")
+        if "ViTConfig(" in p.read_text(encoding="utf-8")
+    ]
+    assert builders == ["hf_fairkd/run/models.py"]
+    for name in ("teacher_cache", "step_overhead", "reproduce_cifar10_lt"):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.build_vit is models.build_vit, name
+    import tiny_models
+
+    assert tiny_models.build_vit is models.build_vit
+
+
+def test_build_vit_is_a_seeded_vit_with_the_dataset_labels():
+    from transformers import ViTForImageClassification
+
+    from hf_fairkd.run.models import build_vit, vit_config
+
+    sizes = dict(hidden_size=16, num_layers=1, num_heads=2, image_size=8, patch_size=4)
+    model = build_vit(["cat", "dog"], seed=3, **sizes)
+    torch.manual_seed(3)
+    plain = ViTForImageClassification(vit_config(["cat", "dog"], **sizes))
+    assert type(model) is ViTForImageClassification
+    assert model.config.id2label == {0: "cat", 1: "dog"} and model.config.label2id == {"cat": 0, "dog": 1}
+    assert model.config.intermediate_size == 64 and model.config.hidden_dropout_prob == 0.0
+    for (name, a), b in zip(model.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_fresh_model_takes_any_image_classifier_config():
+    from transformers import ResNetConfig
+
+    from hf_fairkd.run.models import fresh_model, label_space
+
+    sizes = dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    config = ResNetConfig(**sizes, **label_space(["a", "b", "c"]))
+    first, again = fresh_model(config, seed=1), fresh_model(config, seed=1)
+    assert type(first).__name__ == "ResNetForImageClassification" and first.config.num_labels == 3
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+
+
+# ------------------------------------------------------------------------------------------ stages
+def test_prediction_trainer_writes_nothing_and_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    import atexit
+
+    from tiny_models import image_dataset, make_vit, tiny_args
+
+    from hf_fairkd.run.preprocessing import PreparedSplits
+    from hf_fairkd.run.stages import predict_logits, prediction_trainer
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda *a, **k: registered.append(a))
+    out = tmp_path / "out"
+    out.mkdir()
+    data = image_dataset(counts=(6, 4, 2))
+    model = make_vit().eval()
+    args = tiny_args(tmp_path, objective="kd")
+    trainer = prediction_trainer(model, args, PreparedSplits({"test": data}, class_counts=[6, 4, 2]))
+    logits, labels = predict_logits(trainer, data)
+    with torch.no_grad():
+        expected = model(pixel_values=data[:]["pixel_values"]).logits.numpy()
+    assert logits == pytest.approx(expected, abs=1e-5) and list(labels) == data[:]["labels"].tolist()
+    assert trainer.args.output_dir == args.output_dir and trainer.args.objective == "erm"
+    assert list(out.iterdir()) == []  # prediction wrote nothing in the run's folder
+    assert not [
+        call for call in registered if getattr(call[0], "__name__", "") == "rmtree"
+    ]  # no temporary folder
+    assert not re.search(r"hf_fairkd_eval_", " ".join(str(p) for p in Path(tmp_path).iterdir()))
