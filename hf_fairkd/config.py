@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -201,23 +202,14 @@ class DistillationArguments(TrainingArguments):
             )
         if self.kd_sim_rho <= 0 or self.reliability_pseudo_count < 0:
             raise ValueError("kd_sim_rho must be > 0 and reliability_pseudo_count >= 0.")
-        choices = {
-            "kd_convention": KD_CONVENTIONS,
-            "teacher_logit_mode": TEACHER_LOGIT_MODES,
-            "teacher_dtype": TEACHER_DTYPES,
-            "ada_alpha_level": LEVELS,
-            "ada_alpha_mapping": ADA_ALPHA_MAPPINGS,
-            "ada_alpha_instance_mode": INSTANCE_ALPHA_MODES,
-            "margin_level": LEVELS,
-            "margin_on": MARGIN_TARGETS,
-            "balanced_form": BALANCED_FORMS,
-            "dro_base": DRO_BASES,
-            "dro_error_weighting": DRO_ERROR_WEIGHTINGS,
-            "teacher_topk_fill": ("spread", "renormalize"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
+        # every field declared with `_choice(...)` is checked against its own choices: one table, the fields
+        for spec in dataclasses.fields(DistillationArguments):
+            allowed = spec.metadata.get("choices")
+            if allowed and spec.name not in TrainingArguments.__dataclass_fields__:
+                if getattr(self, spec.name) not in allowed:
+                    raise ValueError(
+                        f"{spec.name}={getattr(self, spec.name)!r} is not one of {', '.join(allowed)}."
+                    )
         if self.teacher_logit_mode == "shift" and not self.teacher_logit_shift:
             raise ValueError("teacher_logit_mode='shift' needs teacher_logit_shift (one value per class).")
         objective_cls = OBJECTIVES[self.objective]

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -116,3 +117,27 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     """
     text = json.dumps(nan_to_none(obj), allow_nan=False, indent=indent, ensure_ascii=False)
     return atomic_write_text(path, text + "\n")
+
+
+def description_with_record(description: str | None, marker: str, record: dict) -> str:
+    """``description`` with one ``<marker><json>`` line carrying ``record`` (replacing an earlier one).
+
+    `datasets` keeps ``info.description`` through select/map/save_to_disk, so metadata written there travels
+    with the split (the long-tail profile, the teacher cache's fingerprint).
+    """
+    line = marker + json.dumps(record, sort_keys=True)
+    text = description or ""
+    pattern = _record_pattern(marker)
+    if pattern.search(text):
+        return pattern.sub(lambda _: line, text)
+    return f"{text}\n\n{line}" if text.strip() else line
+
+
+def record_in_description(description: str | None, marker: str) -> dict | None:
+    """The record a `description_with_record` line carries, or None when there is none."""
+    found = _record_pattern(marker).search(description or "")
+    return None if found is None else json.loads(found.group(1))
+
+
+def _record_pattern(marker: str) -> re.Pattern:
+    return re.compile(r"^" + re.escape(marker) + r"(.*)$", re.MULTILINE)

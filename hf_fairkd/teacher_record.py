@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 
 import torch
 
+from .io_utils import description_with_record, record_in_description
+
 _MARKER = "hf_fairkd.TeacherCache: "
-_MARKER_RE = re.compile(r"^" + re.escape(_MARKER) + r"(.*)$", re.MULTILINE)
 # Config keys that say where, how or whether a model was saved or loaded, not what it computes (the dtype is
 # in the parameters' bytes).
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "_commit_hash", "transformers_version", "architectures", "dtype")
@@ -49,25 +49,19 @@ def _cache_fingerprint(record: dict) -> str:
 
 
 def _attach_record(dataset, record: dict) -> None:
-    line = _MARKER + json.dumps(record, sort_keys=True)
-    text = dataset.info.description or ""
-    if _MARKER_RE.search(text):
-        text = _MARKER_RE.sub(lambda _: line, text)
-    else:
-        text = f"{text}\n\n{line}" if text.strip() else line
-    dataset.info.description = text
+    dataset.info.description = description_with_record(dataset.info.description, _MARKER, record)
 
 
 def teacher_cache_info(dataset) -> dict:
     """The record `build_teacher_cache` wrote into ``dataset.info.description``."""
-    found = _MARKER_RE.search(getattr(dataset.info, "description", None) or "")
-    if found is None:
+    record = record_in_description(getattr(dataset.info, "description", None), _MARKER)
+    if record is None:
         raise ValueError(
             f"This dataset carries no teacher-cache record (no {_MARKER.strip()!r} line in info.description): "
             "its cached columns were made by hand or the record was stripped. Rebuild the cache with "
             "hf_fairkd.teacher_cache.build_teacher_cache(dataset, teacher)."
         )
-    return json.loads(found.group(1))
+    return record
 
 
 # ------------------------------------------------------------------------------------------ saving

@@ -632,3 +632,20 @@ def test_dro_update_with_fractional_weight_sums_and_the_logged_weights():
     assert stats["class_weight_argmax"] == 2.0
     assert set(obj.compute(S, Y, T).scalars) == {"alpha_mean", *stats}
     assert obj.log_values() == stats  # the trainer logs their current value, not an average over steps
+
+
+def test_every_choice_field_is_validated_against_its_own_choices(tmp_path):
+    """One table: each field declared with choices refuses a value outside them, naming field and choices."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    fields = [
+        f
+        for f in dataclasses.fields(DistillationArguments)
+        if f.metadata.get("choices") and f.name not in TrainingArguments.__dataclass_fields__
+    ]
+    assert len(fields) >= 12
+    for spec in fields:
+        with pytest.raises(ValueError, match=rf"{spec.name}='not-a-choice' is not one of"):
+            DistillationArguments(output_dir=str(tmp_path), report_to=[], **{spec.name: "not-a-choice"})
