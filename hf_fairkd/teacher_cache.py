@@ -56,6 +56,7 @@ from .teacher_signal import (  # noqa: F401
     LOGSUMEXP_COLUMN,
     RENORMALIZE_GAP,
     TAIL_LOGSUMEXP_COLUMN,
+    TEACHER_INPUT_COLUMNS,
     TOPK_COLUMNS,
     TOPK_FILLS,
     TOPK_INDICES_COLUMN,
@@ -104,6 +105,8 @@ class _TeacherRunner:
         if self.collate_fn is not None:
             size = len(next(iter(batch.values())))
             batch = self.collate_fn([{k: v[i] for k, v in batch.items()} for i in range(size)])
+        own = {name: batch[column] for column, name in TEACHER_INPUT_COLUMNS.items() if column in batch}
+        batch = {k: v for k, v in batch.items() if k not in TEACHER_INPUT_COLUMNS} | own  # its own inputs win
         names = self.names if self.names is not None else set(batch) - set(_LABEL_KEYS)
         inputs = {k: _as_tensor(v) for k, v in batch.items() if k in names}
         if not inputs:
@@ -193,7 +196,8 @@ def build_teacher_cache(
 
     The teacher runs once, in eval mode under ``torch.inference_mode``, on its own device, through
     ``Dataset.map(batched=True)`` over the dataset's own format/transform (``collate_fn``, if given, receives
-    the formatted rows). ``preprocessing_id`` names preprocessing the dataset fingerprint cannot see (e.g.
+    the formatted rows; rows carrying the teacher's own inputs, ``teacher_pixel_values``, feed the teacher those
+    instead of ``pixel_values``). ``preprocessing_id`` names preprocessing the dataset fingerprint cannot see (e.g.
     the image processor inside a collate_fn). ``label_permutation[j]`` is the teacher's index of the
     student's class j (`hf_fairkd.teacher.label_permutation`). Under several Accelerate processes each
     process runs a contiguous shard and every process returns the same full dataset.
@@ -290,8 +294,12 @@ def check_cache(
     id2label=None,
     topk_fill: str | None = None,
     temperature: float | None = None,
+    preprocessing_id: str | None = None,
 ):
     """Refuse a cache that does not belong to this run; return its record (None when there is no cache).
+
+    ``preprocessing_id`` (the teacher's preprocessing of this run, e.g. its image processor's
+    ``to_json_string()``) refuses a cache whose teacher saw other inputs.
 
     See the module docstring for the cache-versus-teacher rule. ``id2label`` (the student's) checks the
     label order of the stored logits. With ``topk_fill`` and ``temperature`` (the run's), a top-k cache read
@@ -328,6 +336,13 @@ def check_cache(
         raise ValueError(
             f"The teacher cache was built from dataset fingerprint {record['source_fingerprint']}, not the "
             f"expected {source_fingerprint}. {rebuild} on this dataset."
+        )
+    if preprocessing_id is not None and record.get("preprocessing_id", "") != preprocessing_id:
+        raise ValueError(
+            "The teacher cache was built from inputs preprocessed otherwise (its record's preprocessing_id "
+            f"{record.get('preprocessing_id', '')[:80]!r}…) than this run's teacher preprocessing "
+            f"({preprocessing_id[:80]!r}…): the cached logits are of other inputs. {rebuild}, preprocessed "
+            "with the teacher's own image processor."
         )
     if teacher is not None:
         if teacher_fingerprint(teacher) != record["teacher_fingerprint"]:

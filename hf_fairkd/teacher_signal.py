@@ -40,6 +40,10 @@ LOGSUMEXP_COLUMN = "teacher_logsumexp"  # format 1: the full log-normaliser
 TOPK_COLUMNS = (TOPK_LOGITS_COLUMN, TOPK_INDICES_COLUMN, TAIL_LOGSUMEXP_COLUMN)
 LEGACY_TOPK_COLUMNS = (TOPK_LOGITS_COLUMN, TOPK_INDICES_COLUMN, LOGSUMEXP_COLUMN)
 CACHE_COLUMNS = (DENSE_COLUMN, *TOPK_COLUMNS, LOGSUMEXP_COLUMN)
+# The teacher's own inputs, when its preprocessing differs from the student's (another image processor): batch
+# column -> the teacher's forward argument. The student never sees them; the teacher reads them instead of the
+# student's (`TeacherSource.teacher_inputs`, the cache builder).
+TEACHER_INPUT_COLUMNS = {"teacher_pixel_values": "pixel_values"}
 
 TOPK_FILLS = ("spread", "renormalize")
 DEFAULT_TOPK_FILL = "spread"

@@ -15,12 +15,12 @@ from torch import nn
 from . import teacher as teacher_lib
 from .objectives import teacher_free_objectives
 from .teacher_cache import check_cache
-from .teacher_signal import CACHE_COLUMNS, DENSE_COLUMN, cached_logits_from_batch
+from .teacher_signal import CACHE_COLUMNS, DENSE_COLUMN, TEACHER_INPUT_COLUMNS, cached_logits_from_batch
 
 logger = logging.getLogger(__name__)
 
 # Batch keys that are not student inputs.
-NON_MODEL_KEYS = ("labels", "label", *CACHE_COLUMNS)
+NON_MODEL_KEYS = ("labels", "label", *CACHE_COLUMNS, *TEACHER_INPUT_COLUMNS)
 
 
 class TeacherSource:
@@ -103,10 +103,20 @@ class TeacherSource:
             cached_logits_from_batch(batch, self.num_classes, topk_fill=self.topk_fill),
         )
 
+    def teacher_inputs(self, batch: dict) -> dict:
+        """The online teacher's inputs of a collated batch: the student's, except that the teacher's own
+        preprocessed inputs (``teacher_pixel_values``, made by the teacher's image processor) replace theirs."""
+        inputs = {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
+        inputs.update(
+            {name: batch[column] for column, name in TEACHER_INPUT_COLUMNS.items() if column in batch}
+        )
+        return inputs
+
     def logits(
         self, model_inputs: dict, cached: torch.Tensor | None, step: int | None = None
     ) -> torch.Tensor:
-        """Float32 teacher logits in the student's label order: ``cached`` if given, else the online teacher.
+        """Float32 teacher logits in the student's label order: ``cached`` if given, else the online teacher
+        run on ``model_inputs`` (pass `teacher_inputs(batch)`, so that it reads its own preprocessing).
         Refuses logits of another width and non-finite ones (``step`` names the step in the message)."""
         if cached is not None:
             if self.model is not None and not self._warned_cache_wins:

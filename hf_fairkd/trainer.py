@@ -21,7 +21,7 @@ from .checkpoints import OBJECTIVE_STATE_NAME, read_objective_state, resolve_che
 from .config import DistillationArguments
 from .objectives import ObjectiveCallback, get_objective
 from .results.publishing import PublishingMixin
-from .teacher_signal import CACHE_COLUMNS
+from .teacher_signal import CACHE_COLUMNS, TEACHER_INPUT_COLUMNS
 from .teacher_source import TeacherSource
 
 logger = logging.getLogger(__name__)
@@ -146,9 +146,10 @@ class DistillationTrainer(PublishingMixin, Trainer):
 
     def _set_signature_columns_if_needed(self):
         # Why: the Trainer drops every column the model's forward does not take, the teacher cache among them,
-        # and has no public hook to keep extra columns.
+        # and the teacher's own inputs among them, and has no public hook to keep extra columns.
         super()._set_signature_columns_if_needed()
-        self._signature_columns += [c for c in CACHE_COLUMNS if c not in self._signature_columns]
+        extra = (*CACHE_COLUMNS, *TEACHER_INPUT_COLUMNS)
+        self._signature_columns += [c for c in extra if c not in self._signature_columns]
 
     # ------------------------------------------------------------------------------------------ the loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -159,7 +160,8 @@ class DistillationTrainer(PublishingMixin, Trainer):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         teacher_logits = None
         if self.objective.uses_teacher:
-            teacher_logits = self.teacher_source.logits(model_inputs, cached, step=self.state.global_step)
+            teacher_inputs = self.teacher_source.teacher_inputs(inputs)
+            teacher_logits = self.teacher_source.logits(teacher_inputs, cached, step=self.state.global_step)
         result = self.objective.compute(logits, labels, teacher_logits)
         if num_items_in_batch is not None:
             loss = result.per_example.sum() / num_items_in_batch

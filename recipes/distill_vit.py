@@ -6,17 +6,21 @@
 
 Stages: (1) a teacher, trained here with `--teacher_objective` unless `--teacher_model_name_or_path` is
 given; (2) the one-hot baseline student (objective `ce`); (3) the distilled student (`--objective`).
-All three are evaluated per class on the balanced test split. OUTPUT_DIR receives the student
+All three are evaluated per class on the balanced test split. Each model sees its own inputs: a given teacher
+its own image processor's (saved with it, or `--teacher_image_processor_name`), from the same decoded (and
+augmented) image as the student's. OUTPUT_DIR receives the student
 (`save_pretrained` + image processor), subgroup_metrics.json, per_class_accuracy.png, README.md (the model
 card), run_config.json, and teacher/ and baseline/ sub-folders.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
 from hf_fairkd.config import DistillationArguments
+from hf_fairkd.data.info import describe_profile
 from hf_fairkd.data.sources import hub_dataset_ids, looks_like_hub_id
 from hf_fairkd.objectives import get_objective, teacher_objectives
 from hf_fairkd.results import (
@@ -44,6 +48,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
         )
     output_dir = args.output_dir
     stages.use_cached_teacher(model_args, data_args)  # validates --teacher_signal before any work
+    models.check_model_arguments(model_args)
     checks.check_before_work(args, run_args)
 
     # ---- data
@@ -53,30 +58,53 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     )
     preparation.check_objectives({"--objective": args.objective, **trained_here}, args, info)
     say(
-        f"Dataset {data_args.dataset_name}: {len(info.class_names)} classes, {sum(info.train_counts)} training rows "
-        f"(rho={info.imbalance_factor:g}, {info.profile}), holdout {sum(info.holdout_counts)}, test "
+        f"Dataset {data_args.dataset_name}: {len(info.class_names)} classes, {describe_profile(info)}; holdout "
+        f"{sum(info.holdout_counts)}, test "
         f"{sum(info.test_counts)}. Per-class training counts: {info.train_counts}"
     )
     processor = preprocessing.make_image_processor(model_args)
-    prepared = preprocessing.prepare_splits(splits, info, processor, augment=data_args.augment)
     student = models.student_model(model_args, info.class_names, seed=args.seed)
+    given_teacher = load_given_teacher(model_args, student)  # checked before anything trains
+    # each model sees its own inputs: a given teacher its own image processor's, from the same decoded image
+    teacher_processor = preprocessing.teacher_image_processor(model_args, processor)
+    prepared = preprocessing.prepare_splits(
+        splits, info, processor, augment=data_args.augment, teacher_processor=teacher_processor
+    )
+    reused = model_args.baseline_model_name_or_path
+    if reused:  # checked against the data before anything trains
+        baseline = models.load_baseline(
+            reused,
+            info.class_names,
+            model_args.trust_remote_code,
+            dataset=info.to_dict(),
+            processor=processor,
+        )
+        if type(baseline) is not type(student):
+            logger.warning(
+                f"The reused baseline is a {type(baseline).__name__}, the student a {type(student).__name__}: "
+                "the student - baseline comparison also compares the two architectures."
+            )
 
     # ---- teacher (given, or trained here), one-hot baseline, distilled student
-    teacher, teacher_trainer = teacher_stage(model_args, args, info, prepared, processor, student)
+    teacher, teacher_trainer = teacher_stage(model_args, args, info, prepared, processor, given_teacher)
     if stages.use_cached_teacher(model_args, data_args) and get_objective(args.objective).uses_teacher:
         say(
             "Caching the teacher's logits on train and holdout (computed once; the teacher is not run per step)."
         )
-        stages.cache_teacher_signal(prepared, teacher, processor, args.per_device_eval_batch_size)
-    say("Training the one-hot baseline student (objective ce).")
-    baseline_dir = os.path.join(output_dir, "baseline")
-    baseline_trainer = stages.train_stage(
-        models.student_model(model_args, info.class_names, seed=args.seed),
-        stages.stage_args(args, output_dir=baseline_dir, objective="ce"),
-        prepared,
-        processor=processor,
-        save_dir=baseline_dir,
-    )
+        stages.cache_teacher_signal(prepared, teacher, teacher_processor, args.per_device_eval_batch_size)
+    if reused:
+        say(f"Reusing the one-hot baseline {reused} (--baseline_model_name_or_path): no baseline is trained.")
+        baseline_trainer = None
+    else:
+        say("Training the one-hot baseline student (objective ce).")
+        baseline_dir = os.path.join(output_dir, "baseline")
+        baseline_trainer = stages.train_stage(
+            models.student_model(model_args, info.class_names, seed=args.seed),
+            stages.stage_args(args, output_dir=baseline_dir, objective="ce"),
+            prepared,
+            processor=processor,
+            save_dir=baseline_dir,
+        )
     say(f"Training the distilled student (objective {args.objective}).")
     student_trainer = stages.train_stage(
         student,
@@ -90,8 +118,8 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
 
     # ---- evaluation of all three on the balanced test split (gathered over processes)
     trainers = {
-        "teacher": teacher_trainer or stages.prediction_trainer(teacher, args, prepared, processor),
-        "baseline": baseline_trainer,
+        "teacher": teacher_trainer or stages.prediction_trainer(teacher, args, prepared, teacher_processor),
+        "baseline": baseline_trainer or stages.prediction_trainer(baseline, args, prepared, processor),
         "student": student_trainer,
     }
     settings = distillation_settings(model_args, data_args, args, state.num_processes)
@@ -116,18 +144,28 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     return metrics
 
 
-def teacher_stage(model_args, args: DistillationArguments, info, prepared, processor, student):
+def load_given_teacher(model_args, student):
+    """The teacher given with ``--teacher_model_name_or_path`` (None: it is trained here), checked against the
+    student's label space."""
+    if not model_args.teacher_model_name_or_path:
+        return None
+    teacher = load_teacher(
+        model_args.teacher_model_name_or_path, trust_remote_code=model_args.trust_remote_code
+    )
+    label_permutation(student.config.id2label, teacher.config.id2label)
+    return teacher
+
+
+def teacher_stage(model_args, args: DistillationArguments, info, prepared, processor, given=None):
     """The teacher and, when it is trained here (no ``--teacher_model_name_or_path``), its trainer (else None).
-    A given teacher is checked against the student's label space before anything trains."""
-    if model_args.teacher_model_name_or_path:
-        teacher = load_teacher(
-            model_args.teacher_model_name_or_path, trust_remote_code=model_args.trust_remote_code
-        )
-        label_permutation(student.config.id2label, teacher.config.id2label)
-        return teacher, None
+    ``given``: the given teacher (`load_given_teacher`), already checked before anything trains."""
+    if given is not None:
+        return given, None
     objective = model_args.teacher_objective
     logger.info(
-        f"No teacher given (--teacher_model_name_or_path): training a ViT teacher with objective {objective}."
+        f"No teacher given (--teacher_model_name_or_path): training a "
+        f"{'teacher from ' + model_args.teacher_config_name if model_args.teacher_config_name else 'ViT teacher'} "
+        f"with objective {objective}."
     )
     teacher_dir = os.path.join(args.output_dir, "teacher")
     teacher_args = stages.stage_args(
@@ -153,13 +191,28 @@ def distillation_settings(model_args, data_args, args: DistillationArguments, wo
         args,
         teacher_objective="given" if given else model_args.teacher_objective,
         student_model=model_args.student_model_name_or_path
+        or fresh_description(model_args, "student")
         or f"fresh ViT (hidden {model_args.student_hidden_size}, {model_args.student_num_layers} layers)",
         teacher_model=given
+        or fresh_description(model_args, "teacher", " (trained here)")
         or f"fresh ViT (hidden {model_args.teacher_hidden_size}, {model_args.teacher_num_layers} layers, trained here)",
+        baseline_model=f"reused: {model_args.baseline_model_name_or_path}"
+        if model_args.baseline_model_name_or_path
+        else "trained here (objective ce)",
         teacher_hub_id=given if looks_like_hub_id(given) else None,
         dataset_name=data_args.dataset_name,
         world_size=world_size,
     )
+
+
+def fresh_description(model_args, role: str, suffix: str = "") -> str | None:
+    """How the record names a fresh model built from ``--<role>_config_name`` (None without one)."""
+    name = getattr(model_args, f"{role}_config_name")
+    if not name:
+        return None
+    overrides = getattr(model_args, f"{role}_config_overrides")  # a JSON string, or a dict from a YAML file
+    overrides = overrides if isinstance(overrides, str) or not overrides else json.dumps(overrides)
+    return f"fresh from config {name}" + (f" with {overrides}" if overrides else "") + suffix
 
 
 if __name__ == "__main__":

@@ -326,8 +326,7 @@ def test_card_yaml_rounds_to_4_significant_digits_and_reads_back(tmp_path):
 
 def test_run_metrics_use_long_tail_counts_for_shot_groups(tmp_path):
     """CIFAR-100-LT with a 5-per-class holdout: the standard 35 / 35 / 30 groups, and the card says why."""
-    from hf_fairkd.data import long_tail_counts
-    from hf_fairkd.data.longtail import LongTailInfo
+    from hf_fairkd.data import LongTailInfo, long_tail_counts
     from hf_fairkd.results.schema import record_from_info
 
     before = long_tail_counts(500, 100, 100.0, "exp")

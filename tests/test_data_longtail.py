@@ -335,3 +335,28 @@ def test_zero_holdout_gives_empty_split_with_metadata():
     assert long_tail_info(holdout).holdout_counts == [0, 0, 0]
     assert holdout.features == lt.features
     assert lt.info.description == before  # the input keeps its own metadata
+
+
+# ------------------------------------------------------------------------------------ the natural profile
+def test_natural_sizes_keep_every_row_and_name_too_small_classes():
+    from hf_fairkd.data.info import describe_profile
+    from hf_fairkd.data.natural import measured_imbalance, natural_order, natural_sizes
+
+    counts = [136, 127, 93, 68, 58, 37, 34, 23, 14, 11]
+    test, holdout = natural_sizes(counts, list("abcdefghij"), 1, 0.2)
+    assert test == [27, 25, 19, 14, 12, 7, 7, 5, 3, 2] and holdout == [1] * 10
+    assert natural_sizes(counts, list("abcdefghij"), 2) == ([0] * 10, [2] * 10)  # the source has a test split
+    assert natural_order([3, 9, 3, 1]) == [1, 0, 2, 3] and measured_imbalance([12, 3, 6]) == 4.0
+    with pytest.raises(ValueError, match=r"'b' \(3 rows, needs 4\).*holdout_per_class=2"):
+        natural_sizes([20, 3], ["a", "b"], 2, 0.2)
+    with pytest.raises(ValueError, match="test_fraction must be a fraction"):
+        natural_sizes([20, 30], ["a", "b"], 1, 1.5)
+    info = LongTailInfo(
+        "x", "label", None, ["a", "b"], "natural", 2.0, 0, "label_id", [0, 1], [10, 5], [9, 4], [1, 1], [], 1
+    )
+    assert describe_profile(info) == (
+        "natural profile: your data as it is, 13 training rows (measured imbalance max/min 2)"
+    )
+    # a record written before test_carved existed still loads
+    old = {k: v for k, v in info.to_dict().items() if k != "test_carved"}
+    assert LongTailInfo.from_dict(old) == info

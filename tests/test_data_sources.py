@@ -13,9 +13,9 @@ from hf_fairkd.data import (
     load_digits_dataset,
     load_long_tailed,
     load_source,
+    loaders,
     long_tail_counts,
     long_tail_info,
-    sources,
 )
 
 
@@ -148,7 +148,7 @@ def test_presets_map_to_hub_ids(monkeypatch, preset, hub_id, label, image):
         calls.append(path)
         return DatasetDict(train=tiny, test=tiny)
 
-    monkeypatch.setattr(sources, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(loaders, "load_dataset", fake_load_dataset)
     _, got_label, got_image = load_source(preset)
     assert calls == [hub_id]
     assert (got_label, got_image) == (label, image)
@@ -159,16 +159,16 @@ def test_label_autodetect_prefers_named_classlabel():
         {"coarse": [0, 1], "fine_label": [1, 0]},
         features=Features({"coarse": ClassLabel(num_classes=2), "fine_label": ClassLabel(num_classes=2)}),
     )
-    assert sources.detect_label_column(ds) == "fine_label"
+    assert loaders.detect_label_column(ds) == "fine_label"
     with pytest.raises(ValueError, match=r"could not find a label column.*\['x'\]"):
-        sources.detect_label_column(Dataset.from_dict({"x": [1.0]}))
+        loaders.detect_label_column(Dataset.from_dict({"x": [1.0]}))
 
 
 def test_hub_errors_are_wrapped(monkeypatch):
     def failing(path, **kwargs):
         raise ConnectionError("offline")
 
-    monkeypatch.setattr(sources, "load_dataset", failing)
+    monkeypatch.setattr(loaders, "load_dataset", failing)
     with pytest.raises(
         ValueError, match=r"could not load dataset 'someone/thing': offline; pass a local path"
     ) as err:
@@ -318,7 +318,7 @@ def test_misread_image_folder_is_named_before_loading(tmp_path, monkeypatch, lay
     # without the check, datasets loads these without a label column (or moves images to another split)
     root = image_tree(tmp_path / "imgs", layout)
     calls = []
-    monkeypatch.setattr(sources, "load_dataset", lambda *a, **k: calls.append(a) or pytest.fail("loaded"))
+    monkeypatch.setattr(loaders, "load_dataset", lambda *a, **k: calls.append(a) or pytest.fail("loaded"))
     with pytest.raises(ValueError, match=named) as err:
         load_long_tailed(str(root), cache_dir=str(tmp_path / "cache"))
     assert "Rename the folders or files named" in str(err.value) and not calls
@@ -342,3 +342,86 @@ def test_hub_dataset_ids_for_the_card(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert hub_dataset_ids("local/folder") is None  # an existing folder is not a Hub id
     assert not looks_like_hub_id(None) and not looks_like_hub_id("/abs/path/x") and looks_like_hub_id("a/b")
+
+
+# ------------------------------------------------------------------------------------ the natural profile
+def save_counts(path, counts, test_counts=None):
+    """A save_to_disk dataset whose train split has ``counts[i]`` rows of class i (and a test split if given)."""
+
+    def rows(per_class, offset=0):
+        labels = np.repeat(np.arange(len(per_class)), per_class)
+        names = [f"k{i}" for i in range(len(per_class))]
+        return Dataset.from_dict(
+            {"row_id": np.arange(len(labels)) + offset, "label": labels},
+            features=Features({"row_id": Value("int64"), "label": ClassLabel(names=names)}),
+        )
+
+    splits = {"train": rows(counts)}
+    if test_counts is not None:
+        splits["test"] = rows(test_counts, offset=100_000)
+    DatasetDict(splits).save_to_disk(str(path))
+    return str(path)
+
+
+def test_natural_is_the_default_for_a_users_dataset_and_keeps_every_row(tmp_path):
+    counts, test = [50, 30, 12, 7], [5, 5, 5, 5]
+    dsd = load_long_tailed(save_counts(tmp_path / "d", counts, test), holdout_per_class=2)
+    info = long_tail_info(dsd)
+    assert info.profile == "natural" and info.test_carved is None
+    assert info.long_tail_counts == counts  # nothing dropped to build a long tail
+    assert info.holdout_counts == [2] * 4 and info.train_counts == [c - 2 for c in counts]
+    assert info.imbalance_factor == pytest.approx(50 / 7)  # measured, max / min before the holdout
+    assert info.class_order == [0, 1, 2, 3] and info.test_counts == test
+    ids = [set(dsd[s]["row_id"]) for s in ("train", "holdout")]
+    assert ids[0].isdisjoint(ids[1]) and ids[0] | ids[1] == set(range(sum(counts)))  # every row is used
+    assert sorted(dsd["test"]["row_id"]) == list(range(100_000, 100_020))  # the source's test split
+
+
+def test_natural_without_test_split_carves_a_stratified_one_of_the_stated_size(tmp_path):
+    counts = [136, 127, 93, 68, 58, 37, 34, 23, 14, 11]
+    path = save_counts(tmp_path / "d", counts)
+    info = long_tail_info(load_long_tailed(path))
+    expected_test = [max(1, int(0.2 * c + 0.5)) for c in counts]  # 20% of each class, not balanced
+    assert info.test_counts == expected_test == [27, 25, 19, 14, 12, 7, 7, 5, 3, 2]
+    assert info.test_carved == {"kind": "stratified", "fraction": 0.2, "min_per_class": 1}
+    assert info.long_tail_counts == [c - t for c, t in zip(counts, expected_test)]
+    assert info.holdout_counts == [1] * 10  # min(10, rarest // 5), at least 1
+    assert [a + b + t for a, b, t in zip(info.train_counts, info.holdout_counts, info.test_counts)] == counts
+    other = long_tail_info(load_long_tailed(path, test_fraction=0.5, holdout_per_class=0.1))
+    assert other.test_counts == [max(1, int(0.5 * c + 0.5)) for c in counts]
+    assert other.holdout_per_class == 0.1 and min(other.holdout_counts) >= 1
+
+
+def test_benchmarks_keep_their_long_tail_and_exp_still_works_on_a_users_dataset(tmp_path, saved_dict):
+    from hf_fairkd.data.sources import resolve_profile
+
+    assert resolve_profile("digits") == ("exp", 10.0)
+    assert resolve_profile("cifar10") == ("exp", 100.0) and resolve_profile("cifar100") == ("exp", 100.0)
+    assert resolve_profile("/my/folder") == ("natural", None)
+    assert resolve_profile("/my/folder", imbalance_factor=5) == ("exp", 5)  # a factor implies a long tail
+    assert resolve_profile("/my/folder", "step") == ("step", 100.0)
+    info = long_tail_info(load_long_tailed(saved_dict, profile="exp", imbalance_factor=6))
+    assert info.profile == "exp" and info.long_tail_counts == long_tail_counts(60, 5, 6)
+
+
+def test_natural_with_an_imbalance_factor_is_refused(saved_dict, monkeypatch):
+    monkeypatch.setattr(loaders, "load_from_disk", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(
+        ValueError, match="natural profile .* takes no imbalance factor .*imbalance_factor=10"
+    ):
+        load_long_tailed(saved_dict, profile="natural", imbalance_factor=10)
+
+
+def test_natural_names_every_class_too_small_for_holdout_and_test(tmp_path, monkeypatch):
+    path = save_counts(tmp_path / "d", [40, 2, 30, 1])
+
+    def boom(*args, **kw):
+        raise AssertionError("rows selected before validation")
+
+    monkeypatch.setattr(Dataset, "select", boom)
+    with pytest.raises(ValueError, match="too small for the natural profile") as err:
+        load_long_tailed(path)
+    message = str(err.value)
+    assert "'k1' (2 rows, needs 3)" in message and "'k3' (1 rows, needs 3)" in message
+    assert "'k0'" not in message and "'k2'" not in message
+    assert "0.2 of each class" in message and "holdout_per_class=1" in message

@@ -244,3 +244,311 @@ def test_recipe_checks_refuse_empty_classes_before_any_training(tmp_path, flags,
     empty_holdout = SimpleNamespace(**{**vars(info), "holdout_counts": [0, 0, 0]})
     with pytest.raises(ValueError, match="--objective robust_kd needs a holdout"):
         check_objectives({"--objective": "robust_kd"}, args, empty_holdout)
+
+
+# ------------------------------------------------------------------ any architecture; a finished baseline reused
+def test_reused_baseline_is_not_trained_again_and_reports_the_same(tmp_path, distilled, caplog):
+    run, _ = distilled
+    out = tmp_path / "out"
+    argv = [*TINY, "--output_dir", str(out), "--teacher_model_name_or_path", str(run / "teacher"),
+            "--baseline_model_name_or_path", str(run / "baseline")]  # fmt: skip
+    with caplog.at_level("INFO"):
+        metrics = load_recipe("distill_vit").main(argv)
+    assert not (out / "baseline").exists()  # no baseline trained here
+    assert (
+        "Training the one-hot baseline" not in caplog.text and "Reusing the one-hot baseline" in caplog.text
+    )
+    first = json.loads((run / "subgroup_metrics.json").read_text())
+    again = json.loads((out / "subgroup_metrics.json").read_text())
+    assert again["baseline"] == first["baseline"]
+    assert metrics["settings"]["baseline_model"] == f"reused: {run / 'baseline'}"
+    assert first["settings"]["baseline_model"] == "trained here (objective ce)"
+    assert f"**One-hot baseline:** reused: {run / 'baseline'}" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--imbalance_factor", "5"],
+            r"other data than this run's \(imbalance_factor 10.0 there, 5.0 here; long_tail_counts \[144",
+        ),
+        (["--image_size", "12"], "preprocessed otherwise"),
+    ],
+    ids=["other_data", "other_image_size"],
+)
+def test_reused_baseline_of_other_data_is_refused_before_training(tmp_path, distilled, extra, message):
+    run, _ = distilled
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        load_recipe("distill_vit").main(
+            [*TINY, "--output_dir", str(out), "--baseline_model_name_or_path", str(run / "baseline"), *extra]
+        )
+    assert not (out / "teacher").exists()
+
+
+TINY_RESNET = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1],
+               "layer_type": "basic"}  # fmt: skip
+
+
+def test_fresh_cnn_student_from_a_config_end_to_end(tmp_path):
+    config = tmp_path / "resnet.json"
+    config.write_text(json.dumps(TINY_RESNET))
+    out = tmp_path / "out"
+    metrics = load_recipe("distill_vit").main(
+        [
+            *TINY,
+            "--output_dir",
+            str(out),
+            "--student_config_name",
+            str(config),
+            "--student_config_overrides",
+            '{"hidden_sizes": [8, 12]}',
+        ]  # fmt: skip
+    )
+    student = AutoModelForImageClassification.from_pretrained(out)
+    assert type(student).__name__ == "ResNetForImageClassification" and student.config.hidden_sizes == [8, 12]
+    assert list(student.config.id2label.values()) == metrics["class_names"]
+    baseline = AutoModelForImageClassification.from_pretrained(out / "baseline")
+    assert type(baseline).__name__ == "ResNetForImageClassification"  # the baseline is the same architecture
+    assert (
+        type(AutoModelForImageClassification.from_pretrained(out / "teacher")).__name__
+        == "ViTForImageClassification"
+    )
+    assert (
+        metrics["settings"]["student_model"] == f'fresh from config {config} with {{"hidden_sizes": [8, 12]}}'
+    )
+
+
+@pytest.mark.parametrize(
+    "flag, fields, message",
+    [
+        (
+            "--student_config_name",
+            {"model_type": "bert"},
+            "'bert' config, which AutoModelForImageClassification",
+        ),
+        (
+            "--teacher_config_name",
+            {"model_type": "gpt2"},
+            "'gpt2' config, which AutoModelForImageClassification",
+        ),
+    ],
+    ids=["student", "teacher"],
+)
+def test_config_that_is_not_an_image_classifier_fails_before_training(tmp_path, flag, fields, message):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(fields))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        load_recipe("distill_vit").main([*TINY, "--output_dir", str(out), flag, str(config)])
+    assert not (out / "teacher").exists() and not (out / "baseline").exists()
+
+
+# ------------------------------------------------------------------- a teacher with its own image processor
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def save_teacher_with_own_processor(folder: Path, seed: int = 3) -> Path:
+    """A ViT teacher at 16x16 with ImageNet mean/std (the student of TINY: 8x8, mean/std 0.5), saved with its
+    processor. Untrained, with a scaled-up head so that its predictions vary: its accuracy is what it is."""
+    from transformers import ViTImageProcessorPil
+
+    from hf_fairkd.data import load_long_tailed
+    from hf_fairkd.run.models import build_vit
+
+    names = load_long_tailed("digits")["train"].features["label"].names
+    teacher = build_vit(
+        names, hidden_size=16, num_layers=1, num_heads=2, image_size=16, patch_size=4, seed=seed
+    )
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(20)
+    teacher.save_pretrained(folder)
+    size = {"height": 16, "width": 16}
+    ViTImageProcessorPil(size=size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD).save_pretrained(folder)
+    return folder
+
+
+def test_teacher_with_its_own_processor_and_resolution_is_evaluated_cached_and_distilled_from_its_inputs(
+    tmp_path, monkeypatch
+):
+    from hf_fairkd.data import load_long_tailed
+    from hf_fairkd.run import stages
+    from hf_fairkd.teacher_cache import teacher_cache_info
+
+    folder = save_teacher_with_own_processor(tmp_path / "teacher")
+    records, cache_signal = [], stages.cache_teacher_signal
+
+    def recording(splits, teacher, processor, batch_size):
+        cache_signal(splits, teacher, processor, batch_size)
+        records.append(teacher_cache_info(splits["train"]))
+
+    monkeypatch.setattr(stages, "cache_teacher_signal", recording)
+    out = tmp_path / "out"
+    argv = [*TINY, "--output_dir", str(out), "--objective", "kd", "--teacher_model_name_or_path", str(folder)]
+    metrics = load_recipe("distill_vit").main(argv)
+
+    # the teacher evaluated alone, with its own processor (AutoImageProcessor) and one forward
+    own = AutoImageProcessor.from_pretrained(folder)
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    test = load_long_tailed("digits")["test"]
+    pixel_values = own([image.convert("RGB") for image in test["image"]], return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape[-2:] == (16, 16)
+    with torch.no_grad():
+        predictions = model(pixel_values=pixel_values).logits.argmax(-1).numpy()
+    labels = np.asarray(test["label"])
+    assert metrics["teacher"]["accuracy"] == pytest.approx(float(np.mean(predictions == labels)), abs=1e-12)
+    correct = [int(np.sum((predictions == labels) & (labels == c))) for c in range(10)]
+    assert [row["correct"] for row in metrics["teacher"]["per_class"]] == correct
+    # the cache was built from the teacher's inputs and its record names the teacher's preprocessing
+    assert len(records) == 1 and records[0]["preprocessing_id"] == own.to_json_string()
+    assert json.loads(records[0]["preprocessing_id"])["image_mean"] == IMAGENET_MEAN
+    # the student keeps its own preprocessing
+    saved = AutoImageProcessor.from_pretrained(out)
+    assert saved.size == {"height": 8, "width": 8} and list(saved.image_mean) == [0.5] * 3
+    assert metrics["settings"]["teacher_objective"] == "given"
+
+
+def test_online_teacher_receives_its_own_pixel_values_and_the_student_its_own(tmp_path):
+    """With augmentation (online teacher), the teacher's forward gets 16x16 teacher_pixel_values, the student's
+    8x8 pixel_values, both from the same augmented view of each image."""
+    import random
+
+    from hf_fairkd import DistillationArguments, DistillationTrainer
+    from hf_fairkd.data import load_long_tailed
+    from hf_fairkd.run.arguments import ModelArguments
+    from hf_fairkd.run.models import build_vit
+    from hf_fairkd.run.preprocessing import (
+        make_image_processor,
+        teacher_image_processor,
+        with_image_transform,
+    )
+
+    folder = save_teacher_with_own_processor(tmp_path / "teacher")
+    model_args = ModelArguments(image_size=8, teacher_model_name_or_path=str(folder))
+    processor = make_image_processor(model_args)
+    teacher_processor = teacher_image_processor(model_args, processor)
+    assert teacher_processor.size == {"height": 16, "width": 16}
+    raw = load_long_tailed("digits")["train"]
+    # one augmentation per image, then each processor: a processor equal to the student's gives equal tensors
+    same = type(processor).from_dict(processor.to_dict())
+    random.seed(0)
+    rows = with_image_transform(raw, processor, "image", "label", augment=True, teacher_processor=same)[:32]
+    assert torch.equal(rows["pixel_values"], rows["teacher_pixel_values"])
+
+    train = with_image_transform(
+        raw, processor, "image", "label", augment=True, teacher_processor=teacher_processor
+    )
+    names = raw.features["label"].names
+    student = build_vit(names, hidden_size=16, num_layers=1, num_heads=2, image_size=8, patch_size=4, seed=0)
+    teacher = AutoModelForImageClassification.from_pretrained(folder)
+    seen = {"student": [], "teacher": []}
+    for role, model in (("student", student), ("teacher", teacher)):
+        model.register_forward_pre_hook(
+            lambda _m, _a, kwargs, role=role: seen[role].append(
+                sorted(kwargs) + [tuple(kwargs["pixel_values"].shape)]
+            ),
+            with_kwargs=True,
+        )
+    args = DistillationArguments(
+        output_dir=str(tmp_path / "out"), objective="kd", max_steps=2, per_device_train_batch_size=8,
+        report_to=[], remove_unused_columns=False, save_strategy="no", disable_tqdm=True, use_cpu=True,
+    )  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student, args=args, teacher=teacher, train_dataset=train, class_counts=[1] * len(names)
+    )
+    trainer.train()
+    assert seen["student"] == [["pixel_values", (8, 3, 8, 8)]] * 2
+    assert seen["teacher"] == [["pixel_values", (8, 3, 16, 16)]] * 2
+
+
+def test_teacher_without_its_image_processor_is_refused_before_training(tmp_path):
+    from hf_fairkd.run.arguments import ModelArguments
+    from hf_fairkd.run.preprocessing import make_image_processor, teacher_image_processor
+
+    folder = save_teacher_with_own_processor(tmp_path / "teacher")
+    (folder / "preprocessor_config.json").rename(tmp_path / "preprocessor_config.json")
+    out = tmp_path / "out"
+    with pytest.raises(
+        ValueError,
+        match=r"teacher's image processor could not be loaded from .*teacher.*--teacher_image_processor_name",
+    ):
+        load_recipe("distill_vit").main(
+            [*TINY, "--output_dir", str(out), "--teacher_model_name_or_path", str(folder)]
+        )
+    assert not (out / "baseline").exists()
+    # the fix: name the processor's folder (or Hub id)
+    model_args = ModelArguments(
+        teacher_model_name_or_path=str(folder), teacher_image_processor_name=str(tmp_path)
+    )
+    assert teacher_image_processor(model_args, make_image_processor(model_args)).size == {
+        "height": 16,
+        "width": 16,
+    }
+
+
+# ---------------------------------------------------------------------------- your data, as it is (natural)
+NATURAL_COUNTS = [136, 127, 93, 68, 58, 37, 34, 23, 14, 11]
+
+
+def naturally_imbalanced_folder(root: Path, counts=NATURAL_COUNTS) -> Path:
+    """One sub-folder of tiny 8x8 PNGs per class; class i has ``counts[i]`` images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, count in enumerate(counts):
+        (root / f"class_{i}").mkdir(parents=True)
+        for j in range(count):
+            pixels = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) // 4 + 20 * i
+            Image.fromarray(pixels.astype(np.uint8)).save(root / f"class_{i}" / f"{j}.png")
+    return root
+
+
+def test_naturally_imbalanced_image_folder_trains_as_it_is(tmp_path, caplog):
+    folder = naturally_imbalanced_folder(tmp_path / "flowers")
+    out = tmp_path / "out"
+    with caplog.at_level("INFO", logger="distill_vit"):
+        load_recipe("distill_vit").main([*TINY, "--output_dir", str(out), "--dataset_name", str(folder)])
+    saved = json.loads((out / "subgroup_metrics.json").read_text())
+    test = [max(1, int(0.2 * c + 0.5)) for c in NATURAL_COUNTS]  # stratified 20% test split, >= 1 per class
+    holdout = [1] * 10  # min(10, rarest training class // 5), at least 1
+    assert saved["train_counts"] == [c - t - h for c, t, h in zip(NATURAL_COUNTS, test, holdout)]
+    assert saved["dataset"]["profile"] == "natural"
+    assert saved["dataset"]["test_counts"] == test and saved["dataset"]["holdout_counts"] == holdout
+    assert saved["dataset"]["test_carved"] == {"kind": "stratified", "fraction": 0.2, "min_per_class": 1}
+    assert saved["dataset"]["imbalance_factor"] == pytest.approx(109 / 9)  # measured, before the holdout
+    assert [row["support"] for row in saved["student"]["per_class"]] == test
+    card = (out / "README.md").read_text()
+    assert "used as it is (the natural profile)" in card and "every training image was kept" in card
+    assert "A stratified test split carved from the training images" in card and "20% of each class" in card
+    assert "made long-tailed" not in card
+    assert "natural profile: your data as it is, 470 training rows" in caplog.text
+
+
+def test_natural_profile_with_an_imbalance_factor_is_refused_before_loading(tmp_path):
+    out = tmp_path / "out"
+    argv = [*TINY, "--output_dir", str(out), "--long_tail_profile", "natural", "--imbalance_factor", "3"]
+    with pytest.raises(ValueError, match="natural profile keeps every training row.*no imbalance factor"):
+        load_recipe("distill_vit").main(argv)
+    assert not (out / "baseline").exists()
+
+
+def test_class_too_small_for_the_natural_holdout_and_test_is_named(tmp_path):
+    folder = naturally_imbalanced_folder(tmp_path / "imgs", [30, 20, 2])
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"too small for the natural profile: 'class_2' \(2 rows, needs 3\)"):
+        load_recipe("distill_vit").main([*TINY, "--output_dir", str(out), "--dataset_name", str(folder)])
+    assert not (out / "baseline").exists()
+
+
+def test_train_teacher_from_a_cnn_config(tmp_path, caplog):
+    config = tmp_path / "resnet.json"
+    config.write_text(json.dumps(TINY_RESNET))
+    out = tmp_path / "teacher"
+    with caplog.at_level("INFO"):
+        load_recipe("train_teacher").main(
+            [*TINY, "--output_dir", str(out), "--teacher_config_name", str(config)]
+        )
+    teacher = AutoModelForImageClassification.from_pretrained(out)
+    assert type(teacher).__name__ == "ResNetForImageClassification" and teacher.config.num_labels == 10
+    assert "Training a resnet teacher" in caplog.text

@@ -245,3 +245,150 @@ def test_prediction_trainer_writes_nothing_and_leaves_no_temporary_folder(tmp_pa
         call for call in registered if getattr(call[0], "__name__", "") == "rmtree"
     ]  # no temporary folder
     assert not re.search(r"hf_fairkd_eval_", " ".join(str(p) for p in Path(tmp_path).iterdir()))
+
+
+# ------------------------------------------------------------------------------ any architecture, from a config
+def write_config(path, **fields):
+    path.write_text(json.dumps(fields))
+    return str(path)
+
+
+def test_shipped_resnet_config_builds_a_cpu_cnn_for_32x32_images():
+    """recipes/configs/models/resnet_cifar.json: a ResNet of 1,232,810 parameters with 10 classes (README there)."""
+    from hf_fairkd.run.models import config_from_name, fresh_model
+
+    names = [f"c{i}" for i in range(10)]
+    config = config_from_name(
+        str(ROOT / "recipes" / "configs" / "models" / "resnet_cifar.json"), names, image_size=32
+    )
+    model = fresh_model(config, seed=0)
+    assert type(model).__name__ == "ResNetForImageClassification"
+    assert sum(p.numel() for p in model.parameters()) == 1_232_810
+    assert model.config.id2label == dict(enumerate(names)) and model.config.downsample_in_first_stage is False
+    with torch.no_grad():
+        assert model(pixel_values=torch.randn(2, 3, 32, 32)).logits.shape == (2, 10)
+
+
+def test_config_name_and_overrides_build_a_seeded_model_with_the_dataset_labels(tmp_path):
+    from hf_fairkd.run.arguments import ModelArguments
+    from hf_fairkd.run.models import student_model, teacher_model
+
+    name = write_config(tmp_path / "resnet.json", model_type="resnet", embedding_size=8, hidden_sizes=[8, 16, 32],
+                        depths=[1, 1, 1], layer_type="basic")  # fmt: skip
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_config(folder / "config.json", model_type="resnet", layer_type="basic")
+    args = ModelArguments(
+        student_config_name=name,
+        student_config_overrides='{"hidden_sizes": [8, 16], "depths": [1, 1]}',
+        teacher_config_name=str(folder),
+        teacher_config_overrides='{"embedding_size": 8, "hidden_sizes": [8], "depths": [1]}',
+    )
+    first, again = student_model(args, ["a", "b"], seed=4), student_model(args, ["a", "b"], seed=4)
+    assert first.config.hidden_sizes == [8, 16] and first.config.stage_names == ["stem", "stage1", "stage2"]
+    assert first.config.id2label == {0: "a", 1: "b"} and first.config.label2id == {"a": 0, "b": 1}
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    teacher = teacher_model(args, ["a", "b"], seed=4)
+    assert type(teacher).__name__ == "ResNetForImageClassification" and teacher.config.hidden_sizes == [8]
+    with torch.no_grad():
+        assert first.eval()(pixel_values=torch.randn(1, 3, 8, 8)).logits.shape == (1, 2)
+    default = student_model(ModelArguments(), ["a", "b"], seed=0)  # no config: the ViT sizes stay the default
+    assert type(default).__name__ == "ViTForImageClassification" and default.config.hidden_size == 64
+
+
+def test_config_channels_and_image_size_follow_the_image_processor(tmp_path, caplog):
+    from hf_fairkd.run.models import config_from_name
+
+    name = write_config(tmp_path / "vit.json", model_type="vit", hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, num_channels=1, image_size=224, patch_size=4)  # fmt: skip
+    with caplog.at_level("INFO", logger="hf_fairkd.run.models"):
+        config = config_from_name(name, ["a", "b"], image_size=8)
+    assert (config.num_channels, config.image_size, config.patch_size) == (3, 8, 4)
+    assert "num_channels 1 -> 3" in caplog.text and "image_size 224 -> 8" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "fields, overrides, message",
+    [
+        (
+            {"model_type": "bert"},
+            None,
+            r"is a 'bert' config, which AutoModelForImageClassification cannot build.*resnet",
+        ),
+        ({"hidden_size": 8}, None, "could not be read as a model config"),
+        (
+            {"model_type": "resnet"},
+            '{"hidden_sizez": [8]}',
+            r"\['hidden_sizez'\] are not fields of a 'resnet' config",
+        ),
+        ({"model_type": "resnet"}, "{hidden_sizes: [8]}", "is not JSON"),
+    ],
+    ids=["not_an_image_classifier", "no_model_type", "unknown_override", "overrides_not_json"],
+)
+def test_config_that_does_not_build_an_image_classifier_is_refused(tmp_path, fields, overrides, message):
+    from hf_fairkd.run.arguments import ModelArguments
+    from hf_fairkd.run.models import student_model
+
+    name = write_config(tmp_path / "config.json", **fields)
+    args = ModelArguments(student_config_name=name, student_config_overrides=overrides)
+    with pytest.raises(ValueError, match=message):
+        student_model(args, ["a", "b"], seed=0)
+
+
+def test_pretrained_student_of_another_label_space_is_reheaded(tmp_path):
+    from hf_fairkd.run.arguments import ModelArguments
+    from hf_fairkd.run.models import build_vit, student_model
+
+    sizes = dict(hidden_size=16, num_layers=1, num_heads=2, image_size=8, patch_size=4)
+    pretrained = build_vit(list("abcde"), seed=0, **sizes)
+    pretrained.save_pretrained(tmp_path / "pretrained")
+    student = student_model(
+        ModelArguments(student_model_name_or_path=str(tmp_path / "pretrained")), ["x", "y"], 0
+    )
+    assert student.config.id2label == {0: "x", 1: "y"} and student.config.label2id == {"x": 0, "y": 1}
+    assert student.classifier.out_features == 2
+    body = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("classifier")}
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in body.items())  # only the head is new
+    with pytest.raises(ValueError, match="both name the student"):
+        student_model(
+            ModelArguments(
+                student_model_name_or_path=str(tmp_path / "pretrained"), student_config_name="x.json"
+            ),
+            ["x", "y"],
+            0,
+        )
+
+
+def test_reused_baseline_of_other_classes_or_not_a_classifier_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from hf_fairkd.run.models import build_vit, load_baseline
+
+    sizes = dict(hidden_size=16, num_layers=1, num_heads=2, image_size=8, patch_size=4)
+    build_vit(["a", "b", "c"], seed=0, **sizes).save_pretrained(tmp_path / "abc")
+    assert load_baseline(str(tmp_path / "abc"), ["a", "b", "c"]).config.id2label == {0: "a", 1: "b", 2: "c"}
+    with pytest.raises(
+        ValueError, match=r"other classes.*only in the data: \['d'\]; only in the baseline: \['c'\]"
+    ):
+        load_baseline(str(tmp_path / "abc"), ["a", "b", "d"])
+    with pytest.raises(ValueError, match="the same classes in another order"):
+        load_baseline(str(tmp_path / "abc"), ["c", "b", "a"])
+    BertModel(
+        BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    ).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ValueError, match="is a 'bert' model, not an image classifier"):
+        load_baseline(str(tmp_path / "bert"), ["a", "b", "c"])
+
+
+def test_config_overrides_from_an_argument_file_may_be_a_mapping(tmp_path):
+    from hf_fairkd.run.models import student_model
+
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"student_config_name: {ROOT / 'recipes' / 'configs' / 'models' / 'resnet_cifar.json'}\n"
+        "student_config_overrides:\n  hidden_sizes: [8, 16]\n  depths: [1, 1]\n"
+    )
+    model_args, _, _, _ = parse([config])
+    assert model_args.student_config_overrides == {"hidden_sizes": [8, 16], "depths": [1, 1]}
+    student = student_model(model_args, ["a", "b"], seed=0)
+    assert student.config.hidden_sizes == [8, 16] and student.config.embedding_size == 32

@@ -475,3 +475,23 @@ def test_two_processes_build_the_same_cache(train, tmp_path):
         np.testing.assert_allclose(
             got["rows"][tc.TOPK_LOGITS_COLUMN], expected[tc.TOPK_LOGITS_COLUMN], rtol=1e-5
         )
+
+
+def test_cache_is_built_from_the_teachers_own_inputs_and_refuses_other_preprocessing(train, teacher):
+    """Rows carrying ``teacher_pixel_values`` (the teacher's own preprocessing) feed the teacher those, not
+    the student's ``pixel_values``; a cache whose record names other preprocessing is refused."""
+    own = train.with_format(None).map(
+        lambda row: {"teacher_pixel_values": (np.asarray(row["pixel_values"]) * 3 - 1).tolist()}
+    )
+    own = own.with_format("torch")
+    cached = tc.build_teacher_cache(own, teacher, preprocessing_id='{"teacher": 1}')
+    expected = online_logits(
+        teacher, Dataset.from_dict({"pixel_values": own[:]["teacher_pixel_values"]}).with_format("torch")
+    )
+    stored = torch.as_tensor(np.asarray(cached.with_format("numpy")[:][tc.DENSE_COLUMN]), dtype=torch.float32)
+    assert torch.allclose(stored, expected.float(), atol=2e-2)
+    assert not torch.allclose(stored, online_logits(teacher, train).float(), atol=2e-2)
+    assert tc.teacher_cache_info(cached)["preprocessing_id"] == '{"teacher": 1}'
+    assert tc.check_cache(cached, num_classes=3, preprocessing_id='{"teacher": 1}')["kind"] == "dense"
+    with pytest.raises(ValueError, match="preprocessed otherwise.*teacher's own image processor"):
+        tc.check_cache(cached, num_classes=3, preprocessing_id='{"student": 1}')

@@ -7,61 +7,26 @@ second.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
-import re
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Image, Value
+from datasets import ClassLabel, Dataset, Image, Value
 
-PROFILES = ("exp", "step")
-# Canonical names (stored in LongTailInfo) and readable aliases accepted as input.
-RARE_CLASSES = ("label_id", "reversed", "permutation")
-RARE_CLASS_ALIASES = {"last_ids": "label_id", "first_ids": "reversed"}
-INFO_FILENAME = "long_tail_info.json"
-# The metadata is one JSON line in DatasetInfo.description, after this marker; json.dumps never emits a
-# newline, so the line is easy to find and replace.
-_MARKER = "hf_fairkd.LongTailInfo: "
-_MARKER_RE = re.compile(r"^" + re.escape(_MARKER) + r"(.*)$", re.MULTILINE)
+from .info import (  # noqa: F401 - NATURAL, ALL_PROFILES: the profiles are named here for users
+    ALL_PROFILES,
+    NATURAL,
+    PROFILES,
+    RARE_CLASS_ALIASES,
+    RARE_CLASSES,
+    LongTailInfo,
+    attach_long_tail_info,
+    long_tail_info,
+)
+
 # Relative guard against pow() landing a hair below an exact integer: 100 * 32 ** (-2 / 5) is
 # 24.999999999999996 in floats but exactly 25 (likewise 5000 * 100 ** -1 must give 50, never 49).
 _EPS = 1e-9
-
-
-@dataclasses.dataclass
-class LongTailInfo:
-    """How a long-tailed dataset was built; per-class lists are indexed by class id."""
-
-    source: str
-    label_column: str
-    image_column: str | None
-    class_names: list[str]
-    profile: str
-    imbalance_factor: float
-    seed: int
-    rare_classes: str
-    class_order: list[int]  # class ids from most to least frequent
-    long_tail_counts: list[int]  # per class id, as built by the profile (before the holdout)
-    train_counts: list[int]  # per class id, rows left in train after carving the holdout
-    holdout_counts: list[int]
-    test_counts: list[int]
-    holdout_per_class: int | float
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LongTailInfo:
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(names - set(data))
-        if missing:
-            raise ValueError(f"LongTailInfo dict is missing {missing}; it must hold all of {sorted(names)}")
-        # Unknown keys are ignored so files written by a newer version still load.
-        return cls(**{k: data[k] for k in names})
 
 
 # ----------------------------------------------------------------------------------------------- counts
@@ -156,59 +121,6 @@ def class_names_of(dataset: Dataset, label_column: str, labels: np.ndarray) -> l
     if isinstance(feature, ClassLabel):
         return list(feature.names)
     return [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
-
-
-# ------------------------------------------------------------------------------------------ metadata
-def attach_long_tail_info(dataset: Dataset, info: LongTailInfo) -> Dataset:
-    """A view of ``dataset`` whose ``info.description`` carries ``info`` (the input is not modified)."""
-    # A contiguous select is a zero-copy slice with its own DatasetInfo copy (but returns self when empty).
-    if len(dataset):
-        out = dataset.select(range(len(dataset)))
-    else:
-        empty = {name: [] for name in dataset.column_names}
-        out = Dataset.from_dict(empty, features=dataset.features, info=dataset.info.copy())
-    line = _MARKER + json.dumps(info.to_dict(), sort_keys=True)
-    text = out.info.description or ""
-    if _MARKER_RE.search(text):
-        text = _MARKER_RE.sub(lambda _: line, text)
-    else:
-        text = f"{text}\n\n{line}" if text.strip() else line
-    out.info.description = text
-    return out
-
-
-def long_tail_info(dataset: Dataset | DatasetDict) -> LongTailInfo:
-    """Read back the LongTailInfo embedded by make_long_tailed / load_long_tailed."""
-    if isinstance(dataset, DatasetDict):
-        for split in ["train", *dataset]:
-            if split in dataset and _MARKER_RE.search(dataset[split].info.description or ""):
-                return long_tail_info(dataset[split])
-        raise ValueError(
-            f"no LongTailInfo in any split of this DatasetDict ({list(dataset)}); build it with "
-            "hf_fairkd.data.load_long_tailed or make_long_tailed"
-        )
-    found = _MARKER_RE.search(dataset.info.description or "")
-    if found is None:
-        raise ValueError(
-            "this dataset carries no LongTailInfo (its info.description has no "
-            f"{_MARKER.strip()!r} line); build it with hf_fairkd.data.make_long_tailed or load_long_tailed"
-        )
-    return LongTailInfo.from_dict(json.loads(found.group(1)))
-
-
-def save_long_tailed(dataset: DatasetDict | Dataset, path: str | os.PathLike) -> None:
-    """``save_to_disk`` plus a readable ``long_tail_info.json`` beside it (written atomically)."""
-    info = long_tail_info(dataset)
-    dataset.save_to_disk(str(path))
-    fd, tmp = tempfile.mkstemp(prefix=".long_tail_info.", suffix=".tmp", dir=str(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(info.to_dict(), f, indent=2)
-        os.replace(tmp, os.path.join(str(path), INFO_FILENAME))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # -------------------------------------------------------------------------------------------- planning

@@ -2,162 +2,37 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
-from datasets import (
-    ClassLabel,
-    Dataset,
-    DatasetDict,
-    DatasetInfo,
-    Features,
-    Image,
-    load_dataset,
-    load_from_disk,
-)
+from datasets import DatasetDict
 
-from .image_folders import _FILE_BUILDERS, _is_image_folder, check_image_folder
+from .loaders import PRESETS, _open_source
 from .longtail import (
-    PROFILES,
+    ALL_PROFILES,
+    NATURAL,
     LongTailInfo,
     _check_seed,
     attach_long_tail_info,
-    check_label_column,
     class_names_of,
-    detect_image_column,
     normalize_rare_classes,
     plan_holdout,
     plan_long_tail,
     read_labels,
 )
+from .natural import _check_label_range, _load_natural, natural_sizes
 
 logger = logging.getLogger(__name__)
 
-# Presets: short name -> Hub id and its column names.
-PRESETS = {
-    "cifar10": {"hub_id": "uoft-cs/cifar10", "image_column": "img", "label_column": "label"},
-    "cifar100": {"hub_id": "uoft-cs/cifar100", "image_column": "img", "label_column": "fine_label"},
-}
 # digits has only ~150 training rows per class, so rho=100 would leave the rarest class with one row.
 DEFAULT_IMBALANCE = {"digits": 10.0}
 DEFAULT_IMBALANCE_OTHER = 100.0
 DEFAULT_HOLDOUT = {"digits": 5}
-LABEL_NAMES = ("label", "labels", "fine_label")
-
-
-def load_digits_dataset(test_per_class: int = 30, seed: int = 0) -> DatasetDict:
-    """scikit-learn's 1,797 8x8 digits (shipped with sklearn, no download) as DatasetDict(train, test).
-
-    ``image`` is a grayscale ("L") PIL image with pixels round(v * 255 / 16), v in 0..16; ``label`` is a
-    ClassLabel "0".."9". The test split holds ``test_per_class`` rows of every class (seeded), the rest train.
-    """
-    from PIL import Image as PILImage
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = np.round(digits.images * 255.0 / 16.0).astype(np.uint8)
-    labels = digits.target.astype(np.int64)
-    features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
-    info = DatasetInfo(
-        dataset_name="digits",
-        description="scikit-learn load_digits(): 1,797 8x8 handwritten digits (UCI optdigits test set).",
-        features=features,
-    )
-    full = Dataset.from_dict(
-        {"image": [PILImage.fromarray(p) for p in pixels], "label": labels}, features=features, info=info
-    )
-    train_pos, test_pos = plan_holdout(labels, 10, test_per_class, seed=seed)
-    return DatasetDict(train=full.select(train_pos), test=full.select(test_pos))
-
-
-def _load_hub(hub_id: str, cache_dir: str | None):
-    try:
-        return load_dataset(hub_id, cache_dir=cache_dir)
-    except Exception as err:  # datasets raises many types; keep the original as the cause
-        raise ValueError(
-            f"could not load dataset {hub_id!r}: {err}; pass a local path or check the id"
-        ) from err
-
-
-def _empty_saved_splits(path: str) -> list[str]:
-    """Splits of a save_to_disk folder that hold no data file (no rows)."""
-    dict_file = os.path.join(path, "dataset_dict.json")
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        splits = json.loads(Path(dict_file).read_text())["splits"] if os.path.exists(dict_file) else [""]
-        states = {split: Path(path, split, "state.json") for split in splits}
-        return [
-            s or "train"
-            for s, f in states.items()
-            if f.exists() and not json.loads(f.read_text())["_data_files"]
-        ]
-    return []  # an unusual layout: let load_from_disk report on it
-
-
-def _load_local(path: str, cache_dir: str | None):
-    if os.path.isfile(path):
-        ext = os.path.splitext(path)[1].lower()
-        if ext not in _FILE_BUILDERS:
-            raise ValueError(
-                f"{path!r} is a file of unknown type; pass a folder or one of {sorted(_FILE_BUILDERS)}"
-            )
-        return load_dataset(_FILE_BUILDERS[ext], data_files={"train": path}, cache_dir=cache_dir)
-    if any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json")):
-        empty = _empty_saved_splits(path)
-        if empty:  # datasets writes no shard for an empty split, then fails to read it back (IndexError)
-            raise ValueError(
-                f"{path!r} (saved with save_to_disk) has no rows in split(s) {empty}; add rows to them or drop "
-                "them, then save again (without a 'test' split, a balanced one is carved from train)"
-            )
-        return load_from_disk(path)  # written by save_to_disk
-    if _is_image_folder(path):
-        check_image_folder(path)
-        return load_dataset("imagefolder", data_dir=path, cache_dir=cache_dir)
-    # A Hub-like layout (README.md with configs, or plain_text/train-*.parquet etc.)
-    try:
-        return load_dataset(path, cache_dir=cache_dir)
-    except ValueError as err:
-        if "corresponds to no data" not in str(err):
-            raise
-        raise ValueError(  # datasets' own words ('Instruction "test" corresponds to no data!') name no fix
-            f"{path!r} has an empty split ({err}); add rows to it or remove its files (without a 'test' split, a "
-            "balanced one is carved from train)"
-        ) from None
-
-
-def _raw_load(name_or_path: str, cache_dir: str | None):
-    if name_or_path in PRESETS:
-        return _load_hub(PRESETS[name_or_path]["hub_id"], cache_dir)
-    expanded = os.path.expanduser(name_or_path)
-    if os.path.exists(expanded):
-        return _load_local(expanded, cache_dir)
-    looks_like_path = (
-        name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
-    )
-    from hf_fairkd.results.hub import is_repo_id
-
-    if looks_like_path or not is_repo_id(name_or_path):
-        raise ValueError(
-            f"{name_or_path!r} does not exist and is not a plausible Hub id (owner/name); pass an existing "
-            f"folder, a Hub id, 'digits' or one of the presets {sorted(PRESETS)}"
-        )
-    return _load_hub(name_or_path, cache_dir)
-
-
-def detect_label_column(dataset: Dataset) -> str:
-    """A ClassLabel named label/labels/fine_label, else the first ClassLabel, else an int column so named."""
-    features = dataset.features
-    class_labels = [n for n, f in features.items() if isinstance(f, ClassLabel)]
-    for name in [n for n in LABEL_NAMES if n in class_labels] + class_labels + list(LABEL_NAMES):
-        if name in features:
-            return name
-    raise ValueError(
-        f"could not find a label column (a ClassLabel, or one named {list(LABEL_NAMES)}); available columns: "
-        f"{list(features)}; pass label_column=<one of them>"
-    )
+# The benchmark datasets default to a long tail built from their balanced training split; every other dataset
+# (a folder, a Hub id, a saved dataset) defaults to the natural profile: the user's data as it is.
+BENCHMARKS = ("digits", *PRESETS)
+DEFAULT_TEST_FRACTION = 0.2  # natural profile, source without a test split: stratified, >= 1 row per class
 
 
 def load_source(
@@ -168,6 +43,7 @@ def load_source(
     split_train: str = "train",
     split_test: str = "test",
     test_per_class: int | None = None,
+    test_fraction: float | None = None,
     seed: int = 0,
     cache_dir: str | None = None,
 ) -> tuple[DatasetDict, str, str | None]:
@@ -175,70 +51,105 @@ def load_source(
 
     ``name_or_path``: "digits" (embedded), "cifar10"/"cifar100" (Hub presets), a save_to_disk folder, a
     folder of one sub-folder of images per class, a Hub-like folder of parquet/csv files, a single data
-    file, or any Hub id. If there is no ``split_test`` split, a balanced test split of ``test_per_class``
-    rows per class (default: a fifth of the smallest class) is carved from train, with a warning.
+    file, or any Hub id. If there is no ``split_test`` split, one is carved from train, with a warning:
+    with ``test_fraction`` a stratified one (that fraction of each class, rounded half up, at least 1 row),
+    else a balanced one of ``test_per_class`` rows per class (default: a fifth of the smallest class).
     """
-    preset = PRESETS.get(name_or_path, {})
-    if name_or_path == "digits":
-        loaded, preset = load_digits_dataset(seed=seed), {"label_column": "label", "image_column": "image"}
-    else:
-        loaded = _raw_load(name_or_path, cache_dir)
-    if isinstance(loaded, Dataset):
-        loaded = DatasetDict({split_train: loaded})
-    if not isinstance(loaded, DatasetDict):
-        raise ValueError(
-            f"{name_or_path!r} loaded as {type(loaded).__name__}; expected a Dataset or DatasetDict"
-        )
-    if split_train not in loaded:
-        raise ValueError(
-            f"{name_or_path!r} has no split {split_train!r}; its splits are {list(loaded)}; pass split_train=..."
-        )
-    train = loaded[split_train]
-    label_column = label_column or preset.get("label_column") or detect_label_column(train)
-    check_label_column(train, label_column)
-    image_column = image_column or preset.get("image_column") or detect_image_column(train)
-    if image_column is not None and image_column not in train.features:
-        raise ValueError(
-            f"image column {image_column!r} not found; available columns: {list(train.features)}; "
-            "pass image_column=<one of them>"
-        )
-    if split_test in loaded:
-        test = loaded[split_test]
-        check_label_column(test, label_column)
-    else:
-        labels = read_labels(train, label_column)
-        num_classes = len(class_names_of(train, label_column, labels))
-        counts = np.bincount(labels, minlength=num_classes)
-        smallest = int(counts.min()) if len(counts) else 0
-        if smallest < 2:
-            raise ValueError(
-                f"{name_or_path!r} has no {split_test!r} split and no test split is possible: class "
-                f"{int(np.argmin(counts)) if len(counts) else 0} has {smallest} row(s) (each class needs >= 2); "
-                f"supply a dataset with a {split_test!r} split or pass split_test=<an existing split>"
-            )
-        n_test = test_per_class if test_per_class is not None else max(1, smallest // 5)
+    opened, label_column, image_column = _open_source(
+        name_or_path,
+        label_column=label_column,
+        image_column=image_column,
+        split_train=split_train,
+        split_test=split_test,
+        seed=seed,
+        cache_dir=cache_dir,
+    )
+    train = opened[split_train]
+    if split_test in opened:
+        return DatasetDict(train=train, test=opened[split_test]), label_column, image_column
+    labels = read_labels(train, label_column)
+    num_classes = len(class_names_of(train, label_column, labels))
+    if test_fraction is not None:
+        names = class_names_of(train, label_column, labels)
+        counts = np.bincount(labels, minlength=num_classes)[:num_classes]
+        test_sizes, _ = natural_sizes(counts, names, 0, test_fraction)
         logger.warning(
-            "%r has no %r split (splits: %s): carving a balanced test split of %d rows per class from %r",
+            "%r has no %r split (splits: %s): carving a stratified test split of %g of each class (at least 1 "
+            "row; %d rows in all) from %r",
             name_or_path,
             split_test,
-            list(loaded),
-            n_test,
+            list(opened),
+            test_fraction,
+            sum(test_sizes),
             split_train,
         )
-        train_pos, test_pos = plan_holdout(labels, num_classes, n_test, seed=seed)
-        train, test = train.select(train_pos), train.select(test_pos)
-    return DatasetDict(train=train, test=test), label_column, image_column
+        train_pos, test_pos = plan_holdout(labels, num_classes, float(test_fraction), seed=seed)
+        return (
+            DatasetDict(train=train.select(train_pos), test=train.select(test_pos)),
+            label_column,
+            image_column,
+        )
+    counts = np.bincount(labels, minlength=num_classes)
+    smallest = int(counts.min()) if len(counts) else 0
+    if smallest < 2:
+        raise ValueError(
+            f"{name_or_path!r} has no {split_test!r} split and no test split is possible: class "
+            f"{int(np.argmin(counts)) if len(counts) else 0} has {smallest} row(s) (each class needs >= 2); "
+            f"supply a dataset with a {split_test!r} split or pass split_test=<an existing split>"
+        )
+    n_test = test_per_class if test_per_class is not None else max(1, smallest // 5)
+    logger.warning(
+        "%r has no %r split (splits: %s): carving a balanced test split of %d rows per class from %r",
+        name_or_path,
+        split_test,
+        list(opened),
+        n_test,
+        split_train,
+    )
+    train_pos, test_pos = plan_holdout(labels, num_classes, n_test, seed=seed)
+    return DatasetDict(train=train.select(train_pos), test=train.select(test_pos)), label_column, image_column
 
 
-def _check_params(imbalance_factor: float, profile: str, rare_classes: str, seed: int) -> None:
+def resolve_profile(
+    name_or_path: str, profile: str | None = None, imbalance_factor: float | None = None
+) -> tuple[str, float | None]:
+    """(profile, imbalance_factor) with the defaults filled in, checked before anything is loaded.
+
+    No profile: "exp" when an imbalance factor is given or the dataset is a benchmark (digits, cifar10,
+    cifar100); "natural" (the data as it is) for any other dataset. An exp/step profile without an imbalance
+    factor takes 10 for digits, else 100. "natural" takes no imbalance factor (it is measured, not chosen):
+    giving one is an error.
+    """
+    if profile is None:
+        profile = "exp" if imbalance_factor is not None or name_or_path in BENCHMARKS else NATURAL
+    if profile not in ALL_PROFILES:
+        raise ValueError(f"profile must be one of {ALL_PROFILES}, got {profile!r}")
+    if profile == NATURAL:
+        if imbalance_factor is not None:
+            raise ValueError(
+                f"the natural profile keeps every training row as it is, so it takes no imbalance factor (got "
+                f"imbalance_factor={imbalance_factor:g}); drop --imbalance_factor to train on the data as it is, "
+                "or pass --long_tail_profile exp (or step) to build a long tail with that factor"
+            )
+        return profile, None
+    if imbalance_factor is None:
+        imbalance_factor = DEFAULT_IMBALANCE.get(name_or_path, DEFAULT_IMBALANCE_OTHER)
+    return profile, imbalance_factor
+
+
+def _check_params(imbalance_factor: float | None, profile: str, rare_classes: str, seed: int) -> None:
     """Cheap argument checks done before anything is loaded."""
+    if profile == NATURAL:
+        normalize_rare_classes(rare_classes)
+        _check_seed(seed)
+        return
     if not float(imbalance_factor) >= 1.0 or np.isinf(float(imbalance_factor)):
         raise ValueError(
             f"imbalance_factor must be a finite number >= 1 (n_max / n_min), got {imbalance_factor!r}; "
             "use 1 for a balanced dataset"
         )
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    if profile not in ALL_PROFILES:
+        raise ValueError(f"profile must be one of {ALL_PROFILES}, got {profile!r}")
     normalize_rare_classes(rare_classes)
     _check_seed(seed)
 
@@ -247,8 +158,9 @@ def load_long_tailed(
     name_or_path: str,
     *,
     imbalance_factor: float | None = None,
-    profile: str = "exp",
+    profile: str | None = None,
     holdout_per_class: int | float | None = None,
+    test_fraction: float | None = None,
     label_column: str | None = None,
     image_column: str | None = None,
     rare_classes: str = "label_id",
@@ -260,27 +172,39 @@ def load_long_tailed(
     """DatasetDict(train, holdout, test): long-tailed train, a stratified holdout carved from it, and the
     source's balanced test split untouched. LongTailInfo is attached to all three splits.
 
-    Defaults: imbalance_factor 10 for "digits" (about 150 rows per class), else 100 (the CIFAR-LT
-    standard). holdout_per_class 5 for "digits", else min(10, rarest long-tail class // 5), i.e. at most
-    a fifth of the rarest class (CIFAR-10-LT: 10, CIFAR-100-LT at rho=100: 1).
+    Profile (see `resolve_profile`): "exp" for the benchmarks digits / cifar10 / cifar100 (or when an
+    imbalance factor is given), else "natural": every training row kept, only the holdout carved (and, if the
+    source has no test split, a stratified test split of ``test_fraction`` of each class, default 0.2, at
+    least 1 row per class); its imbalance_factor is the measured max / min of the per-class training counts
+    before the holdout. Defaults: imbalance_factor 10 for "digits" (about 150 rows per class), else 100 (the
+    CIFAR-LT standard). holdout_per_class 5 for "digits", else min(10, rarest long-tail class // 5), i.e. at
+    most a fifth of the rarest class (CIFAR-10-LT: 10, CIFAR-100-LT at rho=100: 1); at least 1 for natural.
     """
-    if imbalance_factor is None:
-        imbalance_factor = DEFAULT_IMBALANCE.get(name_or_path, DEFAULT_IMBALANCE_OTHER)
+    profile, imbalance_factor = resolve_profile(name_or_path, profile, imbalance_factor)
     _check_params(imbalance_factor, profile, rare_classes, seed)
+    if profile == NATURAL:
+        return _load_natural(
+            name_or_path,
+            holdout_per_class=holdout_per_class,
+            test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction,
+            label_column=label_column,
+            image_column=image_column,
+            seed=seed,
+            cache_dir=cache_dir,
+        )
     source, label_column, image_column = load_source(
-        name_or_path, label_column=label_column, image_column=image_column, seed=seed, cache_dir=cache_dir
+        name_or_path,
+        label_column=label_column,
+        image_column=image_column,
+        test_fraction=test_fraction,
+        seed=seed,
+        cache_dir=cache_dir,
     )
     train_src = source["train"]
     labels = read_labels(train_src, label_column)
     names = class_names_of(train_src, label_column, labels)
     test_labels = read_labels(source["test"], label_column)
-    for split, split_labels in (("train", labels), ("test", test_labels)):
-        if len(split_labels) and split_labels.max() >= len(names):
-            raise ValueError(
-                f"label column {label_column!r} of the {split} split holds label {int(split_labels.max())} but "
-                f"there are {len(names)} class names ({names[:10]}{', ...' if len(names) > 10 else ''}); fix the "
-                "labels or the ClassLabel names so that every label is an index into them"
-            )
+    _check_label_range(names, label_column, train=labels, test=test_labels)
     keep, order, per_class = plan_long_tail(
         labels,
         len(names),

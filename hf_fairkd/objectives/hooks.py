@@ -87,8 +87,8 @@ class ObjectiveContext:
 
     def teacher_logits(self, batch: dict) -> torch.Tensor:
         """The teacher's logits for ``batch``: its cached column, else the online teacher (student label order)."""
-        inputs, _, cached = self.teacher.split_batch(batch)
-        return self.teacher.logits(inputs, cached, step=self.global_step)
+        cached = self.teacher.split_batch(batch)[2]
+        return self.teacher.logits(self.teacher.teacher_inputs(batch), cached, step=self.global_step)
 
     def student_model(self) -> torch.nn.Module:
         """The student itself, unwrapped (e.g. to edit its weights after training)."""

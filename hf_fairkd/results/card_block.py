@@ -101,7 +101,9 @@ def card_block(metrics: dict) -> dict:
         keys = [k for k in DELTA_KEYS if k in deltas[0]]
         block["student_minus_baseline"] = round_sig({k: [row.get(k) for row in deltas] for k in keys})
     dataset = metrics.get("dataset") or {}
-    keep = ("source", "profile", "imbalance_factor", "seed", "rare_classes", "holdout_per_class")
+    keep = (
+        "source", "profile", "imbalance_factor", "seed", "rare_classes", "holdout_per_class", "test_carved",
+    )  # fmt: skip
     block["dataset"] = {k: dataset[k] for k in keep if k in dataset}
     block["settings"] = metrics.get("settings") or {}
     return nan_to_none(block)

@@ -188,18 +188,58 @@ def _model_sentences(settings: dict) -> dict[str, str]:
     }
 
 
+def _profile_sentences(metrics: dict) -> dict[str, str]:
+    """How the training data was made (the natural profile: the data as it is; else a long-tail profile)."""
+    dataset, settings = metrics.get("dataset") or {}, metrics.get("settings") or {}
+
+    def e(value: Any, default: str = "not recorded") -> str:
+        return default if value in (None, "", {}, []) else escape_markdown_cell(value)
+
+    name = e(settings.get("dataset_name") or dataset.get("source"))
+    rho = num(dataset.get("imbalance_factor"))
+    carved = dataset.get("test_carved") or {}
+    if carved.get("kind") == "stratified" and num(carved.get("fraction")) is not None:
+        test_origin = (
+            f"A stratified test split carved from the training images of {name} (the source has none): "
+            f"{100 * float(carved['fraction']):g}% of each class, at least {e(carved.get('min_per_class'), '1')}"
+        )
+    else:
+        test_origin = f"The test split of {name}"
+    if dataset.get("profile") == "natural":
+        measured = f"{rho:.3g}" if rho is not None else "not recorded"
+        return {
+            "data_intro": f"**{name}** as it is (the natural profile: its own class imbalance)",
+            "data_sentence": (
+                f"{name}, used as it is (the natural profile): every training image was kept, none dropped to "
+                f"build a long tail; measured imbalance factor (largest / smallest class, before the holdout) "
+                f"{measured} (seed {e(dataset.get('seed'))})."
+            ),
+            "test_origin": test_origin,
+        }
+    return {
+        "data_intro": f"a long-tailed version of **{name}**",
+        "data_sentence": (
+            f"{name}, made long-tailed with the {e(dataset.get('profile'))} profile and imbalance factor "
+            f"{e(dataset.get('imbalance_factor'))} (rare-class order: {e(dataset.get('rare_classes'))}, seed "
+            f"{e(dataset.get('seed'))})."
+        ),
+        "test_origin": test_origin,
+    }
+
+
 def _data_sentences(metrics: dict) -> dict[str, str]:
     dataset, student = metrics.get("dataset") or {}, metrics["student"]
     holdout = dataset.get("holdout_counts")
+    split = "training split" if dataset.get("profile") == "natural" else "long-tailed training split"
     if holdout is None:
         holdout_text = "not recorded."
     elif sum(holdout) == 0:
-        holdout_text = "none; every image of the long-tailed training split was used for training."
+        holdout_text = f"none; every image of the {split} was used for training."
     else:
         per_class = dataset.get("holdout_per_class")
         each = f" ({escape_markdown_cell(per_class)} per class)" if per_class not in (None, "") else ""
         holdout_text = (
-            f"{sum(holdout)} images{each} carved from the long-tailed training split for model selection; "
+            f"{sum(holdout)} images{each} carved from the {split} for model selection; "
             "they are not used for training."
         )
     supports = [r["support"] for r in student["per_class"] if r["support"]]
@@ -305,11 +345,13 @@ def card_body(metrics: dict, plot_filename: str) -> dict[str, Any]:
         "class_names": _names_list(_class_names(metrics), 100),
         **_model_sentences(settings),
         "student_model": e(settings.get("student_model")),
+        "baseline_model": e(settings["baseline_model"]) if settings.get("baseline_model") else "",
         "seed": e(settings.get("seed")),
         "dataset_name": e(settings.get("dataset_name") or dataset.get("source")),
         **{k: e(dataset.get(k)) for k in ("profile", "imbalance_factor", "rare_classes")},
         "data_seed": e(dataset.get("seed")),
         **_data_sentences(metrics),
+        **_profile_sentences(metrics),
         "train_total": e(sum(c for c in _train_counts(metrics) if c is not None)),
         "num_test": e(student.get("num_examples")),
         "num_classes": e(student.get("num_classes", len(_class_names(metrics)))),

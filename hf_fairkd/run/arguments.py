@@ -57,6 +57,18 @@ class ModelArguments:
             "help": "A pretrained student (local folder or Hub id); None builds a fresh ViT of the sizes below."
         },
     )
+    student_config_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A fresh student of any AutoModelForImageClassification type: a config JSON file, a folder "
+            "with config.json, or a Hub id (e.g. recipes/configs/models/resnet_cifar.json). None: a fresh ViT of "
+            "the sizes below."
+        },
+    )
+    student_config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "JSON overrides of --student_config_name, e.g. '{\"hidden_sizes\": [16, 32]}'."},
+    )
     student_hidden_size: int = field(default=64, metadata={"help": "Hidden size of a fresh ViT student."})
     student_num_layers: int = field(
         default=2, metadata={"help": "Transformer layers of a fresh ViT student."}
@@ -66,6 +78,23 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "A trained teacher (local folder or Hub id). None: a ViT teacher is trained here first."
+        },
+    )
+    teacher_config_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A teacher trained here of any AutoModelForImageClassification type: a config JSON file, a "
+            "folder with config.json, or a Hub id. None: a ViT of the teacher sizes below."
+        },
+    )
+    teacher_config_overrides: str | None = field(
+        default=None, metadata={"help": "JSON overrides of --teacher_config_name."}
+    )
+    teacher_image_processor_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "The image processor of a given teacher (Hub id or folder), when it is not saved with the "
+            "teacher. The teacher sees its own preprocessing; the student sees its own."
         },
     )
     teacher_hidden_size: int = field(default=128, metadata={"help": "Hidden size of a teacher trained here."})
@@ -95,6 +124,13 @@ class ModelArguments:
     image_size: int = field(
         default=16, metadata={"help": "Input resolution of fresh ViTs (images are resized)."}
     )
+    baseline_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A finished one-hot baseline to reuse (e.g. <earlier run>/baseline) instead of training one; "
+            "checked against the data's classes."
+        },
+    )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom code from the Hub when loading models (off: safer)."}
     )
@@ -119,9 +155,26 @@ class DataArguments:
     )
     imbalance_factor: float | None = field(
         default=None,
-        metadata={"help": "rho = n_max / n_min of the long tail (default: 10 for digits, else 100)."},
+        metadata={
+            "help": "rho = n_max / n_min of an exp/step long tail (default: 10 for digits, else 100). Not with the "
+            "natural profile (an error there: its imbalance is measured, not chosen)."
+        },
     )
-    long_tail_profile: str = field(default="exp", metadata={"help": "'exp' or 'step'."})
+    long_tail_profile: str | None = field(
+        default=None,
+        metadata={
+            "help": "'natural' (your data as it is: every training row kept, only a stratified holdout carved, and a "
+            "stratified test split if there is none), 'exp' or 'step' (a long tail built from the data). Default: "
+            "exp for the benchmarks digits/cifar10/cifar100 (or when --imbalance_factor is given), else natural."
+        },
+    )
+    test_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "A dataset without a test split gets a stratified one of this fraction of each class (at least "
+            "1 row per class; default 0.2 with the natural profile; exp/step without it carve a balanced one)."
+        },
+    )
     holdout_per_class: float | None = field(
         default=None,
         metadata={"help": "Holdout rows per class (an integer) or a fraction of each class (< 1)."},

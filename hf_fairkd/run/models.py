@@ -4,10 +4,22 @@ student and teacher."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+
 import torch
-from transformers import AutoModelForImageClassification, PretrainedConfig, PreTrainedModel, ViTConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+    ViTConfig,
+)
 
 from .arguments import ModelArguments
+
+logger = logging.getLogger(__name__)
 
 
 def label_space(class_names: list[str]) -> dict:
@@ -63,9 +75,98 @@ def load_classifier(name_or_path: str, class_names: list[str] | None = None, tru
     )
 
 
+def is_image_classifier_config(config: PretrainedConfig) -> bool:
+    """Whether `AutoModelForImageClassification` builds a model of this config."""
+    return type(config) in AutoModelForImageClassification._model_mapping
+
+
+def image_classifier_types() -> list[str]:
+    """The ``model_type`` of every config `AutoModelForImageClassification` can build."""
+    return sorted({config.model_type for config in AutoModelForImageClassification._model_mapping})
+
+
+def _config_overrides(overrides, flag: str) -> dict:
+    if not overrides:
+        return {}
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{flag} {overrides!r} is not JSON ({err.msg}); pass an object, e.g. '{{\"hidden_sizes\": [16, 32]}}'."
+            ) from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{flag} must be a JSON object of config fields, got {overrides!r}.")
+    return overrides
+
+
+def config_from_name(
+    name: str,
+    class_names: list[str],
+    overrides=None,
+    *,
+    image_size: int | None = None,
+    num_channels: int = 3,
+    trust_remote_code: bool = False,
+    flag: str = "--student_config_name",
+) -> PretrainedConfig:
+    """The config of a fresh image classifier from a config JSON file, a folder with config.json or a Hub id,
+    with JSON ``overrides`` and the dataset's label space, as the transformers examples' ``--config_name`` /
+    ``--config_overrides``. A config `AutoModelForImageClassification` cannot build is refused; its
+    ``num_channels`` and ``image_size`` follow the run's image processor (``num_channels`` RGB images of
+    ``image_size``), with a log line when they change."""
+    overrides = _config_overrides(overrides, flag.replace("_name", "_overrides"))
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{flag} {name!r} could not be read as a model config: {err}. Pass a config JSON file with a "
+            "'model_type', a folder holding config.json, or a Hub model id."
+        ) from None
+    if not is_image_classifier_config(config):
+        raise ValueError(
+            f"{flag} {name!r} is a {config.model_type!r} config, which AutoModelForImageClassification cannot "
+            f"build. Use the config of an image classifier (model_type one of: {', '.join(image_classifier_types())})."
+        )
+    defaults = type(config)()
+    unknown = [key for key in overrides if not hasattr(defaults, key)]
+    if unknown:
+        raise ValueError(
+            f"{flag.replace('_name', '_overrides')}: {unknown} are not fields of a {config.model_type!r} config "
+            f"(fields: {', '.join(sorted(defaults.to_dict()))})."
+        )
+    fields, _ = type(config).get_config_dict(name, trust_remote_code=trust_remote_code)
+    fields = {
+        k: v for k, v in fields.items() if k not in ("architectures", "transformers_version", "_name_or_path")
+    }
+    if overrides:  # derived fields follow the overridden ones (e.g. a backbone's stage names follow depths)
+        fields = {k: v for k, v in fields.items() if k not in ("stage_names", "out_features", "out_indices")}
+    fields.update(overrides)
+    for key in ("num_labels", "id2label", "label2id"):
+        fields.pop(key, None)
+    for key, value in (("num_channels", num_channels), ("image_size", image_size)):
+        if value is not None and hasattr(defaults, key) and fields.get(key, getattr(defaults, key)) != value:
+            logger.info(
+                f"{flag} {name!r}: {key} {fields.get(key, getattr(defaults, key))} -> {value}, as the images "
+                f"the image processor makes ({'RGB' if key == 'num_channels' else '--image_size'})."
+            )
+            fields[key] = value
+    return type(config)(**fields, **label_space(class_names))
+
+
 def fresh_config(model_args: ModelArguments, class_names: list[str], role: str) -> PretrainedConfig:
-    """The config of a fresh student or teacher (``role``) from the run's arguments: a ViT of that role's
-    sizes."""
+    """The config of a fresh student or teacher (``role``) from the run's arguments: the config named by
+    ``--<role>_config_name`` (with ``--<role>_config_overrides``), else a ViT of that role's sizes."""
+    name = getattr(model_args, f"{role}_config_name", None)
+    if name:
+        return config_from_name(
+            name,
+            class_names,
+            getattr(model_args, f"{role}_config_overrides", None),
+            image_size=model_args.image_size,
+            trust_remote_code=model_args.trust_remote_code,
+            flag=f"--{role}_config_name",
+        )
     return vit_config(
         class_names,
         hidden_size=getattr(model_args, f"{role}_hidden_size"),
@@ -78,6 +179,7 @@ def fresh_config(model_args: ModelArguments, class_names: list[str], role: str) 
 
 def student_model(model_args: ModelArguments, class_names: list[str], seed: int) -> PreTrainedModel:
     """The run's student: the pretrained one re-headed to the classes, else a fresh one (seeded)."""
+    check_model_arguments(model_args)
     if model_args.student_model_name_or_path:
         torch.manual_seed(seed)  # the re-sized head's initialisation
         return load_classifier(
@@ -89,3 +191,96 @@ def student_model(model_args: ModelArguments, class_names: list[str], seed: int)
 def teacher_model(model_args: ModelArguments, class_names: list[str], seed: int) -> PreTrainedModel:
     """A fresh teacher to train here (seeded apart from the student)."""
     return fresh_model(fresh_config(model_args, class_names, "teacher"), seed + 1)
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_model_arguments(model_args: ModelArguments) -> None:
+    """Flags that contradict each other, refused before any work."""
+    if model_args.student_model_name_or_path and model_args.student_config_name:
+        raise ValueError(
+            "--student_model_name_or_path and --student_config_name both name the student: pass the first for a "
+            "pretrained student, the second for a fresh one."
+        )
+    if model_args.teacher_model_name_or_path and model_args.teacher_config_name:
+        raise ValueError(
+            "--teacher_model_name_or_path and --teacher_config_name both name the teacher: pass the first for a "
+            "trained teacher, the second for one trained here."
+        )
+    defaults = type(model_args)()
+    for role in ("student", "teacher"):
+        if getattr(model_args, f"{role}_config_name"):
+            ignored = [
+                f"--{role}_{size}"
+                for size in ("hidden_size", "num_layers", "num_heads")
+                if getattr(model_args, f"{role}_{size}") != getattr(defaults, f"{role}_{size}")
+            ]
+            if ignored:
+                logger.warning(
+                    f"{', '.join(ignored)} size a fresh ViT and are ignored with --{role}_config_name: set the "
+                    f"config's own fields with --{role}_config_overrides."
+                )
+
+
+def load_baseline(
+    name_or_path: str, class_names: list[str], trust_remote_code: bool = False, dataset=None, processor=None
+) -> PreTrainedModel:
+    """A finished one-hot baseline to reuse (``--baseline_model_name_or_path``): an image classifier whose
+    classes are the dataset's, in the same order; anything else is refused. When it is the baseline/ folder
+    of an earlier run (its subgroup_metrics.json next to it), that run's data (the record's ``dataset``: source,
+    profile, per-class counts, ...) must equal ``dataset`` (this run's ``info.to_dict()``), and its saved image
+    processor must preprocess as ``processor`` does."""
+    flag = "--baseline_model_name_or_path"
+    record = os.path.join(os.path.dirname(os.path.abspath(name_or_path)), "subgroup_metrics.json")
+    if dataset is not None and os.path.isdir(name_or_path) and os.path.isfile(record):
+        with open(record, encoding="utf-8") as f:
+            theirs = json.load(f).get("dataset") or {}
+        ours = json.loads(json.dumps(dataset, default=str))
+        differ = [k for k in ours if k in theirs and k != "description" and theirs[k] != ours[k]]
+        if differ:
+            detail = "; ".join(f"{k} {_short(theirs[k])} there, {_short(ours[k])} here" for k in differ)
+            raise ValueError(
+                f"{flag} {name_or_path!r} was trained on other data than this run's ({detail}). Reuse a baseline "
+                "trained on this data (same dataset and long-tail flags), or drop the flag to train one here."
+            )
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{flag} {name_or_path!r} could not be loaded: {err}. Pass the baseline/ folder of an earlier run (or a "
+            "Hub id) saved with save_pretrained."
+        ) from None
+    if not is_image_classifier_config(config):
+        raise ValueError(
+            f"{flag} {name_or_path!r} is a {config.model_type!r} model, not an image classifier: pass the "
+            "baseline/ folder of an earlier run on this data."
+        )
+    theirs = [config.id2label[i] for i in sorted(config.id2label)]
+    if theirs != list(class_names):
+        missing = [c for c in class_names if c not in theirs]
+        extra = [c for c in theirs if c not in class_names]
+        detail = (
+            f"classes only in the data: {missing}; only in the baseline: {extra}"
+            if missing or extra
+            else f"the same classes in another order (data: {list(class_names)}, baseline: {theirs})"
+        )
+        raise ValueError(
+            f"{flag} {name_or_path!r} was trained on other classes than this data's ({detail}). Reuse a baseline "
+            "trained on this dataset, or drop the flag to train one here."
+        )
+    saved_processor = os.path.join(name_or_path, "preprocessor_config.json")
+    if processor is not None and os.path.isfile(saved_processor):
+        with open(saved_processor, encoding="utf-8") as f:
+            theirs = json.load(f)
+        ours = json.loads(processor.to_json_string())
+        differ = [k for k in ("size", "image_mean", "image_std") if k in theirs and theirs[k] != ours.get(k)]
+        if differ:
+            detail = ", ".join(f"{k} {theirs[k]} there, {ours.get(k)} here" for k in differ)
+            raise ValueError(
+                f"{flag} {name_or_path!r} was trained on images preprocessed otherwise ({detail}): pass the "
+                "--image_size (or student) it was trained with, or drop the flag to train one here."
+            )
+    return AutoModelForImageClassification.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

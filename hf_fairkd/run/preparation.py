@@ -30,6 +30,7 @@ def load_data(data_args: DataArguments):
         imbalance_factor=data_args.imbalance_factor,
         profile=data_args.long_tail_profile,
         holdout_per_class=holdout,
+        test_fraction=data_args.test_fraction,
         label_column=data_args.label_column_name,
         image_column=data_args.image_column_name,
         rare_classes=data_args.rare_classes,

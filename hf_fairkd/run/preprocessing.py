@@ -1,5 +1,7 @@
-"""Model preprocessing: the image processor of a run, and the transform that turns a split's images into
-``pixel_values`` for the models (decoded, optionally augmented, resized and normalised on the fly)."""
+"""Model preprocessing: the image processors of a run (the student's, and a given teacher's own), and the
+transform that turns a split's images into ``pixel_values`` for the models (decoded, optionally augmented,
+resized and normalised on the fly). When the teacher's processor differs from the student's, the same decoded
+(and augmented) image also becomes ``teacher_pixel_values``, made by the teacher's processor."""
 
 from __future__ import annotations
 
@@ -12,17 +14,29 @@ from PIL import ImageOps
 from transformers import AutoImageProcessor
 
 from ..teacher_cache import CACHE_COLUMNS
+from ..teacher_signal import TEACHER_INPUT_COLUMNS
 from .arguments import ModelArguments
 
 logger = logging.getLogger(__name__)
 
 
-class PreparedSplits(dict):
-    """train / holdout / test with their transforms, plus the class counts the objectives need."""
+TEACHER_PIXEL_VALUES = next(iter(TEACHER_INPUT_COLUMNS))  # "teacher_pixel_values"
 
-    def __init__(self, splits, class_counts):
+
+class PreparedSplits(dict):
+    """train / holdout / test with their transforms, plus the class counts the objectives need.
+
+    ``teacher_splits`` (name -> split), when the teacher has its own image processor: the same rows with the
+    teacher's preprocessing as ``pixel_values``, to evaluate the teacher alone (`for_teacher`)."""
+
+    def __init__(self, splits, class_counts, teacher_splits=None):
         super().__init__(splits)
         self.class_counts = class_counts
+        self.teacher_splits = dict(teacher_splits or {})
+
+    def for_teacher(self, name: str):
+        """Split ``name`` as the teacher sees it (its own processor's ``pixel_values``)."""
+        return self.teacher_splits.get(name, self[name])
 
 
 def make_image_processor(model_args: ModelArguments):
@@ -42,8 +56,37 @@ def make_image_processor(model_args: ModelArguments):
     return Processor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def with_image_transform(dataset, processor, image_column: str, label_column: str, augment: bool = False):
-    """Decode, (augment,) resize and normalise on the fly; rows become {pixel_values, labels}."""
+def teacher_image_processor(model_args: ModelArguments, processor):
+    """The image processor of the teacher: ``processor`` (the run's) for a teacher trained here, else the given
+    teacher's own (``--teacher_image_processor_name``, else the one saved with the teacher). Refuses a given
+    teacher whose processor cannot be loaded: its inputs would be guessed."""
+    if not model_args.teacher_model_name_or_path:
+        return processor
+    source = (
+        getattr(model_args, "teacher_image_processor_name", None) or model_args.teacher_model_name_or_path
+    )
+    try:
+        return AutoImageProcessor.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"The teacher's image processor could not be loaded from {source!r} "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). The teacher must see its inputs "
+            "preprocessed as in its own training (resolution, mean/std). Save its image processor with it "
+            "(`processor.save_pretrained(<teacher folder>)`, which writes preprocessor_config.json), or pass "
+            "--teacher_image_processor_name <Hub id or folder of the teacher's image processor>."
+        ) from None
+
+
+def same_preprocessing(processor, other) -> bool:
+    """Whether two image processors preprocess alike (equal ``to_dict()``)."""
+    return other is processor or (other is not None and processor.to_dict() == other.to_dict())
+
+
+def with_image_transform(
+    dataset, processor, image_column: str, label_column: str, augment: bool = False, teacher_processor=None
+):
+    """Decode, (augment,) resize and normalise on the fly; rows become {pixel_values, labels}, plus
+    ``teacher_pixel_values`` from ``teacher_processor`` (the same decoded, augmented image) when given."""
 
     def transform(batch):
         images = []
@@ -59,20 +102,30 @@ def with_image_transform(dataset, processor, image_column: str, label_column: st
             images.append(image)
         pixel_values = processor(images, return_tensors="pt")["pixel_values"]
         out = {"pixel_values": pixel_values, "labels": torch.as_tensor(batch[label_column])}
+        if teacher_processor is not None:
+            out[TEACHER_PIXEL_VALUES] = teacher_processor(images, return_tensors="pt")["pixel_values"]
         out.update({c: torch.as_tensor(np.asarray(batch[c])) for c in CACHE_COLUMNS if c in batch})
         return out
 
     return dataset.with_transform(transform)
 
 
-def prepare_splits(splits, info, processor, augment: bool = False) -> PreparedSplits:
-    """Every split with the image transform (augmentation on train only), and the training class counts."""
+def prepare_splits(splits, info, processor, augment: bool = False, teacher_processor=None) -> PreparedSplits:
+    """Every split with the image transform (augmentation on train only), and the training class counts.
+
+    A ``teacher_processor`` that preprocesses otherwise than ``processor`` adds ``teacher_pixel_values`` to
+    every split's rows and the teacher's view of every split (`PreparedSplits.for_teacher`)."""
+    own = None if same_preprocessing(processor, teacher_processor) else teacher_processor
+    columns = info.image_column, info.label_column
     return PreparedSplits(
         {
             name: with_image_transform(
-                split, processor, info.image_column, info.label_column, augment=augment and name == "train"
+                split, processor, *columns, augment=augment and name == "train", teacher_processor=own
             )
             for name, split in splits.items()
         },
         class_counts=info.train_counts,
+        teacher_splits={name: with_image_transform(split, own, *columns) for name, split in splits.items()}
+        if own is not None
+        else None,
     )

@@ -78,7 +78,10 @@ def use_cached_teacher(model_args: ModelArguments, data_args: DataArguments) -> 
 
 
 def cache_teacher_signal(splits: PreparedSplits, teacher, processor, batch_size: int) -> None:
-    """Replace train and holdout by copies carrying the teacher's logits (computed once, gathered in order)."""
+    """Replace train and holdout by copies carrying the teacher's logits (computed once, gathered in order).
+
+    ``processor`` is the teacher's image processor: the teacher runs on its own inputs (the rows'
+    ``teacher_pixel_values`` when they carry them) and the cache record names that preprocessing."""
     for name in ("train", "holdout"):
         if len(splits[name]):
             splits[name] = build_teacher_cache(
@@ -102,8 +105,10 @@ def record_on_test_split(trainers: dict, splits: PreparedSplits, info, settings:
     gathered over processes, per-class reports with the long-tail profile's shot groups, the dataset's
     metadata and ``settings``."""
     logits = {}
-    for role, trainer in trainers.items():
-        logits[role], labels = predict_logits(trainer, splits["test"])
+    for role, trainer in trainers.items():  # the teacher sees the test images through its own processor
+        own = role == "teacher" and hasattr(splits, "for_teacher")
+        test = splits.for_teacher("test") if own else splits["test"]
+        logits[role], labels = predict_logits(trainer, test)
     return record_from_info(logits, labels, info, settings, seed=seed)
 
 
