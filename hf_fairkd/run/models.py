@@ -80,6 +80,18 @@ def is_image_classifier_config(config: PretrainedConfig) -> bool:
     return type(config) in AutoModelForImageClassification._model_mapping
 
 
+def classifier_config(name_or_path: str, trust_remote_code: bool, *, unreadable, not_a_classifier):
+    """The config at ``name_or_path`` if `AutoModelForImageClassification` builds it; else a ValueError whose
+    text ``unreadable(err)`` / ``not_a_classifier(model_type)`` gives (each caller names its own flag and fix)."""
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(unreadable(err)) from None
+    if not is_image_classifier_config(config):
+        raise ValueError(not_a_classifier(config.model_type))
+    return config
+
+
 def image_classifier_types() -> list[str]:
     """The ``model_type`` of every config `AutoModelForImageClassification` can build."""
     return sorted({config.model_type for config in AutoModelForImageClassification._model_mapping})
@@ -116,18 +128,18 @@ def config_from_name(
     ``num_channels`` and ``image_size`` follow the run's image processor (``num_channels`` RGB images of
     ``image_size``), with a log line when they change."""
     overrides = _config_overrides(overrides, flag.replace("_name", "_overrides"))
-    try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise ValueError(
+    config = classifier_config(
+        name,
+        trust_remote_code,
+        unreadable=lambda err: (
             f"{flag} {name!r} could not be read as a model config: {err}. Pass a config JSON file with a "
             "'model_type', a folder holding config.json, or a Hub model id."
-        ) from None
-    if not is_image_classifier_config(config):
-        raise ValueError(
-            f"{flag} {name!r} is a {config.model_type!r} config, which AutoModelForImageClassification cannot "
-            f"build. Use the config of an image classifier (model_type one of: {', '.join(image_classifier_types())})."
-        )
+        ),
+        not_a_classifier=lambda model_type: (
+            f"{flag} {name!r} is a {model_type!r} config, which AutoModelForImageClassification cannot build. "
+            f"Use the config of an image classifier (model_type one of: {', '.join(image_classifier_types())})."
+        ),
+    )
     defaults = type(config)()
     unknown = [key for key in overrides if not hasattr(defaults, key)]
     if unknown:
@@ -246,18 +258,18 @@ def load_baseline(
                 f"{flag} {name_or_path!r} was trained on other data than this run's ({detail}). Reuse a baseline "
                 "trained on this data (same dataset and long-tail flags), or drop the flag to train one here."
             )
-    try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"{flag} {name_or_path!r} could not be loaded: {err}. Pass the baseline/ folder of an earlier run (or a "
-            "Hub id) saved with save_pretrained."
-        ) from None
-    if not is_image_classifier_config(config):
-        raise ValueError(
-            f"{flag} {name_or_path!r} is a {config.model_type!r} model, not an image classifier: pass the "
-            "baseline/ folder of an earlier run on this data."
-        )
+    config = classifier_config(
+        name_or_path,
+        trust_remote_code,
+        unreadable=lambda err: (
+            f"{flag} {name_or_path!r} could not be loaded: {err}. Pass the baseline/ folder of an earlier run (or "
+            "a Hub id) saved with save_pretrained."
+        ),
+        not_a_classifier=lambda model_type: (
+            f"{flag} {name_or_path!r} is a {model_type!r} model, not an image classifier: pass the baseline/ "
+            "folder of an earlier run on this data."
+        ),
+    )
     theirs = [config.id2label[i] for i in sorted(config.id2label)]
     if theirs != list(class_names):
         missing = [c for c in class_names if c not in theirs]
