@@ -172,6 +172,21 @@ class DistillationArguments(TrainingArguments):
         default=1.0, metadata={"help": "Temperature of the class-similarity targets of objective 'kd_sim'."}
     )
 
+    # evaluation logs
+    per_class_eval_metrics: str = field(
+        default="auto",
+        metadata=_choice(
+            "Per-class eval scalars (eval_accuracy_class/<name>) in the Trainer's logs: 'auto' only when the "
+            "student has at most per_class_eval_max_classes classes, 'always', or 'never'. The summary scalars "
+            "(accuracy, balanced, worst-class, worst-k, many/medium/few, groups) are always logged.",
+            ("auto", "always", "never"),
+        ),
+    )
+    per_class_eval_max_classes: int = field(
+        default=50,
+        metadata={"help": "Largest number of classes for which per_class_eval_metrics='auto' logs them."},
+    )
+
     def __post_init__(self):
         super().__post_init__()
         from .objectives import OBJECTIVES  # imported here: objectives import nothing from config
@@ -190,6 +205,10 @@ class DistillationArguments(TrainingArguments):
             )
         if not 0.0 <= self.dro_tradeoff <= 1.0:
             raise ValueError(f"dro_tradeoff must be in [0, 1], got {self.dro_tradeoff}.")
+        if self.per_class_eval_max_classes < 0:
+            raise ValueError(
+                f"per_class_eval_max_classes must be >= 0, got {self.per_class_eval_max_classes}."
+            )
         if self.dro_update_every < 1:
             raise ValueError(f"dro_update_every must be >= 1, got {self.dro_update_every}.")
         if self.dro_holdout_batch_size < 1:

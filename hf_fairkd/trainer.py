@@ -120,7 +120,12 @@ class DistillationTrainer(PublishingMixin, Trainer):
         if compute_metrics is None:
             from .metrics.trainer_metrics import SubgroupMetrics
 
-            compute_metrics = SubgroupMetrics(model.config, train_counts=class_counts.long().tolist())
+            compute_metrics = SubgroupMetrics(
+                model.config,
+                train_counts=class_counts.long().tolist(),
+                per_class=args.per_class_eval_metrics,
+                per_class_max_classes=args.per_class_eval_max_classes,
+            )
         self.holdout_dataset = holdout_dataset
         # first among the callbacks, so the others see the objective's state of this step
         self.objective_hooks = ObjectiveCallback(self)

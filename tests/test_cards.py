@@ -549,3 +549,101 @@ def test_reader_never_sees_half_a_file(tmp_path):
     reader.join()
     assert not errors and seen <= {0, 1}
     assert os.listdir(tmp_path) == ["big.json"]
+
+
+def _long_tail_record(num_classes: int = 1000, per_class_test: int = 20, seed: int = 0) -> dict:
+    """A run record (teacher, baseline, student) over a long-tailed count profile, from synthetic predictions:
+    accuracy rises with the training count, and the student is clearly worse on a few classes."""
+    from hf_fairkd.data import long_tail_counts
+    from hf_fairkd.results.schema import build_run_record
+
+    rng = np.random.default_rng(seed)
+    counts = long_tail_counts(500, num_classes, 100.0)
+    labels = np.repeat(np.arange(num_classes), per_class_test)
+    skill = np.log(np.asarray(counts, dtype=float)) / np.log(max(counts))
+    hurt = np.zeros(num_classes, dtype=bool)
+    hurt[rng.choice(num_classes, 40, replace=False)] = True
+    preds = {}
+    for role, base in (("teacher", 0.5), ("baseline", 0.3), ("student", 0.4)):
+        p_right = np.clip(base + 0.5 * skill[labels] - (0.6 * hurt[labels] if role == "student" else 0), 0, 1)
+        right = rng.random(len(labels)) < p_right
+        preds[role] = np.where(
+            right, labels, (labels + 1 + rng.integers(0, num_classes - 1, len(labels))) % num_classes
+        )
+    names = [f"class_{i:04d}" for i in range(num_classes)]
+    settings = {**SETTINGS, "dataset_name": "synthetic-lt"}
+    return build_run_record(preds, labels, class_names=names, train_counts=counts, settings=settings)
+
+
+YAML_BLOCK_LIMIT = 200_000  # bytes of the YAML header of a 1,000-class card (measured: ~150 kB)
+
+
+def test_card_for_1000_classes_is_fast_folded_compact_and_reads_back(tmp_path):
+    """The "Scale out" card: summary, worst and most-hurt classes first, every class folded away, a compact
+    YAML block that reads back to the card's rounded per-class values. Speed is measured by
+    benchmarks/card_scale.py (under 10 s there); the bound here is generous for busy CI machines."""
+    import time
+
+    from hf_fairkd.results.card_block import round_sig
+    from hf_fairkd.results.card_text import LISTED_CLASSES
+
+    start = time.perf_counter()
+    record = _long_tail_record()
+    readme = save_card_and_metrics(tmp_path, record)
+    assert time.perf_counter() - start < 30
+    text = readme.read_text()
+    header, body = text.split("---\n")[1], text.split("---\n", 2)[2]
+    assert len(header.encode()) < YAML_BLOCK_LIMIT
+
+    # order: summary tables, worst classes, most hurt, then the fold with every class
+    fold = body.index("<details><summary>Every class (1000)</summary>")
+    positions = [
+        body.index(h)
+        for h in (
+            "### Overall",
+            "### Many / medium / few-shot classes",
+            "### Worst classes",
+            "#### Classes distillation hurt most",
+        )
+    ]
+    assert positions == sorted(positions) and positions[-1] < fold < body.index("</details>")
+    assert body.count("### Per class") == 1 and body.index("### Per class") < fold
+    per_class = table_after(body[fold:], "<details>")
+    assert len(per_class) == 1 + 1000  # header + every class, inside the fold
+    assert body[:fold].count("| class\\_") <= 2 * LISTED_CLASSES  # only the listed classes before the fold
+
+    worst = table_after(body, "### Worst classes")[1:]
+    accs = sorted((row["accuracy"], row["class_id"]) for row in record["student"]["per_class"])
+    assert [r[0] for r in worst] == [
+        escape_markdown_cell(record["class_names"][i]) for _, i in accs[:LISTED_CLASSES]
+    ]
+    hurt_rows = table_after(body, "#### Classes distillation hurt most")[1:]
+    assert 0 < len(hurt_rows) <= LISTED_CLASSES and "(hurt)" in hurt_rows[0][-1]
+    deltas = [float(r[5]) for r in hurt_rows]
+    assert all(d < 0 for d in deltas)
+    hurt_p = [float(r[6].replace("<", "").split()[0]) if "(hurt)" in r[6] else None for r in hurt_rows]
+    significant = [p for p in hurt_p if p is not None]
+    assert significant == sorted(significant)  # most significant first
+    assert hurt_p[: len(significant)] == significant  # hurt classes before the merely lower ones
+
+    # the card alone reads back to the same per-class values, rounded as the card rounds
+    os.remove(tmp_path / "subgroup_metrics.json")
+    back = load_subgroup_metrics(tmp_path)
+    assert back["recovered_from"] == "model_card"
+    for role in ("teacher", "baseline", "student"):
+        assert [r["accuracy"] for r in back[role]["per_class"]] == round_sig(
+            [r["accuracy"] for r in record[role]["per_class"]]
+        )
+        assert [r["support"] for r in back[role]["per_class"]] == [
+            r["support"] for r in record[role]["per_class"]
+        ]
+    assert [r["delta"] for r in back["student_minus_baseline"]] == round_sig(
+        [r["delta"] for r in record["student_minus_baseline"]]
+    )
+    assert back["train_counts"] == record["train_counts"]
+
+
+def test_card_with_few_classes_keeps_the_unfolded_layout(metrics):
+    body = build_model_card(metrics).text
+    assert "<details>" not in body and "Classes distillation hurt most" not in body
+    assert body.index("### Per class") < body.index("### Worst classes")

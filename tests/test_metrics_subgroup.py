@@ -513,3 +513,73 @@ def test_any_positive_n_bootstrap_gives_intervals_at_the_given_level():
     assert report["worst_class_accuracy_ci"] == [
         float(v) for v in worst_class_interval(correct, support, 0.8)
     ]
+
+
+def _eval_prediction(num_classes: int, per_class: int = 3, seed: int = 0):
+    """An EvalPrediction-like object: logits (n, C) and labels, every class present."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    logits = rng.normal(size=(len(labels), num_classes)).astype(np.float32)
+    logits[np.arange(len(labels)), labels] += rng.random(len(labels)) < 0.6  # some right, some wrong
+    logits[np.arange(len(labels)), labels] *= 10
+    config = SimpleNamespace(num_labels=num_classes, id2label={i: f"c{i}" for i in range(num_classes)})
+    return config, SimpleNamespace(predictions=logits, label_ids=labels)
+
+
+SUMMARY_KEYS = {"accuracy", "balanced_accuracy", "worst_class_accuracy", "worst_k_accuracy"}
+
+
+@pytest.mark.parametrize(
+    "num_classes, mode, expect_per_class",
+    [
+        (1000, "auto", False),
+        (1000, "always", True),
+        (1000, "never", False),
+        (10, "auto", True),
+        (10, "never", False),
+    ],
+)
+def test_trainer_metrics_per_class_scalars_opt_in_past_a_threshold(num_classes, mode, expect_per_class):
+    from hf_fairkd.metrics.trainer_metrics import SubgroupMetrics
+
+    config, prediction = _eval_prediction(num_classes)
+    counts = [max(1, 500 - i) for i in range(num_classes)]
+    flat = SubgroupMetrics(config, train_counts=counts, per_class=mode)(prediction)
+    per_class_keys = {k for k in flat if k.startswith("accuracy_class/")}
+    assert per_class_keys == (
+        {f"accuracy_class/c{i}" for i in range(num_classes)} if expect_per_class else set()
+    )
+    # the summary scalars are always there, and agree with the full report
+    assert SUMMARY_KEYS | {"accuracy_many", "accuracy_medium", "accuracy_few"} <= set(flat)
+    full = flatten_report(
+        subgroup_report(prediction.predictions, prediction.label_ids, train_counts=counts, n_bootstrap=0)
+    )
+    assert {k: flat[k] for k in SUMMARY_KEYS} == pytest.approx({k: full[k] for k in SUMMARY_KEYS})
+
+
+def test_trainer_metrics_threshold_is_configurable_and_checked():
+    from hf_fairkd.metrics.trainer_metrics import SubgroupMetrics
+
+    config, prediction = _eval_prediction(10)
+    assert not any(
+        k.startswith("accuracy_class/") for k in SubgroupMetrics(config, per_class_max_classes=9)(prediction)
+    )
+    assert (
+        sum(
+            k.startswith("accuracy_class/")
+            for k in SubgroupMetrics(config, per_class_max_classes=10)(prediction)
+        )
+        == 10
+    )
+    with pytest.raises(ValueError, match="per_class"):
+        SubgroupMetrics(config, per_class="sometimes")
+
+
+def test_flatten_report_without_per_class_keeps_the_summary():
+    report = subgroup_report(PREDS, REFS, n_bootstrap=0)
+    assert set(flatten_report(report, per_class=False)) == set(flatten_report(report)) - {
+        "accuracy_class/0",
+        "accuracy_class/1",
+    }

@@ -90,3 +90,33 @@ def test_missing_inputs_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="train_counts"):
         plot_per_class_accuracy(metrics, tmp_path / "nested" / "p.png")
     assert os.listdir(tmp_path) == []  # neither failing call wrote a file, a temporary or a folder
+
+
+def test_plot_of_1000_classes_is_binned_by_training_count(tmp_path):
+    """Past BIN_CLASSES_ABOVE classes the plot draws a mean per bin of training count, not one point per class."""
+    from hf_fairkd.results.plots import BIN_CLASSES_ABOVE, NUM_BINS, count_bins
+
+    try:
+        from tests.test_cards import _long_tail_record
+    except ImportError:
+        from test_cards import _long_tail_record
+
+    record = _long_tail_record()
+    assert len(record["class_names"]) > BIN_CLASSES_ABOVE
+    bins = count_bins(record["train_counts"])
+    assert 1 < len(bins) <= NUM_BINS
+    assert sorted(i for b in bins for i in b) == list(range(1000))  # every class in exactly one bin
+    upper = [max(record["train_counts"][i] for i in b) for b in bins]
+    lower = [min(record["train_counts"][i] for i in b) for b in bins]
+    assert all(u < lo for u, lo in zip(upper, lower[1:]))  # rarest bin first, bins do not overlap
+    path = plot_per_class_accuracy(record, tmp_path / "p.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1]
+        for rgb in (STUDENT_RGB, BASELINE_RGB, TEACHER_RGB):
+            assert _pixels_near(image, rgb) > 200
+
+
+def test_count_bins_of_equal_counts_is_one_bin():
+    from hf_fairkd.results.plots import count_bins
+
+    assert count_bins([7] * 100) == [list(range(100))]

@@ -106,6 +106,19 @@ def test_evaluation_reports_per_class_metrics(data, teacher, tmp_path):
         assert metrics[f"eval_accuracy_class/{name}"] == pytest.approx(per_class[c])
 
 
+def test_evaluation_per_class_metrics_follow_the_arguments(data, teacher, tmp_path):
+    """per_class_eval_metrics reaches the Trainer's compute_metrics; the summary scalars stay either way."""
+    _, _, test = data
+    for mode, max_classes, expected in (("never", 50, False), ("auto", 2, False), ("auto", 3, True)):
+        args = tiny_args(tmp_path, per_class_eval_metrics=mode, per_class_eval_max_classes=max_classes)
+        trainer = DistillationTrainer(model=make_vit(), args=args, teacher=teacher, train_dataset=data[0])
+        metrics = trainer.evaluate(test)
+        assert "eval_worst_class_accuracy" in metrics and "eval_balanced_accuracy" in metrics
+        assert any(k.startswith("eval_accuracy_class/") for k in metrics) == expected, (mode, max_classes)
+    with pytest.raises(ValueError, match="per_class_eval_metrics"):
+        tiny_args(tmp_path, per_class_eval_metrics="sometimes")
+
+
 def _one_step_params(
     tmp_path, model_fn, dataset, batch, accumulation, objective="kd", teacher=None, holdout=None, **overrides
 ):

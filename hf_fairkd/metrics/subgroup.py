@@ -334,18 +334,18 @@ def subgroup_report(
     }
 
 
-def flatten_report(report: Mapping, prefix: str = "") -> dict[str, float]:
+def flatten_report(report: Mapping, prefix: str = "", per_class: bool = True) -> dict[str, float]:
     """Flat scalar metrics for Trainer logs; ``prefix`` is prepended verbatim to every key.
 
-    Keys: accuracy, balanced_accuracy, worst_class_accuracy, worst_k_accuracy, accuracy_class/<name>,
-    accuracy_many/medium/few (when train_counts were given) and accuracy_group/<column>/<value>.
-    Missing classes and empty shot groups appear as NaN.
+    Keys: accuracy, balanced_accuracy, worst_class_accuracy, worst_k_accuracy, accuracy_class/<name>
+    (only when ``per_class``), accuracy_many/medium/few (when train_counts were given) and
+    accuracy_group/<column>/<value>. Missing classes and empty shot groups appear as NaN.
     """
     flat = {
         key: float(report[key])
         for key in ("accuracy", "balanced_accuracy", "worst_class_accuracy", "worst_k_accuracy")
     }
-    for row in report["per_class"]:
+    for row in report["per_class"] if per_class else ():
         flat[f"accuracy_class/{row['name']}"] = float(row["accuracy"])
     for shot, summary in report.get("shot_groups", {}).items():
         flat[f"accuracy_{shot}"] = float(summary["accuracy"])

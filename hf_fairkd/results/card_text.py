@@ -19,6 +19,8 @@ from hf_fairkd.results.schema import class_verdicts
 __all__ = ["card_body", "escape_markdown_cell", "fmt"]
 
 SHOTS = ("many", "medium", "few")
+FOLD_CLASSES_ABOVE = 30  # with more classes the full per-class table is folded away (<details>)
+LISTED_CLASSES = 10  # worst and most-hurt classes listed before the folded table
 # (report key, model-index metric type, pretty name)
 SCALARS = (
     ("accuracy", "accuracy", "Accuracy"),
@@ -100,6 +102,40 @@ def _per_class(metrics: dict) -> tuple[list[list[str]], dict[str, list[str]]]:
             [escape_markdown_cell(names[i]), count, str(row["support"]), *accs, delta, _p_text(d, verdict)]
         )
     return rows, verdicts
+
+
+def _most_hurt(metrics: dict, verdicts: dict, limit: int = LISTED_CLASSES) -> list[list[str]]:
+    """Rows of the classes the student lost most on against the baseline: significantly hurt first (by
+    McNemar p, then delta), then the other classes with a negative delta (by delta); at most ``limit``."""
+    if not metrics.get("baseline"):
+        return []
+    names, counts = _class_names(metrics), _train_counts(metrics)
+    student, baseline = metrics["student"]["per_class"], metrics["baseline"]["per_class"]
+    judged = class_verdicts(metrics)
+    losses = [
+        row for row in metrics.get("student_minus_baseline") or [] if (num(row.get("delta")) or 0.0) < 0
+    ]
+
+    def key(row: dict) -> tuple:
+        hurt = judged.get(row["class_id"]) == "hurt"
+        p = num(row.get("p_value"))
+        return (not hurt, p if hurt and p is not None else 1.0, float(row["delta"]), row["class_id"])
+
+    rows = []
+    for d in sorted(losses, key=key)[:limit]:
+        i = d["class_id"]
+        rows.append(
+            [
+                escape_markdown_cell(names[i]),
+                "n/a" if counts[i] is None else str(counts[i]),
+                str(student[i]["support"]),
+                fmt(baseline[i]["accuracy"]),
+                fmt(student[i]["accuracy"]),
+                fmt(d.get("delta"), True),
+                _p_text(d, judged.get(i)),
+            ]
+        )
+    return rows
 
 
 def _verdict_phrase(names: list[str]) -> str:
@@ -305,6 +341,13 @@ def card_body(metrics: dict, plot_filename: str) -> dict[str, Any]:
         )
 
     by_name = {r["name"]: r for r in student["per_class"]}
+    fold = len(student["per_class"]) > FOLD_CLASSES_ABOVE
+    worst_names = student.get("worst_k_classes") or [student.get("worst_class")]
+    if fold:  # many classes: list more of the worst ones, since the full table is folded away
+        seen = [r for r in student["per_class"] if num(r["accuracy"]) is not None]
+        ranked = sorted(seen, key=lambda r: (r["accuracy"], r["class_id"]))
+        worst_names = list(dict.fromkeys([*worst_names, *(r["name"] for r in ranked)]))
+        worst_names = worst_names[: max(LISTED_CLASSES, len(student.get("worst_k_classes") or []))]
     worst_rows = [
         [
             escape_markdown_cell(n),
@@ -312,7 +355,7 @@ def card_body(metrics: dict, plot_filename: str) -> dict[str, Any]:
             e(by_name[n]["support"], "n/a"),
             fmt(by_name[n]["accuracy"]),
         ]
-        for n in student.get("worst_k_classes") or [student.get("worst_class")]
+        for n in worst_names
         if n in by_name
     ]
     per_class_rows, verdicts = _per_class(metrics)
@@ -326,6 +369,8 @@ def card_body(metrics: dict, plot_filename: str) -> dict[str, Any]:
         "shot_header": shot_header,
         "groups": groups,
         "worst_rows": worst_rows,
+        "fold_per_class": fold,
+        "most_hurt_rows": _most_hurt(metrics, verdicts) if fold else [],
         "few": e(few, "n/a"),
         "many": e(many, "n/a"),
         "worst_class": e(student.get("worst_class")),

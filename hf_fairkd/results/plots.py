@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from hf_fairkd.io_utils import atomic_path
 from hf_fairkd.results.schema import METRICS_FILE
 
-__all__ = ["plot_per_class_accuracy"]
+__all__ = ["count_bins", "plot_per_class_accuracy"]
 
 # (key in the run record, legend label, colour, marker); drawn in this order so the student is on top.
 _MODELS = (
@@ -28,6 +28,38 @@ _MODELS = (
 )
 _MAX_LABEL_CHARS = 18
 _ALL_LABELS_UP_TO = 12  # with more classes only a few informative ones are named
+BIN_CLASSES_ABOVE = 60  # with more classes, accuracy is drawn per bin of training count, not per class
+NUM_BINS = 12
+
+
+def count_bins(train_counts: list[float], num_bins: int = NUM_BINS) -> list[list[int]]:
+    """Class indices grouped into (at most ``num_bins``) log-spaced bins of training count, rarest first.
+
+    Empty bins are dropped; every class is in exactly one bin.
+    """
+    logs = [math.log10(max(float(c), 0.5)) for c in train_counts]
+    lo, hi = min(logs), max(logs)
+    width = (hi - lo) / num_bins if hi > lo else 1.0
+    bins: list[list[int]] = [[] for _ in range(num_bins)]
+    for i, v in enumerate(logs):
+        bins[min(int((v - lo) / width), num_bins - 1)].append(i)
+    return [b for b in bins if b]
+
+
+def _binned_series(xs: list[float], acc: list[float], bins: list[list[int]]):
+    """Per bin: x (geometric mean count), mean accuracy, 25th and 75th percentile (classes with test images)."""
+    import numpy as np
+
+    out = []
+    for members in bins:
+        values = np.array([acc[i] for i in members], dtype=float)
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            continue
+        x = float(np.exp(np.mean(np.log([xs[i] for i in members]))))
+        q25, q75 = np.percentile(values, [25, 75])
+        out.append((x, float(values.mean()), float(q25), float(q75)))
+    return out
 
 
 def _plain_label(text: object, max_chars: int = _MAX_LABEL_CHARS) -> str:
@@ -77,7 +109,10 @@ def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: st
     """Save a PNG of per-class test accuracy (y) against per-class training count (x, log scale).
 
     ``metrics`` is a subgroup_metrics.json dict; the teacher, baseline and student reports present are
-    drawn as markers joined by lines in order of training count. The file is written atomically.
+    drawn as markers joined by lines in order of training count. With more than ``BIN_CLASSES_ABOVE``
+    classes the classes are grouped into log-spaced bins of training count (:func:`count_bins`) and each
+    model is drawn as its mean accuracy per bin with a band from the 25th to the 75th percentile. The file
+    is written atomically.
     """
     if "student" not in metrics:
         raise ValueError(
@@ -95,10 +130,29 @@ def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: st
     fig = Figure(figsize=(9, 5.5), dpi=110)
     FigureCanvasAgg(fig)  # savefig renders with Agg whatever backend pyplot (if anyone uses it) has
     ax = fig.subplots()
+    binned = len(xs) > BIN_CLASSES_ABOVE
+    bins = count_bins(xs) if binned else []
     for key, label, colour, marker in _MODELS:
         if key not in metrics or metrics[key] is None:
             continue
         acc = [_accuracy(row["accuracy"]) for row in metrics[key]["per_class"]]
+        if binned:
+            # Many classes: one point per bin of training count (mean), with the middle half of the classes
+            # of the bin as a band, so 1,000 classes stay readable.
+            series = _binned_series(xs, acc, bins)
+            bx, mean, q25, q75 = (list(v) for v in zip(*series)) if series else ([], [], [], [])
+            ax.fill_between(bx, q25, q75, color=colour, alpha=0.15, linewidth=0, zorder=1)
+            ax.plot(
+                bx,
+                mean,
+                marker=marker,
+                color=colour,
+                label=f"{label} (mean per bin)",
+                linewidth=1.8 if key == "student" else 1.2,
+                markersize=7 if key == "student" else 5,
+                zorder=3 if key == "student" else 2,
+            )
+            continue
         ax.plot(
             [xs[i] for i in order],
             [acc[i] for i in order],
@@ -114,7 +168,7 @@ def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: st
     baseline_acc = None
     if metrics.get("baseline"):
         baseline_acc = [_accuracy(row["accuracy"]) for row in metrics["baseline"]["per_class"]]
-    for i in _classes_to_name(xs, student_acc, baseline_acc):
+    for i in [] if binned else _classes_to_name(xs, student_acc, baseline_acc):
         y = student_acc[i]
         text = _plain_label(names[i]) + (" (0 train)" if train_counts[i] <= 0 else "")
         ax.annotate(
@@ -146,11 +200,17 @@ def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: st
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_ylim(-0.03, 1.08)
     ax.set_xlabel("training images of the class (log scale)")
-    ax.set_ylabel("test accuracy of the class (recall)")
+    ax.set_ylabel(
+        f"mean test accuracy of the classes of a bin ({len(bins)} bins)\nband: 25th–75th percentile"
+        if binned
+        else "test accuracy of the class (recall)"
+    )
     dataset = (metrics.get("settings") or {}).get("dataset_name")
     default_title = "Per-class accuracy vs. training count" + (
         f" — {_plain_label(dataset, 40)}" if dataset else ""
     )
+    if binned:
+        default_title += f" ({len(xs)} classes, binned)"
     ax.set_title(_plain_label(title, 120) if title else default_title)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower right", fontsize=9, framealpha=0.9)
