@@ -649,3 +649,382 @@ def test_every_choice_field_is_validated_against_its_own_choices(tmp_path):
     for spec in fields:
         with pytest.raises(ValueError, match=rf"{spec.name}='not-a-choice' is not one of"):
             DistillationArguments(output_dir=str(tmp_path), report_to=[], **{spec.name: "not-a-choice"})
+
+
+# ---- the objectives' hooks, with a fake context (no trainer) ----
+
+
+class FakeContext:
+    """Stands in for `hooks.ObjectiveContext`: batches are dicts of tensors; `gather` is the identity (one process)."""
+
+    def __init__(self, batches, global_step=0, max_steps=10, holdout=None, student=None, similarity=None):
+        self.batches = batches
+        self.global_step, self.max_steps = global_step, max_steps
+        self.holdout = holdout
+        self.asked = []  # the holdout indices of each holdout_batches call
+        self.gathered = 0
+        self.teacher = SimpleNamespace(class_similarity=lambda rho: ("similarity", rho))
+        self.student = student
+
+    def holdout_batches(self, indices=None):
+        self.asked.append(None if indices is None else list(indices))
+        yield from self.batches
+
+    def labels(self, batch):
+        return batch["labels"]
+
+    def teacher_logits(self, batch):
+        return batch["teacher"]
+
+    def student_logits(self, batch):
+        return batch["student"]
+
+    def gather(self, tensor):
+        self.gathered += 1
+        return tensor
+
+    def student_model(self):
+        return self.student
+
+
+def reliability_batches():
+    # 2 batches; teacher argmax per row: [0, 1, 0 | 2, 1]; labels [0, 0, 0 | 2, 1]; class 1: 1 row, class 2: 1
+    # a third class with no holdout rows is added by num_classes=4 in the test
+    teacher = torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0], [2.0, 1.0, 0.0, 0.0]])
+    teacher2 = torch.tensor([[0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 3.0, 0.0]])
+    return [
+        {"teacher": teacher, "labels": torch.tensor([0, 0, 0])},
+        {"teacher": teacher2, "labels": torch.tensor([2, 1])},
+    ]
+
+
+@pytest.mark.parametrize("name,level", [("ada_alpha", "ada_alpha_level"), ("ada_margin", "margin_level")])
+def test_class_reliability_hook_measures_the_teacher_holdout_recall(name, level, caplog):
+    caplog.set_level("INFO", logger="hf_fairkd.objectives.distillation")
+    counts = torch.tensor([60.0, 30.0, 10.0, 5.0])
+    obj = get_objective(name)(args(reliability_pseudo_count=2.0, **{level: "class"}), counts)
+    ctx = FakeContext(reliability_batches())
+    obj.on_train_begin(ctx)
+    assert ctx.asked == [None]  # all holdout rows
+    correct = np.array(
+        [2.0, 0.0, 1.0, 0.0]
+    )  # class 0: rows 0, 2 right, row 1 wrong; class 1 wrong; class 2 right
+    n = np.array([3.0, 1.0, 1.0, 0.0])
+    overall = correct.sum() / n.sum()
+    expected = (correct + 2.0 * overall) / (n + 2.0)
+    assert obj.teacher_reliability.dtype == torch.float32
+    np.testing.assert_allclose(obj.teacher_reliability.numpy(), expected, rtol=1e-6)
+    logged = [r.getMessage() for r in caplog.records if r.name == "hf_fairkd.objectives.distillation"]
+    assert logged == [f"Teacher per-class holdout recall: {obj.teacher_reliability.tolist()}"]
+    # already measured (or restored): the hook keeps it and reads nothing
+    obj.teacher_reliability = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    ctx = FakeContext(reliability_batches())
+    obj.on_train_begin(ctx)
+    assert ctx.asked == [] and obj.teacher_reliability.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    # instance level: nothing to measure
+    obj = get_objective(name)(args(**{level: "instance"}), counts)
+    ctx = FakeContext(reliability_batches())
+    obj.on_train_begin(ctx)
+    assert ctx.asked == [] and obj.teacher_reliability is None
+
+
+def test_class_reliability_hook_reads_the_teacher_the_student_sees():
+    # with a prior-adjusted teacher, the argmax (and so the recall) is that of t - tau log pi
+    counts = torch.tensor([90.0, 10.0])
+    obj = get_objective("ada_alpha")(
+        args(teacher_logit_mode="prior_adjusted", reliability_pseudo_count=0.0), counts
+    )
+    t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # raw argmax 0; adjusted: 1 - log .9 < 0 - log .1 -> class 1
+    ctx = FakeContext([{"teacher": t, "labels": torch.tensor([1, 1])}])
+    obj.on_train_begin(ctx)
+    np.testing.assert_allclose(obj.teacher_reliability.numpy(), [0.0, 1.0], atol=1e-6)
+
+
+def test_kd_sim_hook_reads_the_teacher_class_similarity_once():
+    obj = get_objective("kd_sim")(args(kd_sim_rho=0.25), COUNTS)
+    obj.on_train_begin(FakeContext([]))
+    assert obj.class_similarity == ("similarity", 0.25)
+    obj.class_similarity = "kept"
+    obj.on_train_begin(FakeContext([]))
+    assert obj.class_similarity == "kept"
+
+
+class TinyClassifier(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(num_labels=3)
+        self.classifier = torch.nn.Linear(2, 3)
+        with torch.no_grad():
+            self.classifier.bias.copy_(torch.tensor([0.5, -0.5, 1.0]))
+
+
+@pytest.mark.parametrize("form", ["posthoc", "logit_adjusted", "reweighted"])
+def test_posthoc_balanced_teacher_shifts_the_classifier_bias_after_training(form):
+    model = TinyClassifier()
+    obj = get_objective("balanced")(args(balanced_form=form, logit_adjustment_tau=0.5), COUNTS)
+    obj.on_train_end(FakeContext([], student=model))
+    expected = np.array([0.5, -0.5, 1.0])
+    if form == "posthoc":
+        expected = expected - 0.5 * np.log(PRIOR)
+    np.testing.assert_allclose(model.classifier.bias.detach().numpy(), expected, rtol=1e-6)
+
+
+def dro_batches():
+    # student predictions [0, 1, 1 | 2]; labels [0, 0, 1 | 1]
+    s1 = torch.tensor([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 3.0, 0.0]])
+    s2 = torch.tensor([[0.0, 0.0, 3.0]])
+    t1 = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    t2 = torch.tensor([[0.0, 1.0, 0.0]])
+    return [
+        {"student": s1, "teacher": t1, "labels": torch.tensor([0, 0, 1])},
+        {"student": s2, "teacher": t2, "labels": torch.tensor([1])},
+    ]
+
+
+@pytest.mark.parametrize("name", ["robust_kd", "dro"])
+def test_dro_hook_updates_at_steps_k_2k_before_the_last(name):
+    a = args(dro_update_every=3, dro_step_size=1.0, dro_base="uniform", seed=7, dro_holdout_batch_size=4)
+    for step, updates in [(0, 0), (1, 0), (2, 0), (3, 1), (4, 0), (6, 1), (9, 0), (12, 0)]:
+        obj = get_objective(name)(a, COUNTS)
+        ctx = FakeContext(dro_batches(), global_step=step, max_steps=9, holdout=list(range(10)))
+        obj.on_step_end(ctx)
+        assert obj.num_updates == updates, step
+        assert len(ctx.asked) == updates
+
+
+def test_dro_hook_errors_from_the_holdout_batches():
+    a = args(dro_update_every=2, dro_step_size=1.0, dro_base="uniform", seed=3, dro_holdout_batch_size=4)
+    obj = get_objective("robust_kd")(a, COUNTS)
+    ctx = FakeContext(dro_batches(), global_step=4, max_steps=10, holdout=list(range(10)))
+    obj.on_step_end(ctx)
+    # the holdout rows: min(batch size, n) drawn without replacement from (seed, update index), sorted
+    rng = np.random.default_rng([3, 2])
+    assert ctx.asked == [sorted(rng.choice(10, size=4, replace=False).tolist())]
+    # class errors: 0: 1/2, 1: 1/2, 2: none seen (keeps its multiplier)
+    assert obj.num_updates == 1
+    np.testing.assert_allclose(obj.multipliers.numpy(), [1 / 3, 1 / 3, 1 / 3], rtol=1e-6)  # equal errors
+    assert ctx.gathered == 4  # predictions and labels of both batches
+    # unequal: a larger holdout batch size than the holdout takes every row once
+    a = args(dro_update_every=1, dro_step_size=1.0, dro_base="uniform", seed=0, dro_holdout_batch_size=50)
+    obj = get_objective("robust_kd")(a, COUNTS)
+    batches = dro_batches()
+    batches[1]["student"] = torch.tensor([[0.0, 3.0, 0.0]])  # class 1 now 0/2 wrong
+    ctx = FakeContext(batches, global_step=1, max_steps=10, holdout=list(range(5)))
+    obj.on_step_end(ctx)
+    assert ctx.asked == [[0, 1, 2, 3, 4]]
+    raw = np.array([math.exp(0.5), 1.0])
+    seen = (2 / 3) * raw / raw.sum()
+    np.testing.assert_allclose(obj.multipliers.numpy(), [seen[0], seen[1], 1 / 3], rtol=1e-6)
+
+
+def test_dro_hook_teacher_weighted_errors_use_the_teacher_at_temperature_one():
+    a = args(
+        dro_update_every=1,
+        dro_step_size=1.0,
+        dro_base="uniform",
+        seed=0,
+        dro_holdout_batch_size=50,
+        dro_error_weighting="teacher",
+        temperature=4.0,
+    )
+    obj = get_objective("robust_kd")(a, COUNTS)
+    batches = dro_batches()
+    ctx = FakeContext(batches, global_step=1, max_steps=10, holdout=list(range(4)))
+    obj.on_step_end(ctx)
+    pred = np.array([0, 1, 1, 2])
+    labels = np.array([0, 0, 1, 1])
+    w = softmax(torch.cat([b["teacher"] for b in batches]).numpy())  # T = 1, not args.temperature
+    # example i counts for class j with weight p_t(j | x_i), and is wrong for j when it does not predict j
+    wrong = (pred[:, None] != np.arange(3)[None, :]) * w
+    errors = wrong.sum(0) / w.sum(0)
+    assert ctx.gathered == 6  # predictions, labels and teacher probabilities of both batches
+    raw = np.exp(errors) / 3
+    np.testing.assert_allclose(obj.multipliers.numpy(), raw / raw.sum(), rtol=1e-5)
+
+
+# ---- hooks.ObjectiveContext / ObjectiveCallback, with a fake trainer ----
+
+
+class RecordingModel(torch.nn.Module):
+    def __init__(self, outputs="dict"):
+        super().__init__()
+        self.outputs = outputs
+        self.seen = []  # (training, grad enabled, inputs) of each forward
+
+    def forward(self, x):
+        self.seen.append((self.training, torch.is_grad_enabled(), x))
+        logits = (x * 2).double()
+        return {"logits": logits} if self.outputs == "dict" else (logits, "other")
+
+
+class FakeDataset(list):
+    def __init__(self, rows, with_select=True):
+        super().__init__(rows)
+        self.selected = []
+        if with_select:
+            self.select = self._select
+
+    def _select(self, indices):
+        self.selected.append(indices)
+        return [self[i] for i in indices]
+
+
+class FakeAccelerator:
+    def __init__(self, num_processes=1):
+        self.num_processes = num_processes
+        self.reduced = []
+
+    def unwrap_model(self, model):
+        return ("unwrapped", model)
+
+    def gather_for_metrics(self, tensor):
+        return torch.cat([tensor, tensor])
+
+    def reduce(self, tensor, reduction):
+        self.reduced.append((tensor.dtype, tensor.device.type, reduction))
+        return tensor * self.num_processes
+
+
+def fake_trainer(holdout=None, model=None, num_processes=1):
+    calls = []
+
+    class Teacher:
+        def split_batch(self, batch):
+            return {"x": batch["x"]}, batch["labels"], batch.get("cached")
+
+        def teacher_inputs(self, batch):
+            return ("teacher inputs", batch["x"])
+
+        def logits(self, inputs, cached, step):
+            return ("teacher logits", inputs, cached, step)
+
+    class Objective:
+        def __getattr__(self, name):
+            return lambda ctx: calls.append((name, ctx))
+
+    def get_test_dataloader(dataset):
+        calls.append(("loader", dataset))
+        torch.rand(1)  # the Trainer's loader draws a seed from the global RNG
+        return [{"x": torch.tensor([float(r)]), "labels": torch.tensor([r])} for r in dataset]
+
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(objective="robust_kd", device=torch.device("cpu")),
+        state=SimpleNamespace(global_step=5, max_steps=20),
+        holdout_dataset=holdout,
+        teacher_source=Teacher(),
+        get_test_dataloader=get_test_dataloader,
+        model_wrapped=model,
+        model="inner model",
+        accelerator=FakeAccelerator(num_processes),
+        objective=Objective(),
+    )
+    return trainer, calls
+
+
+def test_context_exposes_the_trainer_state():
+    from hf_fairkd.objectives import ObjectiveContext
+
+    holdout = FakeDataset([1, 2])
+    trainer, _ = fake_trainer(holdout)
+    ctx = ObjectiveContext(trainer)
+    assert ctx.args is trainer.args and ctx.holdout is holdout and ctx.teacher is trainer.teacher_source
+    assert (ctx.global_step, ctx.max_steps) == (5, 20)
+    trainer.state.global_step = 6
+    assert ctx.global_step == 6  # read at each call, not copied
+    assert ctx.student_model() == ("unwrapped", "inner model")  # the student itself, not the wrapped one
+    batch = {"x": torch.tensor([1.0]), "labels": torch.tensor([3]), "cached": "c"}
+    assert ctx.labels(batch).tolist() == [3]
+    assert ctx.teacher_logits(batch) == ("teacher logits", ("teacher inputs", batch["x"]), "c", 6)
+    assert ctx.gather(torch.tensor([1, 2])).tolist() == [1, 2, 1, 2]
+
+
+def test_context_holdout_batches_select_rows_and_leave_the_rng_alone():
+    from hf_fairkd.objectives import ObjectiveContext
+
+    holdout = FakeDataset([10, 11, 12, 13])
+    trainer, calls = fake_trainer(holdout)
+    ctx = ObjectiveContext(trainer)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    batches = list(ctx.holdout_batches())
+    assert torch.equal(torch.rand(3), expected)  # the loader's seed draw is undone
+    assert [b["labels"].item() for b in batches] == [10, 11, 12, 13] and calls == [("loader", holdout)]
+    batches = list(ctx.holdout_batches(np.array([3, 1])))
+    assert holdout.selected == [[3, 1]] and all(type(i) is int for i in holdout.selected[0])
+    assert [b["labels"].item() for b in batches] == [13, 11]
+    # a dataset without `select` (e.g. a torch Dataset) is wrapped in a Subset
+    plain = FakeDataset([10, 11, 12], with_select=False)
+    trainer, calls = fake_trainer(plain)
+    batches = list(ObjectiveContext(trainer).holdout_batches([2, 0]))
+    subset = calls[0][1]
+    assert (
+        isinstance(subset, torch.utils.data.Subset) and subset.dataset is plain and subset.indices == [2, 0]
+    )
+    # no holdout: refused, naming the objective
+    trainer, _ = fake_trainer(None)
+    with pytest.raises(
+        ValueError, match=r"objective='robust_kd' reads the holdout split: pass `holdout_dataset=`"
+    ):
+        list(ObjectiveContext(trainer).holdout_batches())
+
+
+@pytest.mark.parametrize("outputs", ["dict", "tuple"])
+@pytest.mark.parametrize("training", [True, False])
+def test_context_student_logits_in_eval_mode_without_gradients(outputs, training):
+    from hf_fairkd.objectives import ObjectiveContext
+
+    model = RecordingModel(outputs)
+    model.train(training)
+    trainer, _ = fake_trainer(model=model)
+    x = torch.tensor([[1.0, -2.0]])
+    logits = ObjectiveContext(trainer).student_logits({"x": x, "labels": torch.tensor([0])})
+    assert logits.dtype == torch.float32 and logits.tolist() == [[2.0, -4.0]]
+    assert model.seen == [(False, False, x)]
+    assert model.training is training  # the mode it had before
+
+
+def test_context_sum_over_processes_in_float64_on_the_cpu():
+    from hf_fairkd.objectives import ObjectiveContext
+
+    trainer, _ = fake_trainer()
+    out = ObjectiveContext(trainer).sum_over_processes(torch.tensor([1.5, 2.0]))
+    assert out.dtype == torch.float64 and out.device.type == "cpu" and out.tolist() == [1.5, 2.0]
+    assert trainer.accelerator.reduced == []
+    trainer, _ = fake_trainer(num_processes=2)
+    out = ObjectiveContext(trainer).sum_over_processes(torch.tensor([1.5, 2.0]))
+    assert out.dtype == torch.float64 and out.device.type == "cpu" and out.tolist() == [3.0, 4.0]
+    assert trainer.accelerator.reduced == [(torch.float64, "cpu", "sum")]
+
+
+def test_callback_runs_each_hook_and_begins_once():
+    from hf_fairkd.objectives import ObjectiveCallback
+
+    trainer, calls = fake_trainer()
+    callback = ObjectiveCallback(trainer)
+    ctx = callback.context
+    assert ctx._trainer is trainer
+    callback.begin()
+    callback.begin()  # before the first loss, and again: runs once
+    assert calls == [("on_train_begin", ctx)]
+    callback.on_train_begin(None, None, None)  # the Trainer's event always runs it (after a resume, say)
+    callback.on_step_end(None, None, None)
+    callback.on_train_end(None, None, None)
+    assert calls[1:] == [("on_train_begin", ctx), ("on_step_end", ctx), ("on_train_end", ctx)]
+    callback.begin()
+    assert len(calls) == 4
+    # the Trainer's event first: begin() then adds nothing
+    trainer, calls = fake_trainer()
+    callback = ObjectiveCallback(trainer)
+    callback.on_train_begin(None, None, None)
+    callback.begin()
+    assert calls == [("on_train_begin", callback.context)]
+
+
+def test_base_hooks_do_nothing_and_log_nothing():
+    obj = get_objective("kd")(args(), COUNTS)
+    ctx = FakeContext([])
+    obj.on_train_begin(ctx)
+    obj.on_step_end(ctx)
+    obj.on_train_end(ctx)
+    assert ctx.asked == [] and obj.log_values() == {} and obj.state_dict() == {}
