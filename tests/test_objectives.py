@@ -831,8 +831,7 @@ def test_dro_hook_teacher_weighted_errors_use_the_teacher_at_temperature_one():
     batches = dro_batches()
     ctx = FakeContext(batches, global_step=1, max_steps=10, holdout=list(range(4)))
     obj.on_step_end(ctx)
-    pred = np.array([0, 1, 1, 2])
-    labels = np.array([0, 0, 1, 1])
+    pred = np.array([0, 1, 1, 2])  # labels [0, 0, 1, 1] do not enter teacher-weighted errors
     w = softmax(torch.cat([b["teacher"] for b in batches]).numpy())  # T = 1, not args.temperature
     # example i counts for class j with weight p_t(j | x_i), and is wrong for j when it does not predict j
     wrong = (pred[:, None] != np.arange(3)[None, :]) * w
