@@ -10,7 +10,10 @@ All three are evaluated per class on the balanced test split. Each model sees it
 its own image processor's (saved with it, or `--teacher_image_processor_name`), from the same decoded (and
 augmented) image as the student's. OUTPUT_DIR receives the student
 (`save_pretrained` + image processor), subgroup_metrics.json, per_class_accuracy.png, README.md (the model
-card), run_config.json, and teacher/ and baseline/ sub-folders.
+card), run_config.json, and teacher/ and baseline/ sub-folders (each marked finished by stage_complete.json).
+`--resume_from_checkpoint true` reuses a finished teacher/ and baseline/ (their settings checked against this
+run's: `hf_fairkd.run.resume`), resumes the interrupted stage from its own newest complete checkpoint, and
+trains the stages after it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+
+from accelerate import PartialState
 
 from hf_fairkd.config import DistillationArguments
 from hf_fairkd.data.info import describe_profile
@@ -29,7 +34,7 @@ from hf_fairkd.results import (
     run_settings,
     save_card_and_metrics,
 )
-from hf_fairkd.run import arguments, checks, models, preparation, preprocessing, stages
+from hf_fairkd.run import arguments, checks, models, preparation, preprocessing, resume, stages
 from hf_fairkd.teacher import label_permutation, load_teacher
 
 logger = logging.getLogger("distill_vit")
@@ -85,8 +90,40 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
                 "the student - baseline comparison also compares the two architectures."
             )
 
+    # ---- on --resume_from_checkpoint, finished teacher/ and baseline/ folders of these settings are reused
+    baseline_dir = os.path.join(output_dir, "baseline")
+    baseline_args = stages.stage_args(args, output_dir=baseline_dir, objective="ce")
+    fingerprints = {
+        "baseline": resume.stage_fingerprint("baseline", baseline_args, model_args, info.to_dict())
+    }
+    if given_teacher is None:
+        fingerprints["teacher"] = resume.stage_fingerprint(
+            "teacher", teacher_stage_args(model_args, args), model_args, info.to_dict()
+        )
+    if reused:
+        del fingerprints["baseline"]
+    finished = {  # checked before anything trains: a mismatch is an error now
+        stage: resume.resuming(args) and resume.finished_stage(os.path.join(output_dir, stage), fingerprint)
+        for stage, fingerprint in fingerprints.items()
+    }
+
     # ---- teacher (given, or trained here), one-hot baseline, distilled student
-    teacher, teacher_trainer = teacher_stage(model_args, args, info, prepared, processor, given_teacher)
+    if finished.get("teacher"):
+        teacher_dir = os.path.join(output_dir, "teacher")
+        say(
+            f"Reusing the finished teacher stage {teacher_dir} (its settings match this run's): not retrained."
+        )
+        teacher, teacher_trainer = load_teacher(teacher_dir), None
+    else:
+        teacher, teacher_trainer = teacher_stage(
+            model_args,
+            args,
+            info,
+            prepared,
+            processor,
+            given_teacher,
+            fingerprint=fingerprints.get("teacher"),
+        )
     if stages.use_cached_teacher(model_args, data_args) and get_objective(args.objective).uses_teacher:
         say(
             "Caching the teacher's logits on train and holdout (computed once; the teacher is not run per step)."
@@ -95,15 +132,21 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     if reused:
         say(f"Reusing the one-hot baseline {reused} (--baseline_model_name_or_path): no baseline is trained.")
         baseline_trainer = None
+    elif finished["baseline"]:
+        say(
+            f"Reusing the finished baseline stage {baseline_dir} (its settings match this run's): not retrained."
+        )
+        baseline = models.load_classifier(baseline_dir)
+        baseline_trainer = None
     else:
         say("Training the one-hot baseline student (objective ce).")
-        baseline_dir = os.path.join(output_dir, "baseline")
-        baseline_trainer = stages.train_stage(
+        baseline_trainer = train_marked_stage(
             models.student_model(model_args, info.class_names, seed=args.seed),
-            stages.stage_args(args, output_dir=baseline_dir, objective="ce"),
+            baseline_args,
             prepared,
-            processor=processor,
-            save_dir=baseline_dir,
+            processor,
+            fingerprints["baseline"],
+            resuming=resume.resuming(args),
         )
     say(f"Training the distilled student (objective {args.objective}).")
     student_trainer = stages.train_stage(
@@ -156,9 +199,22 @@ def load_given_teacher(model_args, student):
     return teacher
 
 
-def teacher_stage(model_args, args: DistillationArguments, info, prepared, processor, given=None):
+def teacher_stage_args(model_args, args: DistillationArguments) -> DistillationArguments:
+    """The training arguments of a teacher trained here: its objective and epochs, its own folder."""
+    return stages.stage_args(
+        args,
+        output_dir=os.path.join(args.output_dir, "teacher"),
+        objective=model_args.teacher_objective,
+        num_train_epochs=model_args.teacher_num_train_epochs or 2 * args.num_train_epochs,
+    )
+
+
+def teacher_stage(
+    model_args, args: DistillationArguments, info, prepared, processor, given=None, fingerprint=None
+):
     """The teacher and, when it is trained here (no ``--teacher_model_name_or_path``), its trainer (else None).
-    ``given``: the given teacher (`load_given_teacher`), already checked before anything trains."""
+    ``given``: the given teacher (`load_given_teacher`), already checked before anything trains.
+    ``fingerprint``: the stage's settings (`resume.stage_fingerprint`), written into teacher/ once it is done."""
     if given is not None:
         return given, None
     objective = model_args.teacher_objective
@@ -167,21 +223,38 @@ def teacher_stage(model_args, args: DistillationArguments, info, prepared, proce
         f"{'teacher from ' + model_args.teacher_config_name if model_args.teacher_config_name else 'ViT teacher'} "
         f"with objective {objective}."
     )
-    teacher_dir = os.path.join(args.output_dir, "teacher")
-    teacher_args = stages.stage_args(
-        args,
-        output_dir=teacher_dir,
-        objective=objective,
-        num_train_epochs=model_args.teacher_num_train_epochs or 2 * args.num_train_epochs,
-    )
-    trainer = stages.train_stage(
+    teacher_args = teacher_stage_args(model_args, args)
+    if fingerprint is None:
+        fingerprint = resume.stage_fingerprint("teacher", teacher_args, model_args, info.to_dict())
+    trainer = train_marked_stage(
         models.teacher_model(model_args, info.class_names, args.seed),
         teacher_args,
         prepared,
-        processor=processor,
-        save_dir=teacher_dir,
+        processor,
+        fingerprint,
+        resuming=resume.resuming(args),
     )
     return trainer.model, trainer
+
+
+def train_marked_stage(model, stage_args, prepared, processor, fingerprint: dict, resuming: bool):
+    """Train a teacher or baseline stage into ``stage_args.output_dir`` (on resume: from that folder's own newest
+    complete checkpoint, if any) and mark it finished (`resume.mark_stage_complete`) as its last act."""
+    folder = stage_args.output_dir
+    main_process = PartialState().is_main_process
+    if main_process:
+        resume.clear_stage_marker(folder)
+    trainer = stages.train_stage(
+        model,
+        stage_args,
+        prepared,
+        processor=processor,
+        resume_from_checkpoint=True if resuming else None,
+        save_dir=folder,
+    )
+    if main_process:
+        resume.mark_stage_complete(folder, fingerprint)
+    return trainer
 
 
 def distillation_settings(model_args, data_args, args: DistillationArguments, world_size: int) -> dict:

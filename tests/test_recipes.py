@@ -266,6 +266,47 @@ def test_reused_baseline_is_not_trained_again_and_reports_the_same(tmp_path, dis
     assert f"**One-hot baseline:** reused: {run / 'baseline'}" in (out / "README.md").read_text()
 
 
+def stage_marker(recipe, argv: list[str], stage: str) -> dict:
+    """The stage_complete.json fingerprint a run with ``argv`` writes into its ``stage`` folder."""
+    from hf_fairkd.run import arguments, preparation, resume, stages
+
+    model_args, data_args, args, _ = arguments.parse_recipe_args(argv=argv)
+    info = preparation.load_data(data_args)[1]
+    if stage == "teacher":
+        stage_args = recipe.teacher_stage_args(model_args, args)
+    else:
+        stage_args = stages.stage_args(args, output_dir=str(Path(args.output_dir) / stage), objective="ce")
+    return resume.stage_fingerprint(stage, stage_args, model_args, info.to_dict())
+
+
+def test_resume_into_a_finished_stage_of_other_settings_is_refused_before_training(tmp_path, monkeypatch):
+    recipe = load_recipe("distill_vit")
+    trained = []
+    monkeypatch.setattr(recipe.stages, "train_stage", lambda *a, **k: trained.append(a) or 1 / 0)
+    out = tmp_path / "out"
+    argv = [*TINY, "--output_dir", str(out), "--teacher_signal", "online"]  # (no teacher cache to build)
+    (out / "teacher").mkdir(parents=True)
+    marker = stage_marker(recipe, [*argv, "--learning_rate", "0.01", "--teacher_objective", "dro"], "teacher")
+    (out / "teacher" / "stage_complete.json").write_text(json.dumps(marker))
+    with pytest.raises(ValueError) as err:
+        recipe.main([*argv, "--resume_from_checkpoint", "true"])
+    message = str(err.value)
+    assert f"the finished teacher stage in {out / 'teacher'} was trained with other settings" in message
+    assert 'objective "dro" there, "erm" here' in message
+    assert "training.learning_rate 0.01 there, 0.002 here" in message
+    assert "Resume with the original flags, or pass --overwrite_output_dir" in message
+    assert not trained  # refused before any stage trained
+    # the same settings pass the check (the teacher is reused; here the baseline then "trains" and fails)
+    (out / "teacher" / "stage_complete.json").write_text(json.dumps(stage_marker(recipe, argv, "teacher")))
+    monkeypatch.setattr(recipe, "load_teacher", lambda path: path)
+    with pytest.raises(ZeroDivisionError):
+        recipe.main([*argv, "--resume_from_checkpoint", "true"])
+    assert [a[1].output_dir for a in trained] == [str(out / "baseline")]
+    # without --resume_from_checkpoint the marker is not read: the run refuses the non-empty folder as before
+    with pytest.raises(ValueError, match="already holds a run"):
+        recipe.main(argv)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -352,7 +393,10 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 def save_teacher_with_own_processor(folder: Path, seed: int = 3) -> Path:
     """A ViT teacher at 16x16 with ImageNet mean/std (the student of TINY: 8x8, mean/std 0.5), saved with its
     processor. Untrained, with a scaled-up head so that its predictions vary: its accuracy is what it is."""
-    from transformers import ViTImageProcessorPil
+    try:  # the PIL backend (transformers >= 5.x); the lowest admitted 5.0 has only ViTImageProcessor
+        from transformers import ViTImageProcessorPil
+    except ImportError:
+        from transformers import ViTImageProcessor as ViTImageProcessorPil
 
     from hf_fairkd.data import load_long_tailed
     from hf_fairkd.run.models import build_vit

@@ -267,7 +267,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(reference_run, tmp_pat
     # Bitwise on CPU: the same bytes for the weights, metrics, card and plot.
     for name in FINAL_FILES:
         assert (out / name).read_bytes() == (reference_run / name).read_bytes(), name
-    for stage in ("teacher", "baseline"):  # the earlier stages are re-run with the same seed
+    for stage in ("teacher", "baseline"):  # finished before the kill: reused, not re-run
         a, b = (
             load_file(out / stage / "model.safetensors"),
             load_file(reference_run / stage / "model.safetensors"),
@@ -276,6 +276,89 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(reference_run, tmp_pat
     state = load_file(out / "checkpoint-12" / OBJECTIVE_STATE_NAME)
     reference_state = load_file(reference_run / "checkpoint-12" / OBJECTIVE_STATE_NAME)
     assert torch.equal(state["dro_multipliers"], reference_state["dro_multipliers"])
+
+
+# ================================================================================== resume reuses finished stages
+STAGED_ARGS = [*TINY, "--save_strategy", "steps", "--save_steps", "2"]
+STAGES = ("teacher", "baseline", "student")  # in the order they train; the student's folder is the output's
+
+
+def staged_cmd(out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "recipes" / "distill_vit.py"),
+        *STAGED_ARGS,
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
+
+
+def stage_folder(out: Path, stage: str) -> Path:
+    return out if stage == "student" else out / stage
+
+
+@pytest.fixture(scope="module")
+def staged_reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("staged") / "out"
+    subprocess.run(staged_cmd(out), env=recipe_env(), check=True, capture_output=True, timeout=600)
+    return out
+
+
+@pytest.mark.parametrize("killed", STAGES)  # ~15-30 s each (a shared reference run)
+def test_sigkill_in_a_stage_resumes_it_and_reuses_the_finished_ones(staged_reference, tmp_path, killed):
+    """Killed once ``killed`` has written its checkpoint-2: on --resume_from_checkpoint true the stages before it
+    are reused (marked finished, same settings), it resumes from its own checkpoint, and the record equals the
+    uninterrupted run's."""
+    out = tmp_path / "out"
+    checkpoint = stage_folder(out, killed) / "checkpoint-2" / "trainer_state.json"
+    process = subprocess.Popen(
+        staged_cmd(out), env=recipe_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(checkpoint, process)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        process.kill()
+    finished = STAGES[: STAGES.index(killed)]
+    assert not (out / "subgroup_metrics.json").exists()
+    assert not (stage_folder(out, killed) / "checkpoint-6").exists()
+    for stage in finished:  # each finished stage marked its folder as its last act
+        marker = json.loads((out / stage / "stage_complete.json").read_text())
+        assert marker["stage"] == stage and marker["dataset"]["train_counts"]
+    if killed != "student":
+        assert not (out / killed / "stage_complete.json").exists()
+    weights = {stage: out / stage / "model.safetensors" for stage in finished}
+    before = {stage: (path.read_bytes(), path.stat().st_mtime_ns) for stage, path in weights.items()}
+    checkpoint_written = checkpoint.stat().st_mtime_ns
+
+    resumed = subprocess.run(
+        staged_cmd(out, "--resume_from_checkpoint", "true"), env=recipe_env(), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stderr
+    for stage in finished:  # not retrained: the same bytes, never rewritten, and the log says reused
+        assert (weights[stage].read_bytes(), weights[stage].stat().st_mtime_ns) == before[stage], stage
+        assert f"Reusing the finished {stage} stage {out / stage}" in log
+    assert ("No teacher given" in log) == (killed == "teacher")
+    assert ("Training the one-hot baseline" in log) == (killed != "student")
+    # the killed stage continued from its checkpoint-2 (not saved again) to step 6, and is now marked finished
+    assert checkpoint.stat().st_mtime_ns == checkpoint_written
+    final = stage_folder(out, killed) / "checkpoint-6" / "trainer_state.json"
+    assert json.loads(final.read_text())["global_step"] == 6
+    for stage in ("teacher", "baseline"):
+        assert (out / stage / "stage_complete.json").exists()
+    # the same record as the uninterrupted run (teacher, baseline and student reports) and the same weights
+    ours = json.loads((out / "subgroup_metrics.json").read_text())
+    theirs = json.loads((staged_reference / "subgroup_metrics.json").read_text())
+    for role in STAGES:
+        assert ours[role] == theirs[role], role
+    assert ours == theirs
+    for stage in STAGES:
+        name = stage_folder(Path(), stage) / "model.safetensors"
+        assert (out / name).read_bytes() == (staged_reference / name).read_bytes(), stage
 
 
 # ================================================================================== data faults (recipe)

@@ -392,3 +392,55 @@ def test_config_overrides_from_an_argument_file_may_be_a_mapping(tmp_path):
     assert model_args.student_config_overrides == {"hidden_sizes": [8, 16], "depths": [1, 1]}
     student = student_model(model_args, ["a", "b"], seed=0)
     assert student.config.hidden_sizes == [8, 16] and student.config.embedding_size == 32
+
+
+# ------------------------------------------------------------------ resume: a finished stage's fingerprint
+def test_stage_fingerprint_mismatch_names_the_settings_and_the_fix(tmp_path, caplog):
+    import dataclasses
+
+    from tiny_models import tiny_args
+
+    from hf_fairkd.run.arguments import ModelArguments
+    from hf_fairkd.run.resume import (
+        STAGE_COMPLETE_NAME,
+        finished_stage,
+        mark_stage_complete,
+        stage_fingerprint,
+    )
+
+    dataset = {"dataset_name": "digits", "train_counts": [5, 3]}
+    args, model_args = tiny_args(tmp_path, objective="ce"), ModelArguments()
+    ours = stage_fingerprint("baseline", args, model_args, dataset)
+    # what does not shape the weights does not change it; what does, does
+    cosmetic = dataclasses.replace(
+        args, logging_steps=1, output_dir=str(tmp_path / "x"), save_strategy="steps"
+    )
+    assert stage_fingerprint("baseline", cosmetic, model_args, dataset) == ours
+    for changed in (dict(seed=1), dict(max_steps=3), dict(learning_rate=1.0), dict(objective="balanced")):
+        assert (
+            stage_fingerprint("baseline", dataclasses.replace(args, **changed), model_args, dataset) != ours
+        )
+    bigger = ModelArguments(student_hidden_size=32)
+    assert stage_fingerprint("baseline", args, bigger, dataset) != ours
+    assert stage_fingerprint("baseline", args, model_args, {**dataset, "train_counts": [5, 2]}) != ours
+
+    folder = tmp_path / "baseline"
+    folder.mkdir()
+    assert not finished_stage(str(folder), ours)  # no marker: killed half-way, trained again
+    (folder / STAGE_COMPLETE_NAME).write_text("{")  # a marker cut short
+    with caplog.at_level("WARNING"):
+        assert not finished_stage(str(folder), ours)
+    assert "is unreadable: the baseline stage is trained again" in caplog.text
+    mark_stage_complete(str(folder), ours)
+    assert finished_stage(str(folder), ours)
+    theirs = stage_fingerprint("baseline", dataclasses.replace(args, max_steps=7), bigger, dataset)
+    mark_stage_complete(str(folder), theirs)
+    with pytest.raises(ValueError) as err:
+        finished_stage(str(folder), ours)
+    message = str(err.value)
+    assert (
+        f"the finished baseline stage in {folder} was trained with other settings than this run's" in message
+    )
+    assert "training.max_steps 7 there, 20 here" in message
+    assert "model.student_hidden_size 32 there, 64 here" in message
+    assert "Resume with the original flags, or pass --overwrite_output_dir" in message
