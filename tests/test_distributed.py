@@ -8,11 +8,6 @@ here, in a single process.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +24,7 @@ from distributed_worker import (
 from safetensors.torch import load_file
 from tiny_models import make_vit
 from transformers import ViTForImageClassification
+from two_processes import launch_two_processes
 
 from hf_fairkd.metrics import subgroup_report
 from hf_fairkd.objectives import get_objective
@@ -42,47 +38,12 @@ WORLD_SIZE = 2
 TIMEOUT_S = 180  # the run takes ~25 s; this only bounds a hang
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Launch the worker once in two processes and return its output folder."""
     out_dir = tmp_path_factory.mktemp("distributed") / "out"
-    # one thread per process on 2 cores; nothing is downloaded (the worker builds its models and data)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(LAUNCH_CONFIG),
-        "--main_process_port",
-        str(free_port()),  # parallel test runs must not meet on the default port
-        str(WORKER),
-        str(out_dir),
-    ]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        # SIGTERM, not SIGKILL: the launcher (torch elastic) then ends its workers, which run in sessions of
-        # their own and would otherwise be left behind
-        proc.terminate()
-        try:
-            _, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, stderr = proc.communicate()
-        pytest.fail(
-            f"the two-process run did not finish in {TIMEOUT_S} s (a hang in a collective?):\n{stderr[-4000:]}"
-        )
-    assert proc.returncode == 0, f"worker failed (exit {proc.returncode}):\n{stderr[-6000:]}"
-    print(f"two-process worker: {time.monotonic() - start:.1f} s")
+    seconds = launch_two_processes(LAUNCH_CONFIG, WORKER, str(out_dir), timeout_s=TIMEOUT_S)
+    print(f"two-process worker: {seconds:.1f} s")
     return out_dir
 
 

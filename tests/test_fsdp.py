@@ -15,11 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +31,7 @@ from fsdp_worker import (
 )
 from tiny_models import make_vit
 from transformers import ViTForImageClassification
+from two_processes import launch_two_processes
 
 from hf_fairkd.metrics.trainer_metrics import SubgroupMetrics
 
@@ -60,45 +56,10 @@ TEST_BATCHES = math.ceil(sum(TEST_COUNTS) / (EVAL_BATCH * WORLD_SIZE))  # per ra
 DRO_UPDATES = (MAX_STEPS - 1) // 2  # dro_update_every=2: steps 2, 4, ..., 22
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(config: Path, out_dir: Path, objectives=OBJECTIVES, shim: bool = True) -> float:
     """Run the worker in two processes; returns the seconds it took. Fails the test on error or timeout."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if not shim:
-        env["FSDP_WORKER_NO_SHIM"] = "1"
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(config),
-        "--main_process_port",
-        str(free_port()),
-        str(WORKER),
-        str(out_dir),
-        *objectives,
-    ]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # the launcher (torch elastic) then ends its workers
-        try:
-            _, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, stderr = proc.communicate()
-        pytest.fail(
-            f"{config.name}: no result in {TIMEOUT_S} s (a rank waiting in a collective?):\n{stderr[-4000:]}"
-        )
-    assert proc.returncode == 0, f"{config.name}: worker failed (exit {proc.returncode}):\n{stderr[-6000:]}"
-    return time.monotonic() - start
+    env = {} if shim else {"FSDP_WORKER_NO_SHIM": "1"}
+    return launch_two_processes(config, WORKER, str(out_dir), *objectives, timeout_s=TIMEOUT_S, env=env)
 
 
 def read_ranks(out_dir: Path) -> dict[str, list[dict]]:
