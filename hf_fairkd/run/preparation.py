@@ -1,14 +1,10 @@
-"""Data preparation for a recipe run: the long-tailed splits with their metadata, every image decoded once
-before training, and the objectives' demands on the data (a holdout, training rows in every class) checked
-before anything trains. Turning images into model inputs is `preprocessing`'s job."""
+"""Data preparation for a recipe run: the long-tailed splits with their metadata, and the objectives' demands on
+the data (a holdout, training rows in every class) checked before anything trains. Decoding the images (once,
+which also checks them) and turning them into model inputs is `preprocessing`'s job."""
 
 from __future__ import annotations
 
-import io
-
 import torch
-from datasets import Image as ImageFeature
-from PIL import Image
 
 from ..config import DistillationArguments
 from ..data import load_long_tailed, long_tail_info
@@ -48,33 +44,7 @@ def load_data(data_args: DataArguments):
                 f"The {split} split of {data_args.dataset_name} is empty; supply a dataset whose {split} split has "
                 "rows (without a 'test' split, a balanced one is carved from train)."
             )
-    check_images(splits, info.image_column)
     return splits, info
-
-
-def check_images(splits, image_column: str) -> None:
-    """Decode every image once, before any training: a corrupt file (e.g. a truncated JPEG) fails here, by
-    name, instead of inside a data loader hours later."""
-    for name, split in splits.items():
-        if not isinstance(split.features.get(image_column), ImageFeature) or not len(split):
-            continue
-        raw = split.select_columns([image_column]).cast_column(image_column, ImageFeature(decode=False))
-        row = 0
-        for batch in raw.iter(batch_size=256):
-            for value in batch[image_column]:
-                where = (value or {}).get("path") or "bytes embedded in the dataset"
-                try:
-                    if not value or not (value.get("bytes") or value.get("path")):
-                        raise ValueError("the row has no image")
-                    source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-                    with Image.open(source) as image:
-                        image.load()
-                except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
-                    raise ValueError(
-                        f"Image {row} of the {name} split ({where}) cannot be decoded: {type(err).__name__}: {err}. "
-                        "Replace or remove that file (or filter the row out of the dataset), then re-run."
-                    ) from None
-                row += 1
 
 
 def check_objectives(objectives: dict[str, str], args: DistillationArguments, info) -> None:

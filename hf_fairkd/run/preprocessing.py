@@ -1,7 +1,9 @@
 """Model preprocessing: the image processors of a run (the student's, and a given teacher's own), and the
-transform that turns a split's images into ``pixel_values`` for the models (decoded, optionally augmented,
-resized and normalised on the fly). When the teacher's processor differs from the student's, the same decoded
-(and augmented) image also becomes ``teacher_pixel_values``, made by the teacher's processor."""
+transforms that turn a split's images into ``pixel_values`` for the models. `prepare_splits` takes the fast path
+(`pixels`: decoded and resized once, normalised and augmented on tensors); `with_image_transform` is the
+on-the-fly path kept for processors the fast path cannot split. When the teacher's processor differs from the
+student's, the same decoded (and augmented) image also becomes ``teacher_pixel_values``, made by the teacher's
+processor."""
 
 from __future__ import annotations
 
@@ -16,6 +18,15 @@ from transformers import AutoImageProcessor
 from ..teacher_cache import CACHE_COLUMNS
 from ..teacher_signal import TEACHER_INPUT_COLUMNS
 from .arguments import ModelArguments
+from .pixels import (
+    PIXELS,
+    TEACHER_PIXELS,
+    UnsupportedProcessor,
+    as_tensor,
+    augment_views,
+    decoded_pixels,
+    random_views,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +121,66 @@ def with_image_transform(
     return dataset.with_transform(transform)
 
 
-def prepare_splits(splits, info, processor, augment: bool = False, teacher_processor=None) -> PreparedSplits:
+def with_pixel_transform(decoded, steps: dict, label_column: str, outputs: dict, augment: bool = False):
+    """Rows of a `decoded_pixels` split become tensors: ``outputs`` maps each model input (``pixel_values``,
+    ``teacher_pixel_values``) to the uint8 column it is made from; with ``augment`` every input gets the same
+    flip and crop (shifts drawn at the first input's width, scaled to each one's)."""
+
+    def transform(batch):
+        labels = batch[label_column]
+        views, out = None, {}
+        for name, column in outputs.items():
+            pixels = as_tensor(batch[column], steps[column].shape)
+            if augment:
+                views = views or (*random_views(len(labels), pixels.shape[-1]), pixels.shape[-1])
+                pixels = augment_views(pixels, *views)
+            out[name] = steps[column](pixels)
+        out["labels"] = torch.as_tensor(labels)
+        out.update({c: torch.as_tensor(np.asarray(batch[c])) for c in CACHE_COLUMNS if c in batch})
+        return out
+
+    return decoded.with_transform(transform)
+
+
+def prepare_splits(
+    splits, info, processor, augment: bool = False, teacher_processor=None, num_proc: int | None = None
+) -> PreparedSplits:
     """Every split with the image transform (augmentation on train only), and the training class counts.
 
-    A ``teacher_processor`` that preprocesses otherwise than ``processor`` adds ``teacher_pixel_values`` to
-    every split's rows and the teacher's view of every split (`PreparedSplits.for_teacher`)."""
+    Images are decoded and resized once (`pixels.decoded_pixels`, ``num_proc`` processes; a bad file is named
+    here, before any training) and normalised / augmented on tensors. A ``teacher_processor`` that
+    preprocesses otherwise than ``processor`` adds ``teacher_pixel_values`` to every split's rows and the
+    teacher's view of every split (`PreparedSplits.for_teacher`)."""
     own = None if same_preprocessing(processor, teacher_processor) else teacher_processor
+    columns = {PIXELS: processor, **({TEACHER_PIXELS: own} if own is not None else {})}
+    try:
+        decoded = {
+            name: decoded_pixels(split, info.image_column, columns, split_name=name, num_proc=num_proc)
+            for name, split in splits.items()
+        }
+    except UnsupportedProcessor as why:
+        logger.warning(f"Preprocessing on the fly, every epoch: {why}.")
+        return prepare_splits_on_the_fly(splits, info, processor, augment, own)
+    student_inputs = {"pixel_values": PIXELS, **({TEACHER_PIXEL_VALUES: TEACHER_PIXELS} if own else {})}
+    label = info.label_column
+    return PreparedSplits(
+        {
+            name: with_pixel_transform(split, steps, label, student_inputs, augment and name == "train")
+            for name, (split, steps) in decoded.items()
+        },
+        class_counts=info.train_counts,
+        teacher_splits={
+            name: with_pixel_transform(split, steps, label, {"pixel_values": TEACHER_PIXELS})
+            for name, (split, steps) in decoded.items()
+        }
+        if own is not None
+        else None,
+    )
+
+
+def prepare_splits_on_the_fly(splits, info, processor, augment: bool = False, own=None) -> PreparedSplits:
+    """`prepare_splits` decoding and preprocessing every image on every pass (``own``: the teacher's processor
+    when it differs from ``processor``)."""
     columns = info.image_column, info.label_column
     return PreparedSplits(
         {

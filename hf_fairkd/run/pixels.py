@@ -1,0 +1,186 @@
+"""The fast data path: every image decoded, converted to RGB and resized (or cropped) ONCE by each model's image
+processor, kept as compact uint8 rows in a `datasets` column (a `Dataset.map`, cached on disk like any map when
+the source has cache files), then rescaled, normalised and augmented on batches of tensors at training time.
+
+Decoding is also the image check: it runs before any training, over ``num_proc`` processes for large datasets,
+and a file that cannot be decoded stops the run with its split, row and path named.
+
+The processor's own geometric steps (resize, centre crop) run on the decoded image, exactly as the processor
+does them; the steps after them (rescale, normalise) are replayed on tensors, giving the processor's output to
+float32 rounding (`TensorSteps`). A processor whose geometric output is not uint8 (one that resizes in float)
+is not supported here: `decoded_pixels` raises `UnsupportedProcessor` and the caller keeps the on-the-fly path.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Features, Value
+from datasets import Image as ImageFeature
+from PIL import Image
+
+PIXELS = "pixels"
+TEACHER_PIXELS = "teacher_pixels"
+ROWS_PER_PROCESS = 20_000  # below this, one process decodes faster than starting a pool
+
+
+class UnsupportedProcessor(ValueError):
+    """The image processor cannot be split into uint8 geometry + tensor normalisation."""
+
+
+@dataclass(frozen=True)
+class TensorSteps:
+    """What an image processor does after its geometric steps, replayed on a uint8 batch (n, c, h, w)."""
+
+    shape: tuple[int, int, int]
+    scale: float | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+    @classmethod
+    def of(cls, processor, shape) -> TensorSteps:
+        needed = ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")
+        if not all(hasattr(processor, name) for name in needed):
+            raise UnsupportedProcessor(f"{type(processor).__name__} has no rescale/normalise settings")
+        normalize = bool(processor.do_normalize)
+        return cls(
+            shape=tuple(int(s) for s in shape),
+            scale=float(processor.rescale_factor) if processor.do_rescale else None,
+            mean=_per_channel(processor.image_mean, shape[0]) if normalize else None,
+            std=_per_channel(processor.image_std, shape[0]) if normalize else None,
+        )
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        # the processor's order and dtype: float32, rescale, then (x - mean) / std
+        x = pixels.to(torch.float32)
+        if self.scale is not None:
+            x = x * self.scale
+        if self.mean is not None:
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        return x
+
+
+def _per_channel(values, channels: int) -> tuple[float, ...]:
+    values = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    return tuple(values * channels if len(values) == 1 else values)
+
+
+def geometry(processor, images) -> np.ndarray:
+    """The processor's output without rescaling and normalisation: uint8 (n, c, h, w)."""
+    out = processor(images, do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"]
+    out = np.asarray(out)
+    if out.dtype != np.uint8:
+        rounded = np.rint(out)
+        if out.size and (np.abs(out - rounded).max() > 1e-3 or rounded.min() < 0 or rounded.max() > 255):
+            raise UnsupportedProcessor(
+                f"{type(processor).__name__} does not resize on uint8 pixels (its resized output is not whole "
+                "numbers in 0..255)"
+            )
+        out = rounded.astype(np.uint8)
+    return out
+
+
+def open_image(value, where: str):
+    """A decoded RGB image from a stored image value ({bytes, path}), or an error naming ``where``."""
+    path = (value or {}).get("path") or "bytes embedded in the dataset"
+    try:
+        if not value or not (value.get("bytes") or value.get("path")):
+            raise ValueError("the row has no image")
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        with Image.open(source) as image:
+            return image.convert("RGB")
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
+        raise ValueError(
+            f"Image {where} ({path}) cannot be decoded: {type(err).__name__}: {err}. Replace or remove that file "
+            "(or filter the row out of the dataset), then re-run."
+        ) from None
+
+
+def decoded_pixels(
+    split, image_column: str, processors: dict, *, split_name: str = "train", num_proc: int | None = None
+):
+    """``split`` with one uint8 bytes column per processor (column name -> processor), the image column
+    dropped, and the shape of each column's rows. Raises `UnsupportedProcessor` before decoding the whole split
+    when a processor cannot be split; a bad image raises ValueError naming it."""
+    if not len(split):
+        return split.remove_columns([image_column]), {}
+    probe = open_image(
+        split.cast_column(image_column, ImageFeature(decode=False))[0][image_column],
+        f"0 of the {split_name} split",
+    )
+    shapes = {column: geometry(p, [probe]).shape[1:] for column, p in processors.items()}
+    steps = {column: TensorSteps.of(p, shapes[column]) for column, p in processors.items()}
+
+    def decode(batch, indices):
+        images = [
+            open_image(value, f"{index} of the {split_name} split")
+            for value, index in zip(batch[image_column], indices, strict=True)
+        ]
+        out = {}
+        for column, processor in processors.items():
+            pixels = geometry(processor, images)
+            if pixels.shape[1:] != shapes[column]:
+                raise UnsupportedProcessor(
+                    f"{type(processor).__name__} gives images of different sizes ({pixels.shape[1:]} and "
+                    f"{shapes[column]}): set a fixed size in the image processor"
+                )
+            out[column] = [row.tobytes() for row in pixels]
+        return out
+
+    raw = split.cast_column(image_column, ImageFeature(decode=False))
+    features = Features({**{k: v for k, v in raw.features.items() if k != image_column}})
+    features.update({column: Value("binary") for column in processors})
+    if num_proc is None:
+        num_proc = min(os.cpu_count() or 1, max(1, len(split) // ROWS_PER_PROCESS))
+    mapped = raw.map(
+        decode,
+        batched=True,
+        batch_size=256,
+        with_indices=True,
+        remove_columns=[image_column],
+        features=features,
+        num_proc=num_proc if num_proc > 1 else None,
+        desc=f"Decoding {split_name} images once",
+    )
+    return mapped, steps
+
+
+def random_views(n: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip flags and crop shifts (in pixels at ``width``, in [-pad, pad], pad = width // 8) for n rows."""
+    pad = max(1, width // 8)
+    return torch.rand(n) < 0.5, torch.randint(-pad, pad + 1, (n, 2))
+
+
+def augment_views(
+    pixels: torch.Tensor, flips: torch.Tensor, shifts: torch.Tensor, base_width: int
+) -> torch.Tensor:
+    """Horizontal flip and pad-and-crop (zero padding) of a uint8 batch; ``shifts`` are in pixels at
+    ``base_width`` and scaled to this batch's width, so models at other resolutions see the same view."""
+    n, _, height, width = pixels.shape
+    pad_x, pad_y = max(1, width // 8), max(1, height // 8)
+    scaled = torch.round(shifts.to(torch.float64) * width / base_width).long()
+    dx, dy = scaled[:, 0].clamp(-pad_x, pad_x), scaled[:, 1].clamp(-pad_y, pad_y)
+    flipped = torch.where(flips.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
+    padded = F.pad(flipped, (pad_x, pad_x, pad_y, pad_y))
+    out = torch.empty_like(pixels)
+    for i in range(n):  # n small slices: cheaper than building a gather index
+        y, x = pad_y + int(dy[i]), pad_x + int(dx[i])
+        out[i] = padded[i, :, y : y + height, x : x + width]
+    return out
+
+
+def as_tensor(rows: list[bytes], shape) -> torch.Tensor:
+    """uint8 rows (bytes) as one (n, *shape) tensor."""
+    buffer = bytearray(b"".join(rows))
+    return (
+        torch.frombuffer(buffer, dtype=torch.uint8).view(len(rows), *shape)
+        if rows
+        else torch.empty((0, *shape), dtype=torch.uint8)
+    )
