@@ -16,7 +16,8 @@ stage (objective ``ce``). Three measurements, each of STEPS optimisation steps, 
 * ``trainer_in_memory`` (for the split of the gap): the first path's ``training_step`` + optimizer step on the
   same in-memory batches, i.e. the trainer without its data loading.
 
-Within a round the train path runs first and keeps the batches it drew; the other two then run on them.
+The three paths are interleaved step by step: the train path draws a batch and steps, then the other two step on
+that batch, so a change of machine load hits all three alike.
 Throughputs are images/s over each round's timed steps; medians over the rounds are reported. torch runs with
 one thread (on a shared 2-core machine a 2-thread pool slows down many-fold whenever another process takes a
 core). Writes benchmarks/results/data_path.json.
@@ -69,6 +70,11 @@ def endless(loader):
     """The dataloader's batches, epoch after epoch (a new epoch starts a new iterator, as the loop does)."""
     while True:
         yield from loader
+
+
+def splits_columns(prepared) -> list[str]:
+    """The stored columns of the prepared train split (the fast path stores uint8 ``pixels``)."""
+    return list(prepared["train"].column_names)
 
 
 def images(batch) -> int:
@@ -163,18 +169,17 @@ def main() -> None:
 
     rounds = []
     for _ in range(cli.rounds):
-        seen, step_seconds = [], {"train": [], "model": [], "trainer_in_memory": []}
+        count, step_seconds = 0, {"train": [], "model": [], "trainer_in_memory": []}
         for _ in range(cli.steps):
+            # the three paths interleaved step by step: a change of machine load hits all three alike
             start = time.perf_counter()
             batch = train_step()
             step_seconds["train"].append(time.perf_counter() - start)
-            seen.append(batch)
-        for name, step in (("model", model_step), ("trainer_in_memory", trainer_step_in_memory)):
-            for batch in seen:
+            for name, step in (("model", model_step), ("trainer_in_memory", trainer_step_in_memory)):
                 start = time.perf_counter()
                 step(batch)
                 step_seconds[name].append(time.perf_counter() - start)
-        count = sum(images(batch) for batch in seen)
+            count += images(batch)
         throughput = {name: count / sum(seconds) for name, seconds in step_seconds.items()}
         rounds.append(
             {
@@ -184,7 +189,6 @@ def main() -> None:
                 "median_step_ms": {k: round(1000 * statistics.median(v), 3) for k, v in step_seconds.items()},
             }
         )
-        del seen
 
     med = {
         name: statistics.median(r["images_per_second"][name] for r in rounds)
@@ -215,8 +219,11 @@ def main() -> None:
             "dataset": cli.dataset_name,
             "train_rows": sum(info.train_counts),
             "stage": "one-hot baseline student (objective ce), stages.stage_args as in recipes/distill_vit.py",
-            "student": f"ViT hidden {model_args.student_hidden_size}, {model_args.student_num_layers} layers, "
-            f"{model_args.student_num_heads} heads, image {model_args.image_size}, patch {model_args.patch_size}",
+            "student": f"{type(train_model).__name__}, {sum(p.numel() for p in train_model.parameters()):,} "
+            f"parameters, image {model_args.image_size}",
+            "data_path": "decoded once (hf_fairkd.run.pixels), normalised and augmented on tensors"
+            if "pixels" in splits_columns(prepared)
+            else "decoded and preprocessed on the fly",
             "augment": bool(data_args.augment),
             "image_processor": type(processor).__name__,
             "dataloader_num_workers": baseline_args.dataloader_num_workers,
@@ -226,8 +233,8 @@ def main() -> None:
             "measurements": "train: trainer.get_train_dataloader() batch + _get_num_items_in_batch + "
             "training_step + optimizer/scheduler step + zero_grad; model: model(pixel_values, labels).loss "
             "backward + optimizer/scheduler step + zero_grad on the same collated batches in memory; "
-            "trainer_in_memory: the train step without the dataloader, on the same batches. Per round the "
-            "train path first (keeping its batches), then the other two; medians over rounds.",
+            "trainer_in_memory: the train step without the dataloader, on the same batches. Interleaved "
+            "step by step (train path, then the other two on its batch); medians over rounds.",
         },
         "machine": {
             "platform": platform.platform(),
