@@ -21,6 +21,12 @@ from PIL import Image as PILImage
 REPO = Path(__file__).resolve().parent.parent
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 N_MAX, RHO, TEST_PER_CLASS = 30, 10.0, 5
+TINY_RESNET = {
+    "model_type": "resnet",
+    "depths": [1, 1],
+    "layer_type": "basic",
+    "downsample_in_first_stage": False,
+}
 
 
 def _load(name: str):
@@ -53,25 +59,31 @@ def results(tmp_path_factory):
     _split(N_MAX, seed=0).to_parquet(str(data / "train-00000-of-00001.parquet"))
     _split(TEST_PER_CLASS, seed=1).to_parquet(str(data / "test-00000-of-00001.parquet"))
     output = root / "out" / "cifar10_lt.json"
+    configs = {}
+    for role, width in (("student", 4), ("teacher", 8)):
+        configs[role] = root / f"{role}.json"
+        configs[role].write_text(
+            json.dumps({**TINY_RESNET, "embedding_size": width, "hidden_sizes": [width] * 2})
+        )
     # fmt: off
     argv = [
         "--dataset_name", str(root / "cifar_like"), "--output", str(output), "--work_dir", str(root / "work"),
         "--imbalance_factor", str(RHO), "--holdout_per_class", "1", "--seeds", "0", "--tradeoffs", "0", "1",
-        "--robust_tradeoff", "1", "--student_epochs", "1", "--teacher_epochs", "1", "--student_hidden", "16",
-        "--student_layers", "1", "--teacher_hidden", "32", "--teacher_layers", "1", "--num_heads", "2",
-        "--image_size", "16", "--patch_size", "8", "--batch_size", "32", "--n_bootstrap", "50",
+        "--robust_tradeoff", "1", "--student_epochs", "1", "--teacher_epochs", "1",
+        "--student_config", str(configs["student"]), "--teacher_config", str(configs["teacher"]),
+        "--image_size", "16", "--batch_size", "32", "--n_bootstrap", "50",
     ]
     # fmt: on
     _load("reproduce_cifar10_lt").main(argv)
     with open(output, encoding="utf-8") as f:
-        return json.load(f), output
+        return json.load(f), output, argv
 
 
 def test_json_structure_and_plan(results):
-    data, _ = results
+    data, *_ = results
     assert set(data) == {"runs", "config", "machine"}
     runs, config = data["runs"], data["config"]
-    assert [r["name"] for r in runs] == config["planned_runs"]
+    assert [r["name"] for r in runs] == config["planned_runs"] and config["missing_runs"] == []
     teachers = [r for r in runs if r["objective"] == "teacher"]
     assert sorted(r["params"]["teacher_objective"] for r in teachers) == ["balanced", "dro", "erm"]
     students = {
@@ -82,10 +94,15 @@ def test_json_structure_and_plan(results):
         ("erm", "kd", None),
         ("erm", "ada_alpha", None),
         ("erm", "ada_margin", None),
+        ("erm", "label_smoothing", None),
+        ("erm", "kd_pt", None),
+        ("erm", "kd_sim", None),
     }
     expected |= {("erm", "balanced_kd", None), ("erm", "robust_kd", 0.0), ("erm", "robust_kd", 1.0)}
     expected |= {(t, o, b) for t in ("balanced", "dro") for o, b in (("kd", None), ("robust_kd", 1.0))}
     assert students == expected
+    conventions = sorted(r["params"]["kd_convention"] for r in runs if r["name"].startswith("erm/kd/"))
+    assert conventions == ["hinton", "mix"]  # kd in both conventions
     for run in runs:
         assert run["seed"] == 0 and run["wall_seconds"] >= 0
         assert (run["teacher"] is None) == (run["objective"] == "ce")
@@ -97,7 +114,7 @@ def test_json_structure_and_plan(results):
 
 
 def test_every_run_has_a_per_class_report_and_paired_delta(results):
-    data, _ = results
+    data, *_ = results
     ce = next(r for r in data["runs"] if r["objective"] == "ce")
     ce_acc = [row["accuracy"] for row in ce["report"]["per_class"]]
     for run in data["runs"]:
@@ -109,9 +126,6 @@ def test_every_run_has_a_per_class_report_and_paired_delta(results):
         if run["objective"] == "ce":
             assert run["delta_vs_ce"] is None
             continue
-        if run["name"] == "erm/teacher/seed0":  # evaluated before any ce student exists
-            assert run["delta_vs_ce"] is None
-            continue
         # paired delta = per-class accuracy difference against the same seed's one-hot student
         deltas = [row["delta"] for row in run["delta_vs_ce"]]
         assert deltas == pytest.approx([row["accuracy"] - a for row, a in zip(per_class, ce_acc)])
@@ -120,22 +134,22 @@ def test_every_run_has_a_per_class_report_and_paired_delta(results):
 def test_teachers_have_calibration(results):
     """Each teacher's log-loss and ECE equal those recomputed here from its saved weights on the test split."""
     import torch
-    from transformers import ViTForImageClassification
+    from transformers import AutoModelForImageClassification
 
     from hf_fairkd.run.arguments import ModelArguments
     from hf_fairkd.run.preprocessing import make_image_processor
 
-    data, output = results
+    data, output, _ = results
     test = Dataset.from_parquet(
         str(output.parents[1] / "cifar_like" / "plain_text" / "test-00000-of-00001.parquet")
     )
-    processor = make_image_processor(ModelArguments(image_size=16, patch_size=8))
+    processor = make_image_processor(ModelArguments(image_size=16))
     pixels = processor([im.convert("RGB") for im in test["img"]], return_tensors="pt")["pixel_values"]
     labels = np.array(test["label"])
     teachers = [r for r in data["runs"] if r["objective"] == "teacher"]
     assert len(teachers) == 3
     for run in teachers:
-        model = ViTForImageClassification.from_pretrained(
+        model = AutoModelForImageClassification.from_pretrained(
             output.parents[1] / "work" / f"teacher_{run['teacher']}"
         )
         with torch.no_grad():
@@ -153,7 +167,7 @@ def test_teachers_have_calibration(results):
 
 def test_robust_kd_at_b0_is_kd(results):
     """b = 0 with the prior as base gives class weights pi, so c = pi / pi = 1: exactly the kd student."""
-    data, _ = results
+    data, *_ = results
     kd = next(r for r in data["runs"] if r["name"] == "erm/kd/seed0")
     robust0 = next(r for r in data["runs"] if r["name"] == "erm/robust_kd/b=0/seed0")
     assert robust0["predictions"] == kd["predictions"]
@@ -177,7 +191,7 @@ def ce_prior(data) -> list[float]:
 
 
 def test_table_and_plot_from_json_alone(results, tmp_path):
-    data, output = results
+    data, output, _ = results
     md, png = tmp_path / "table.md", tmp_path / "pareto.png"
     _load("make_cifar10_lt_table").main(
         ["--input", str(output), "--output_md", str(md), "--output_png", str(png)]
@@ -203,3 +217,56 @@ def test_significant_drops_use_the_one_hurt_rule():
         {"name": "frog", "delta": -0.4, "ci_low": -0.6, "ci_high": -0.2},
     ]
     assert table.significant_drops([{"delta_vs_ce": rows}, {"delta_vs_ce": rows[:1]}]) == {"cat": 2}
+
+
+def test_a_rerun_skips_finished_runs_and_a_partial_study_lists_what_is_missing(results):
+    """Each run has its own result file: a rerun trains nothing; a deleted one is the one run missing."""
+    data, output, argv = results
+    repro = _load("reproduce_cifar10_lt")
+    runs_dir = Path(str(output.with_suffix("")) + "_runs")
+    stamps = {p.name: p.stat().st_mtime_ns for p in runs_dir.glob("*.json")}
+    assert len(stamps) == len(data["runs"])
+    again = repro.main([*argv, "--max_runs", "0"])
+    assert {p.name: p.stat().st_mtime_ns for p in runs_dir.glob("*.json")} == stamps  # nothing retrained
+    assert [r["name"] for r in again["runs"]] == [r["name"] for r in data["runs"]]
+    gone = runs_dir / "erm_kd_pt_seed0.json"
+    kept = gone.read_bytes()
+    gone.unlink()
+    try:
+        partial = repro.main([*argv, "--max_runs", "0"])
+        assert partial["config"]["missing_runs"] == ["erm/kd_pt/seed0"]
+        assert "erm/kd_pt/seed0" not in {r["name"] for r in partial["runs"]}
+    finally:
+        gone.write_bytes(kept)
+
+
+def test_workers_take_ready_runs_once_and_dead_claims_are_taken_over(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    plan_module = _load("cifar10_lt_plan")
+    plan = plan_module.plan_runs(["erm", "dro"], [0, 1], [0.0, 1.0], 1.0, "hinton", "mix")
+    keys = [plan_module.run_key(r) for r in plan]
+    assert len(keys) == len(set(keys))
+    assert keys[:3] == ["None/ce/seed0", "erm/teacher/seed0", "None/ce/seed1"]
+    files = plan_module.RunFiles(tmp_path)
+    first, _ = plan_module.next_run(plan, files)
+    assert plan_module.run_key(first) == "None/ce/seed0"
+    # a second worker: ce seed 1 (the teacher waits for ce seed 0, every student for the teacher)
+    second, _ = plan_module.next_run(plan, files)
+    assert plan_module.run_key(second) == "None/ce/seed1"
+    assert plan_module.next_run(plan, files) == (None, True)
+    (tmp_path / "None_ce_seed0.json").write_text(json.dumps({"name": "None/ce/seed0"}))
+    files.release("None/ce/seed0")
+    teachers = [plan_module.run_key(plan_module.next_run(plan, files)[0]) for _ in range(2)]
+    assert teachers == ["erm/teacher/seed0", "dro/teacher/seed0"]
+    # a claim whose process is gone is taken over
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (tmp_path / "None_ce_seed1.claim").write_text(dead.stdout.strip())
+    assert files.claim("None/ce/seed1")
+    assert (tmp_path / "None_ce_seed1.claim").read_text() == str(os.getpid())
+    (tmp_path / "None_ce_seed0.claim").write_text(str(os.getppid()))  # a live process holds this one
+    assert not files.claim("None/ce/seed0")
