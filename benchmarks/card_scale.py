@@ -44,40 +44,70 @@ def synthetic_run(num_classes: int = 1000, per_class_test: int = 20, seed: int =
     return logits, labels, [f"class_{i:04d}" for i in range(num_classes)], counts
 
 
+def time_record_and_card(
+    logits: dict,
+    labels,
+    out: str | Path,
+    *,
+    class_names,
+    train_counts,
+    settings: dict,
+    dataset: dict | None = None,
+    shot_counts=None,
+) -> dict:
+    """Build the run record (subgroup reports with intervals, paired deltas, calibration) with
+    build_run_record, write card + plot + metrics into ``out`` with save_card_and_metrics, read the card back
+    with load_subgroup_metrics; the seconds and sizes of each step (shared with benchmarks/scale.py)."""
+    out = Path(out)
+    start = time.perf_counter()
+    record = build_run_record(
+        logits,
+        labels,
+        class_names=class_names,
+        train_counts=train_counts,
+        shot_counts=shot_counts,
+        dataset=dataset,
+        settings=settings,
+    )
+    t_record = time.perf_counter() - start
+    save_card_and_metrics(out, record)
+    t_total = time.perf_counter() - start
+    text = (out / CARD_FILE).read_text()
+    header = text.split("---\n")[1]
+    start = time.perf_counter()
+    back = load_subgroup_metrics(out / CARD_FILE)
+    t_read = time.perf_counter() - start
+    block = yaml.safe_load(header)["hf_fairkd"]
+    return {
+        "num_classes": len(record["class_names"]),
+        "num_test_images": int(len(labels)),
+        "seconds_record": round(t_record, 3),
+        "seconds_record_card_plot": round(t_total, 3),
+        "seconds_read_card_back": round(t_read, 3),
+        "card_bytes": len(text.encode()),
+        "yaml_header_bytes": len(header.encode()),
+        "hf_fairkd_block_bytes": len(yaml.safe_dump(block).encode()),
+        "metrics_json_bytes": (out / METRICS_FILE).stat().st_size,
+        "plot_bytes": (out / PLOT_FILE).stat().st_size,
+        "per_class_read_back": len(back["student"]["per_class"]),
+    }
+
+
 def run(num_classes: int = 1000, out_dir: str | Path | None = None) -> dict:
     logits, labels, names, counts = synthetic_run(num_classes)
     settings = {"objective": "kd", "seed": 0, "dataset_name": "synthetic-lt", "student_model": "tiny"}
     dataset = {"source": "synthetic-lt", "profile": "exp", "imbalance_factor": 100.0, "seed": 0}
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(out_dir or tmp)
-        start = time.perf_counter()
-        record = build_run_record(
-            logits, labels, class_names=names, train_counts=counts, dataset=dataset, settings=settings
+        result = time_record_and_card(
+            logits,
+            labels,
+            out_dir or tmp,
+            class_names=names,
+            train_counts=counts,
+            dataset=dataset,
+            settings=settings,
         )
-        t_record = time.perf_counter() - start
-        save_card_and_metrics(out, record)
-        t_total = time.perf_counter() - start
-        text = (out / CARD_FILE).read_text()
-        header = text.split("---\n")[1]
-        start = time.perf_counter()
-        back = load_subgroup_metrics(out / CARD_FILE)
-        t_read = time.perf_counter() - start
-        block = yaml.safe_load(header)["hf_fairkd"]
-        return {
-            "num_classes": num_classes,
-            "num_test_images": int(len(labels)),
-            "seconds_record": round(t_record, 3),
-            "seconds_record_card_plot": round(t_total, 3),
-            "seconds_read_card_back": round(t_read, 3),
-            "card_bytes": len(text.encode()),
-            "yaml_header_bytes": len(header.encode()),
-            "hf_fairkd_block_bytes": len(yaml.safe_dump(block).encode()),
-            "metrics_json_bytes": (out / METRICS_FILE).stat().st_size,
-            "plot_bytes": (out / PLOT_FILE).stat().st_size,
-            "per_class_read_back": len(back["student"]["per_class"]),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        }
+    return {**result, "platform": platform.platform(), "python": platform.python_version()}
 
 
 def main() -> None:

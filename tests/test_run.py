@@ -180,11 +180,17 @@ def test_one_vit_builder_everywhere():
         if "ViTConfig(" in p.read_text(encoding="utf-8")
     ]
     assert builders == ["hf_fairkd/run/models.py"]
-    for name in ("teacher_cache", "step_overhead", "reproduce_cifar10_lt"):
+    for name in ("teacher_cache", "step_overhead"):
         spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         assert module.build_vit is models.build_vit, name
+    study = importlib.util.spec_from_file_location(
+        "bench_study", ROOT / "benchmarks" / "reproduce_cifar10_lt.py"
+    )
+    module = importlib.util.module_from_spec(study)
+    study.loader.exec_module(module)
+    assert module.student_model is models.student_model and module.teacher_model is models.teacher_model
     import tiny_models
 
     assert tiny_models.build_vit is models.build_vit
