@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 KD_CONVENTIONS = ("hinton", "mix")
 TEACHER_LOGIT_MODES = ("raw", "prior_adjusted", "shift")
 TEACHER_DTYPES = ("float32", "float16", "bfloat16")
+TEACHER_SHARDINGS = ("auto", "shard", "replicate")
 LEVELS = ("class", "instance")
 ADA_ALPHA_MAPPINGS = ("linear", "normalized", "threshold")
 INSTANCE_ALPHA_MODES = ("prob", "correct")
@@ -70,6 +71,19 @@ class DistillationArguments(TrainingArguments):
         default="float32",
         metadata=_choice(
             "Precision the frozen teacher runs in (targets are always computed in float32).", TEACHER_DTYPES
+        ),
+    )
+    teacher_sharding: str = field(
+        default="auto",
+        metadata=_choice(
+            "Where the online teacher's weights live under several processes. 'auto': like the student's, i.e. "
+            "sharded under FSDP (the student's FSDP version, units and reshard setting) and under DeepSpeed ZeRO-3 "
+            "(an engine of its own, as TRL's prepare_deepspeed), one full copy per process otherwise (DDP, "
+            "ZeRO-1/2: a ZeRO stage-0 engine, one process); 'shard': sharded (FSDP or ZeRO-3 only, else an "
+            "error); 'replicate': one full copy on every process (no wrapper). A sharded teacher's every forward "
+            "gathers its weights over the processes. The bytes held are logged at start-up "
+            "(`trainer.teacher_source.memory`). A cached teacher is not run at all during training.",
+            TEACHER_SHARDINGS,
         ),
     )
     teacher_topk_fill: str = field(

@@ -23,10 +23,17 @@ def load_teacher(
 ) -> nn.Module:
     """A model instance, or a local path / Hub id loaded with `AutoModelForImageClassification` (or, for other
     modalities, `AutoModelForSequenceClassification` / `AutoModel...` chosen from the config). Remote code is
-    never executed unless ``trust_remote_code`` is True. Returned frozen, in eval mode, in ``dtype``."""
+    never executed unless ``trust_remote_code`` is True. Returned frozen, in eval mode, in ``dtype``. A
+    teacher already sharded (e.g. trained here under FSDP) is kept as it is: it must already be in ``dtype``."""
     if isinstance(teacher, str):
         teacher = _from_pretrained(teacher, trust_remote_code=trust_remote_code, revision=revision)
-    teacher = teacher.to(DTYPES[dtype])
+    if not is_sharded(teacher):
+        teacher = teacher.to(DTYPES[dtype])
+    elif any(p.dtype != DTYPES[dtype] for p in teacher.parameters()):
+        raise ValueError(
+            f"The teacher passed is sharded over processes and not in teacher_dtype={dtype!r}: pass it unsharded "
+            "(e.g. loaded from its saved folder), or cast it before sharding."
+        )
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
@@ -97,5 +104,88 @@ def shift_classifier_bias(model: nn.Module, shift: torch.Tensor) -> None:
 
 
 def class_similarity(model: nn.Module, rho: float) -> torch.Tensor:
-    """Similarity targets from the teacher's classifier weights (Tang et al.'s KD-sim)."""
-    return losses.class_similarity_targets(find_classifier(model).weight.detach(), rho)
+    """Similarity targets from the teacher's classifier weights (Tang et al.'s KD-sim); the weights of a sharded
+    teacher are gathered first (`full_tensor`: every process must call this)."""
+    return losses.class_similarity_targets(full_tensor(find_classifier(model).weight).detach(), rho)
+
+
+# ------------------------------------------------------------------------------------------ sharded teachers
+def _is_dtensor(tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch build without distributed
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def _is_zero3(tensor) -> bool:
+    return hasattr(tensor, "ds_id")  # DeepSpeed ZeRO-3 partitioned parameter (ds_tensor is this rank's part)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` holds parameters sharded over processes (FSDP2 DTensors, DeepSpeed ZeRO-3 partitions,
+    or an FSDP1 wrapper): its forward is then a collective every process must make."""
+    if type(model).__name__ == "FullyShardedDataParallel":
+        return True
+    return any(_is_dtensor(p) or _is_zero3(p) for p in model.parameters())
+
+
+def parameter_bytes(model: nn.Module) -> tuple[int, int]:
+    """(bytes of the teacher's parameters held by this process, bytes of all its parameters).
+
+    An FSDP2 parameter holds its local shard (``to_local()``) of the full tensor; a DeepSpeed ZeRO-3 one its
+    partition (``ds_tensor``) of ``ds_numel`` elements; any other parameter is held whole. (An FSDP1 wrapper's
+    parameters are its local flat shards: their full size is not known here, so measure it before wrapping.)"""
+    local = full = 0
+    for param in model.parameters():
+        size = param.element_size()
+        if _is_dtensor(param):
+            local += param.to_local().numel() * size
+            full += param.numel() * size
+        elif _is_zero3(param):
+            local += param.ds_tensor.numel() * size
+            full += param.ds_numel * size
+        else:
+            local += param.numel() * size
+            full += param.numel() * size
+    return local, full
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole of a parameter or buffer, gathered when it is sharded (a collective: every process must call
+    it, in the same order); a plain tensor is returned as it is."""
+    if _is_dtensor(tensor):
+        return tensor.full_tensor()
+    if _is_zero3(tensor):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([tensor]):
+            return tensor.data.clone()
+    return tensor
+
+
+class _Gathered:
+    """What `teacher_fingerprint` reads of a sharded teacher (FSDP2 or ZeRO-3): its config, and its parameters
+    and buffers under their own names, each gathered whole in turn (a collective per tensor)."""
+
+    def __init__(self, teacher):
+        self.teacher = (
+            getattr(teacher, "module", teacher) if type(teacher).__name__ == "DeepSpeedEngine" else teacher
+        )
+        self.config = getattr(self.teacher, "config", None)
+
+    def named_parameters(self, remove_duplicate: bool = True):
+        for name, tensor in self.teacher.named_parameters(remove_duplicate=remove_duplicate):
+            yield name, full_tensor(tensor)
+
+    def named_buffers(self, remove_duplicate: bool = True):
+        for name, tensor in self.teacher.named_buffers(remove_duplicate=remove_duplicate):
+            yield name, full_tensor(tensor)
+
+
+def gathered_view(model: nn.Module) -> _Gathered:
+    """A stand-in for ``model`` (sharded with FSDP2 or ZeRO-3, or a DeepSpeed engine) that reads like the whole
+    model: ``config``, ``named_parameters`` / ``named_buffers`` under the model's own names, each tensor
+    gathered whole in turn, so that at most one whole tensor is held at a time (what
+    `hf_fairkd.teacher_record.teacher_fingerprint` reads)."""
+    return _Gathered(model)

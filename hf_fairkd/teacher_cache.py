@@ -30,16 +30,23 @@ cost accuracy). Class ids are stored as uint8 up to 256 classes, uint16 up to 65
 
 The cache holds the logits of the dataset's format/transform at build time: build it with the
 deterministic (evaluation) preprocessing; random training augmentation is not reflected in the cache.
+
+Several processes each run the teacher on a contiguous share of the rows. A teacher sharded over them
+(`hf_fairkd.teacher_placement.prepare_teacher`) gathers its weights in every forward: processes with fewer
+batches make dummy forwards to keep in step, and its fingerprint (over the gathered weights) is the whole
+teacher's. So a teacher too large for one device is cached sharded, and the student trains without it.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import math
 
 import numpy as np
 import torch
 
+from .teacher import gathered_view, is_sharded
 from .teacher_record import (  # noqa: F401  (re-exported: the public names of the cache live here)
     _attach_record,
     _cache_fingerprint,
@@ -100,6 +107,8 @@ class _TeacherRunner:
         first = next(teacher.parameters(), None)
         self.device = first.device if first is not None else torch.device("cpu")
         self.param_dtype = first.dtype if first is not None else torch.float32
+        self.sharded = is_sharded(teacher)
+        self.calls = 0  # teacher forwards made
 
     def model_inputs(self, batch: dict) -> dict:
         if self.collate_fn is not None:
@@ -120,9 +129,18 @@ class _TeacherRunner:
             for k, v in inputs.items()
         }
 
+    def no_grad(self):
+        # a sharded teacher keeps the weights it gathers in tensors of its own: no inference tensors there
+        return torch.no_grad() if self.sharded else torch.inference_mode()
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        self.calls += 1
+        with self.no_grad():
+            return self.teacher(**self.model_inputs(batch)).logits.float()
+
     def __call__(self, batch: dict) -> dict:
-        with torch.inference_mode():
-            logits = self.teacher(**self.model_inputs(batch)).logits.float()
+        with self.no_grad():
+            logits = self.forward(batch)
             if self.permutation is not None:
                 logits = logits[:, self.permutation.to(logits.device)]
             if not torch.isfinite(logits).all():
@@ -144,6 +162,27 @@ class _TeacherRunner:
                 TOPK_INDICES_COLUMN: indices.cpu().numpy().astype(self.index_dtype),
                 TAIL_LOGSUMEXP_COLUMN: tail.cpu().numpy().astype(np.float32),
             }
+
+
+def _teacher_fingerprint(teacher) -> str:
+    """`teacher_fingerprint`, equal for a teacher sharded over processes and the same teacher whole (every
+    process must call it for a sharded teacher)."""
+    if not is_sharded(teacher):
+        return teacher_fingerprint(teacher)
+    if type(teacher).__name__ == "FullyShardedDataParallel":  # FSDP1: the whole teacher, briefly, on each
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(teacher, writeback=False):
+            return teacher_fingerprint(teacher)
+    return teacher_fingerprint(gathered_view(teacher))
+
+
+def _share(num_rows: int, world: int, rank: int) -> range:
+    """Rank ``rank``'s contiguous rows, as `Dataset.shard(contiguous=True)` splits them (the first
+    ``num_rows % world`` ranks one row more), possibly none when there are fewer rows than processes."""
+    size, extra = divmod(num_rows, world)
+    start = rank * size + min(rank, extra)
+    return range(start, start + size + (rank < extra))
 
 
 def _cache_features(num_classes: int, dtype: str, top_k: int | None) -> dict:
@@ -235,7 +274,7 @@ def build_teacher_cache(
     record = {
         "format_version": FORMAT_VERSION,
         "kind": "dense" if top_k is None else "topk",
-        "teacher_fingerprint": teacher_fingerprint(teacher),
+        "teacher_fingerprint": _teacher_fingerprint(teacher),
         "teacher_commit_hash": getattr(teacher.config, "_commit_hash", None),  # provenance only
         "source_fingerprint": dataset._fingerprint,
         "num_rows": len(dataset),
@@ -253,8 +292,10 @@ def build_teacher_cache(
     new_features = _cache_features(num_classes, dtype, top_k)
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
-    part = dataset if world == 1 else dataset.shard(num_shards=world, index=rank, contiguous=True)
+    part = dataset if world == 1 else dataset.select(_share(len(dataset), world, rank))
     runner = _TeacherRunner(teacher, collate_fn, dtype, top_k, permutation, num_classes)
+    # a sharded teacher's forward is a collective: no process may skip its batches by loading a cache file
+    collective = world > 1 and runner.sharded
     was_training = teacher.training
     teacher.eval()
     try:
@@ -265,8 +306,13 @@ def build_teacher_cache(
             features=Features({**part.features, **new_features}),
             # our own fingerprint: hashing the function would pickle the whole teacher
             new_fingerprint=record["cache_fingerprint"][:32] + (f"r{rank}of{world}" if world > 1 else ""),
+            load_from_cache_file=False if collective else None,
             desc="Caching teacher logits",
         )
+        if collective and len(dataset):  # as many forwards as the process with the most batches makes
+            most = math.ceil(len(_share(len(dataset), world, 0)) / batch_size)
+            while runner.calls < most:
+                runner.forward(dataset[:1])  # discarded: keeps this process in step with the others
     finally:
         teacher.train(was_training)
     if world == 1:
@@ -274,9 +320,9 @@ def build_teacher_cache(
     else:
         from accelerate.utils import gather_object
 
-        mine = mapped.with_format("numpy", columns=list(new_features))[:]
+        mine = mapped.with_format("numpy", columns=list(new_features))[:] if len(part) else None
         parts = gather_object([mine])  # rank order, so contiguous shards concatenate to the original order
-        columns = {c: np.concatenate([p[c] for p in parts]) for c in new_features}
+        columns = {c: np.concatenate([p[c] for p in parts if p is not None]) for c in new_features}
         added = Dataset.from_dict(columns, features=Features(new_features))
         out = _restore_format(concatenate_datasets([dataset, added], axis=1), dataset, list(new_features))
         out = out.select(range(len(out)))  # own DatasetInfo copy before writing the record
@@ -345,7 +391,7 @@ def check_cache(
             "with the teacher's own image processor."
         )
     if teacher is not None:
-        if teacher_fingerprint(teacher) != record["teacher_fingerprint"]:
+        if _teacher_fingerprint(teacher) != record["teacher_fingerprint"]:
             raise ValueError(
                 "The dataset carries cached logits of another teacher (or of this teacher in another dtype) "
                 "than the one passed. Pass teacher=None to train from the cache alone, or "

@@ -3,6 +3,8 @@
 `TeacherSource` is the teacher side of `DistillationTrainer`: it loads the teacher, maps its labels onto the
 student's, refuses a cache of another teacher or label space, and turns a batch into (student inputs, labels,
 cached logits) and teacher logits. The trainer's loss and the objectives' hooks (`ObjectiveContext`) share it.
+
+Placing the teacher under the run's distribution is `hf_fairkd.teacher_placement.prepare_teacher`'s job.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 from . import teacher as teacher_lib
 from .objectives import teacher_free_objectives
 from .teacher_cache import check_cache
+from .teacher_placement import TeacherMemory, prepare_teacher
 from .teacher_signal import CACHE_COLUMNS, DENSE_COLUMN, TEACHER_INPUT_COLUMNS, cached_logits_from_batch
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,8 @@ class TeacherSource:
         self.topk_fill = args.teacher_topk_fill
         self.model: nn.Module | None = None
         self.permutation: torch.Tensor | None = None
+        self.sharding = getattr(args, "teacher_sharding", "auto")
+        self.memory: TeacherMemory | None = None  # set by `prepare` (None: no online teacher)
         self._accelerator = None
         self._warned_cache_wins = False
         has_cache = train_dataset is not None and bool(
@@ -87,11 +92,13 @@ class TeacherSource:
                 )
 
     def prepare(self, accelerator) -> None:
-        """Place the teacher with ``accelerator`` for inference (not wrapped for training), in eval mode."""
+        """Place the teacher with ``accelerator`` for inference (`prepare_teacher`, ``args.teacher_sharding``),
+        in eval mode, and log once what it holds on each process (``memory``)."""
         self._accelerator = accelerator
         if self.model is not None:
-            self.model = accelerator.prepare_model(self.model, evaluation_mode=True)
-            self.model.eval()
+            self.model, self.memory = prepare_teacher(self.model, accelerator, self.sharding)
+            if accelerator.is_main_process:
+                logger.info("Teacher: %s.", self.memory.describe())
 
     def split_batch(self, batch: dict) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
         """(student inputs, labels, cached teacher logits or None) of a collated batch."""
@@ -154,8 +161,16 @@ class TeacherSource:
             raise ValueError(
                 "kd_sim needs the teacher model itself (its classifier weights), not only cached logits."
             )
-        model = self._accelerator.unwrap_model(self.model) if self._accelerator is not None else self.model
-        similarity = teacher_lib.class_similarity(model, rho)
+        if type(self.model).__name__ == "FullyShardedDataParallel":  # FSDP1: gather its flat shards
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            with FullyShardedDataParallel.summon_full_params(self.model, writeback=False):
+                similarity = teacher_lib.class_similarity(self.model.module, rho)
+        else:  # FSDP2 / ZeRO-3 weights are gathered by teacher.class_similarity; an engine is unwrapped
+            model = (
+                self._accelerator.unwrap_model(self.model) if self._accelerator is not None else self.model
+            )
+            similarity = teacher_lib.class_similarity(model, rho)
         if self.permutation is not None:
             similarity = similarity[self.permutation][:, self.permutation]
         return similarity

@@ -1,20 +1,26 @@
 """DistillationTrainer under FSDP2 (`fully_shard`, gloo) in two real CPU processes, checked against DDP.
 
 tests/fsdp_worker.py runs once under `accelerate launch` with recipes/accelerate/cpu_fsdp_two_processes.yaml
-(kd, robust_kd, ada_alpha and kd_sim students, one after the other in the same process group) and once with
-recipes/accelerate/cpu_two_processes.yaml (DDP, the same students) for the loss comparison. Each launch has a
-timeout: a rank left waiting in a collective (e.g. an all-gather of the sharded student that the other rank
-never makes, with the 11-row holdout or the 31-row test set, neither divisible by 2) fails the test instead
-of hanging it.
+(kd, robust_kd, ada_alpha and kd_sim students with the teacher sharded like the student, then kd with the
+teacher replicated, then kd from a teacher cache built by the sharded teacher with no teacher at all, one after
+the other in the same process group) and once with recipes/accelerate/cpu_two_processes.yaml (DDP, the first
+four) for the loss comparison. Each launch has a timeout: a rank left waiting in a collective (e.g. an
+all-gather of the sharded student or teacher that the other rank never makes, with the 11-row holdout or the
+31-row test set, neither divisible by 2) fails the test instead of hanging it (a mismatch that gloo notices
+fails the launch at once).
 
-Accelerate 1.15 does not select FSDP in CPU processes on its own: the worker patches that in
-(`fsdp_worker.allow_fsdp_on_cpu`); `test_the_yaml_alone_does_not_give_fsdp_on_cpu` (slow) records it.
+Accelerate 1.15 does not select FSDP in CPU processes on its own: the worker applies the recipes' patch
+(`hf_fairkd.run.fsdp_cpu.allow_fsdp_on_cpu`); `test_the_yaml_alone_does_not_give_fsdp_on_cpu` (slow) records
+why, and `test_recipe_with_the_fsdp_config_runs_fsdp_on_cpu` runs recipes/distill_vit.py with that config.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,7 +47,9 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "fsdp_worker.py"
 FSDP_CONFIG = REPO / "recipes" / "accelerate" / "cpu_fsdp_two_processes.yaml"
 DDP_CONFIG = REPO / "recipes" / "accelerate" / "cpu_two_processes.yaml"
-OBJECTIVES = ("kd", "robust_kd", "ada_alpha", "kd_sim")
+OBJECTIVES = ("kd", "robust_kd", "ada_alpha", "kd_sim")  # teacher_sharding 'auto': sharded under FSDP
+VARIANTS = ("kd@replicate", "kd@cached")  # FSDP launch only: teacher replicated; no teacher, a cache instead
+FSDP_RUNS = OBJECTIVES + VARIANTS
 WORLD_SIZE = 2
 TIMEOUT_S = 300  # a launch takes ~15 s; this only bounds a hang
 # FSDP2 reduce-scatters the same two per-rank float32 gradients DDP all-reduces (both average over the 2
@@ -62,25 +70,27 @@ def launch(config: Path, out_dir: Path, objectives=OBJECTIVES, shim: bool = True
     return launch_two_processes(config, WORKER, str(out_dir), *objectives, timeout_s=TIMEOUT_S, env=env)
 
 
-def read_ranks(out_dir: Path) -> dict[str, list[dict]]:
+def read_ranks(out_dir: Path, runs=OBJECTIVES) -> dict[str, list[dict]]:
     return {
-        objective: [
-            json.loads((out_dir / objective / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)
-        ]
-        for objective in OBJECTIVES
+        run: [json.loads((out_dir / run / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+        for run in runs
     }
+
+
+def losses(record: dict) -> list[float]:
+    return [h["loss"] for h in record["log_history"] if "loss" in h]
 
 
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("fsdp") / "out"
-    print(f"FSDP launch: {launch(FSDP_CONFIG, out_dir):.1f} s")
+    print(f"FSDP launch: {launch(FSDP_CONFIG, out_dir, objectives=FSDP_RUNS):.1f} s")
     return out_dir
 
 
 @pytest.fixture(scope="module")
 def fsdp(fsdp_run):
-    return read_ranks(fsdp_run)
+    return read_ranks(fsdp_run, FSDP_RUNS)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +111,16 @@ def test_launch_config_loads_with_accelerate():
     assert hasattr(modeling_vit, config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"])
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_deepspeed_zero3_config_loads_with_accelerate():
+    """Kept for GPUs (DeepSpeed is not installed here, so never run): it loads, at ZeRO stage 3."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(FSDP_CONFIG.parent / "deepspeed_zero3.yaml"))  # refuses unknown keys
+    assert (config.distributed_type.value, config.num_processes) == ("DEEPSPEED", 8)
+    assert config.deepspeed_config["zero_stage"] == 3 and config.deepspeed_config["zero3_init_flag"]
+
+
+@pytest.mark.parametrize("objective", FSDP_RUNS)
 def test_two_processes_ran_under_fsdp(fsdp, objective):
     # a run that fell back to DDP or to one process would pass most checks below
     for r, record in enumerate(fsdp[objective]):
@@ -113,7 +132,7 @@ def test_two_processes_ran_under_fsdp(fsdp, objective):
         assert record["student_is_model_wrapped"]
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("objective", FSDP_RUNS)
 def test_every_rank_makes_the_same_student_forwards(fsdp, objective):
     """Each forward of the sharded student all-gathers: the holdout passes (11 rows: 6 and 5 per rank, the
     last batch padded) and the test passes (31 rows) must give both ranks the same number of batches.
@@ -128,6 +147,10 @@ def test_every_rank_makes_the_same_student_forwards(fsdp, objective):
     assert first["train"] == MAX_STEPS // steps_per_epoch * micro_batches
     holdout = DRO_UPDATES * HOLDOUT_BATCHES if objective == "robust_kd" else 0
     assert first["eval"] == holdout + 2 * TEST_BATCHES  # evaluate and predict
+    # the teacher's forwards (all-gathers too when it is sharded) are equal on both ranks (first == second);
+    # kd's: one per student forward of the loss (training, evaluate, predict); none with a cache
+    if objective in ("kd", "kd@replicate", "kd@cached"):
+        assert first["teacher"] == (0 if objective == "kd@cached" else first["train"] + 2 * TEST_BATCHES)
 
 
 def test_class_dro_multipliers_identical_on_both_ranks(fsdp):
@@ -186,10 +209,9 @@ def test_saved_student_is_full_and_reproduces_the_test_metrics(fsdp_run, fsdp, o
 def test_training_loss_matches_ddp(fsdp, ddp, objective):
     assert ddp[objective][0]["distributed_type"] == "DistributedType.MULTI_CPU"
     assert ddp[objective][0]["wrapped_type"] == "DistributedDataParallel"
-    fsdp_losses = [h["loss"] for h in fsdp[objective][0]["log_history"] if "loss" in h]
-    ddp_losses = [h["loss"] for h in ddp[objective][0]["log_history"] if "loss" in h]
+    fsdp_losses, ddp_losses = losses(fsdp[objective][0]), losses(ddp[objective][0])
     assert len(fsdp_losses) == len(ddp_losses) == MAX_STEPS
-    assert fsdp_losses == [h["loss"] for h in fsdp[objective][1]["log_history"] if "loss" in h]
+    assert fsdp_losses == losses(fsdp[objective][1])
     assert fsdp_losses[-1] == pytest.approx(ddp_losses[-1], rel=LOSS_RTOL)
     if objective == "robust_kd":
         torch.testing.assert_close(
@@ -198,6 +220,151 @@ def test_training_loss_matches_ddp(fsdp, ddp, objective):
             rtol=LOSS_RTOL,
             atol=1e-6,
         )
+
+
+# ------------------------------------------------------------------------------ the teacher: sharded or not
+def test_teacher_sharded_like_the_student_or_replicated_by_choice(fsdp, ddp):
+    """teacher_sharding 'auto' under FSDP: each rank holds its FSDP2 shard of the teacher's parameters, the two
+    shards making the whole (about half each: FSDP2 splits every tensor along its first dimension, and the
+    tiny teacher's tensors do not all split evenly); 'replicate': the whole teacher on each rank; DDP: whole."""
+    sharded = [r["teacher_memory"] for r in fsdp["kd"]]
+    full = sharded[0]["full_bytes"]
+    assert full > 0 and all(m["full_bytes"] == full for m in sharded)
+    assert all(m["placement"] == "sharded with FSDP2 over 2 processes" for m in sharded)
+    assert sum(m["local_bytes"] for m in sharded) == full
+    assert all(0.4 * full <= m["local_bytes"] <= 0.6 * full for m in sharded)
+    for record in (*fsdp["kd@replicate"], *ddp["kd"]):
+        memory = record["teacher_memory"]
+        assert memory["placement"].startswith("replicated")
+        assert memory["local_bytes"] == memory["full_bytes"] == full
+    assert all(r["teacher_memory"] is None for r in fsdp["kd@cached"])  # no teacher at all
+
+
+def test_sharded_and_replicated_teacher_train_the_same_student(fsdp):
+    """The sharded teacher's forward all-gathers the same weights the replicated one holds: the same logits,
+    so the same losses (measured bit-identical; asserted within 1e-6 relative, float32 rounding)."""
+    sharded, replicated = losses(fsdp["kd"][0]), losses(fsdp["kd@replicate"][0])
+    assert len(sharded) == MAX_STEPS
+    assert sharded == pytest.approx(replicated, rel=1e-6)
+    assert fsdp["kd"][0]["predictions"] == fsdp["kd@replicate"][0]["predictions"]
+
+
+def test_a_sharded_teacher_replicated_later_is_gathered_whole(fsdp):
+    """prepare_teacher(sharded teacher, 'replicate') (a teacher trained under FSDP, then wanted whole) gathers
+    a plain copy whose logits equal the sharded teacher's."""
+    for record in fsdp["kd"]:
+        check = record["unsharded_copy"]
+        assert check["type"] == "ViTForImageClassification"  # not the FSDP class
+        assert check["memory"]["local_bytes"] == check["memory"]["full_bytes"]
+        assert check["max_abs_difference"] <= 1e-6
+
+
+def test_cache_built_by_the_sharded_teacher_equals_the_whole_teachers(fsdp_run):
+    """build_teacher_cache over 2 processes with the teacher sharded: each rank runs its contiguous share of the
+    rows; the holdout (6 + 5 rows) and test (16 + 15) give the second rank one batch fewer (of 5), so it makes a
+    dummy forward each time to keep in step (without them gloo fails on a collective mismatch). The caches
+    equal the whole teacher's over 2 processes and in one process (to float16 tolerance: measured equal),
+    with the same teacher fingerprint."""
+    records = [json.loads((fsdp_run / "cache" / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    shares = {"train": (21, 21), "holdout": (6, 5), "test": (16, 15)}
+    most = sum(math.ceil(max(rows) / 5) for rows in shares.values())  # fsdp_worker.CACHE_BATCH = 5
+    for record in records:
+        assert record["placement"] == "sharded with FSDP2 over 2 processes"
+        assert record["teacher_forwards"] == most == 11  # on both ranks, though rank 1 has 9 batches of rows
+        assert len(set(record["fingerprints"].values())) == 1
+        logits = record["logits"]
+        for split, rows in shares.items():
+            single = torch.tensor(logits["single"][split])
+            assert single.shape == (sum(rows), 3)
+            for name in ("sharded", "replicated"):
+                torch.testing.assert_close(torch.tensor(logits[name][split]), single, rtol=1e-3, atol=1e-3)
+    assert records[0]["logits"] == records[1]["logits"]  # every rank returns the same full cache
+
+
+def test_student_from_the_sharded_teachers_cache_needs_no_teacher(fsdp):
+    """The way to distil from a teacher too large for one device: cache it sharded, train with no teacher.
+    The losses follow the online (sharded) teacher's within the float16 rounding of the cached logits
+    (measured: at most 4.7e-5 relative over the 24 steps; asserted within 1e-3)."""
+    for record in fsdp["kd@cached"]:
+        assert record["forwards"]["teacher"] == 0 and record["teacher_memory"] is None
+    assert losses(fsdp["kd@cached"][0]) == pytest.approx(losses(fsdp["kd"][0]), rel=1e-3)
+
+
+def test_teacher_sharding_choices_are_checked_before_any_work(tmp_path):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+    from tiny_models import tiny_args
+
+    from hf_fairkd.teacher_placement import prepare_teacher
+
+    with pytest.raises(ValueError, match="teacher_sharding='sharded' is not one of auto, shard, replicate"):
+        tiny_args(tmp_path, teacher_sharding="sharded")
+    ddp = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, num_processes=2)
+    with pytest.raises(ValueError, match="teacher_sharding='shard' needs FSDP or DeepSpeed ZeRO-3"):
+        prepare_teacher(make_vit(), ddp, "shard")
+
+
+def test_teacher_deepspeed_config_follows_trl_with_nested_bucket_sizes():
+    """DeepSpeed is not installed here: the config its engine would get is checked (TRL's rule, nested keys)."""
+    from types import SimpleNamespace
+
+    from hf_fairkd.teacher_placement import teacher_deepspeed_config
+
+    student = {
+        "train_micro_batch_size_per_gpu": 4,
+        "optimizer": {"type": "AdamW", "params": {"lr": "auto"}},
+        "scheduler": {"type": "WarmupLR"},
+        "zero_optimization": {
+            "stage": 3,
+            "reduce_bucket_size": "auto",
+            "stage3_param_persistence_threshold": 7,
+        },
+    }
+    config = teacher_deepspeed_config(student, SimpleNamespace(hidden_size=16))
+    assert "optimizer" not in config and "scheduler" not in config
+    assert config["zero_optimization"] == {
+        "stage": 3,
+        "reduce_bucket_size": 256,  # h*h, filled where "auto"
+        "stage3_param_persistence_threshold": 7,  # the user's own value kept
+        "stage3_prefetch_bucket_size": 230,  # int(0.9*h*h), filled where absent
+    }
+    assert student["zero_optimization"]["reduce_bucket_size"] == "auto"  # a copy: the student's is untouched
+    zero2 = {"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}
+    assert teacher_deepspeed_config(zero2, SimpleNamespace(hidden_sizes=[8, 32]))["zero_optimization"] == {
+        "stage": 0
+    }
+    replicated = teacher_deepspeed_config(student, SimpleNamespace(hidden_size=16), stage=0)
+    assert replicated["zero_optimization"] == {"stage": 0}
+
+
+# ------------------------------------------------------------------------------ the recipes under this config
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the FSDP-on-CPU patch is for machines without a GPU")
+def test_recipe_with_the_fsdp_config_runs_fsdp_on_cpu(tmp_path):
+    """`accelerate launch --config_file recipes/accelerate/cpu_fsdp_two_processes.yaml recipes/distill_vit.py`
+    on this CPU machine: Accelerate alone would run DDP (see the slow test below); the recipe keeps FSDP and
+    says so once, the teacher trained under FSDP is cached sharded (equal forwards on both ranks) and given,
+    sharded, to the student's trainer, and the run ends with the usual outputs, gathered from both ranks."""
+    import accelerate
+    from test_recipes import TINY
+    from two_processes import free_port
+
+    from hf_fairkd.run.fsdp_cpu import KEPT_MESSAGE
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
+           "--main_process_port", str(free_port()), str(REPO / "recipes" / "distill_vit.py"), *TINY,
+           "--output_dir", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-4000:]
+    kept = KEPT_MESSAGE.format(version=accelerate.__version__, processes=2)
+    assert result.stderr.count(kept) == 1
+    assert "Teacher: sharded with FSDP2 over 2 processes" in result.stderr  # the student stage's teacher
+    saved = json.loads((out / "subgroup_metrics.json").read_text())
+    assert saved["settings"]["world_size"] == 2
+    assert sum(row["support"] for row in saved["student"]["per_class"]) == 300  # gathered once, no padding
+    assert ViTForImageClassification.from_pretrained(out).config.num_labels == 10  # a full saved student
 
 
 @pytest.mark.slow  # a third launch (~15 s)

@@ -33,7 +33,11 @@ def has_accelerator() -> bool:
 
 
 def start_run():
-    """The process state of a recipe run: checked launch, and INFO logs from the main process only."""
+    """The process state of a recipe run: checked launch, and INFO logs from the main process only. Launched
+    with an FSDP config on a CPU-only machine, the run keeps FSDP (`fsdp_cpu.allow_fsdp_on_cpu`, logged)."""
+    from .fsdp_cpu import allow_fsdp_on_cpu
+
+    allow_fsdp_on_cpu()
     state = PartialState()
     check_processes(state)
     level = logging.INFO if state.is_main_process else logging.WARNING
