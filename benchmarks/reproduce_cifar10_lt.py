@@ -64,6 +64,26 @@ def model_arguments(args: argparse.Namespace) -> ModelArguments:
     )
 
 
+def code_version() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or 'unknown' outside git."""
+    import subprocess
+
+    def git(*cmd):
+        return subprocess.run(
+            ["git", "-C", str(REPO), *cmd], capture_output=True, text=True, check=True
+        ).stdout
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "hf_fairkd", "benchmarks").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+CODE = code_version()  # at start: the code every run of this process trains with
+
+
 def describe(model) -> str:
     return f"{type(model).__name__} {sum(p.numel() for p in model.parameters()):,} parameters"
 
@@ -95,7 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--student_config", default=str(MODELS / "resnet_cifar_small.json"))
     p.add_argument("--teacher_config", default=str(MODELS / "resnet_cifar.json"))
     p.add_argument("--student_epochs", type=float, default=30)
-    p.add_argument("--teacher_epochs", type=float, default=40)
+    p.add_argument("--teacher_epochs", type=float, default=80)
     p.add_argument("--image_size", type=int, default=32)
     p.add_argument("--no_augment", dest="augment", action="store_false", help="No flip + crop augmentation.")
     p.add_argument("--batch_size", type=int, default=128)
@@ -298,6 +318,7 @@ def run_one(spec: dict, args, splits, info, files: RunFiles, teachers: dict) -> 
     t0 = time.time()
     work = os.path.join(args.work_dir, key.replace("/", "_").replace("=", ""))
     run = {"name": key, "teacher": spec["teacher"], "objective": spec["objective"], "seed": spec["seed"]}
+    run["code"] = CODE
     names, model_args = info.class_names, model_arguments(args)
     if spec["objective"] == "teacher":
         model_args.teacher_objective = spec["teacher"]
@@ -364,6 +385,7 @@ def main(argv: list[str] | None = None) -> dict:
     names, model_args = info.class_names, model_arguments(args)
     config = {
         **vars(args),
+        "code": CODE,
         "output": os.path.relpath(args.output, REPO) if os.path.isabs(args.output) else args.output,
         "student_model": f"{Path(args.student_config).name}: {describe(student_model(model_args, names, 0))}",
         "teacher_model": f"{Path(args.teacher_config).name}: {describe(teacher_model(model_args, names, 0))}",
