@@ -164,7 +164,8 @@ def test_the_benchmark_reads_its_argument_file_with_the_same_reader():
     config = ROOT / "benchmarks" / "configs" / "cifar10_lt_repro_gpu.yaml"
     args = repro.parse_args([str(config), "--seeds", "7", "8"])
     assert args.seeds == [7, 8] and args.tradeoffs == [0.0, 0.25, 0.5, 0.75, 1.0]  # CLI over the file
-    assert (args.device, args.threads, args.learning_rate) == ("auto", 8, 0.0005)
+    assert (args.device, args.threads, args.learning_rate) == ("auto", 8, 0.003)
+    assert args.teacher_config == "recipes/configs/models/resnet_cifar.json" and args.teacher_epochs == 200
     assert args.teachers == ["erm", "balanced", "dro"]
 
 
