@@ -39,6 +39,7 @@ import hf_fairkd.teacher_cache as tc
 from hf_fairkd import DistillationArguments, DistillationTrainer
 from hf_fairkd.io_utils import atomic_write_json
 from hf_fairkd.run.models import build_vit
+from hf_fairkd.teacher_runner import dense_rows_as_binary
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "teacher_cache.json"
@@ -68,10 +69,10 @@ def build_by_slices(dataset: Dataset, teacher, batch_size: int) -> Dataset:
     with torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
             pixels = dataset[start : start + batch_size]["pixel_values"]
-            chunks.append(teacher(pixel_values=pixels).logits.float().numpy().astype(np.float16))
+            chunks.append(teacher(pixel_values=pixels).logits.float().numpy())
     column = Dataset.from_dict(
-        {tc.DENSE_COLUMN: np.concatenate(chunks)},
-        features=Features(tc._cache_features(NUM_CLASSES, "float16", None)),
+        {tc.DENSE_COLUMN: dense_rows_as_binary(np.concatenate(chunks), "float16")},  # the cache's own format
+        features=Features(tc.cache_features(NUM_CLASSES, "float16", None)),
     )
     return concatenate_datasets([dataset, column], axis=1)
 

@@ -2,7 +2,9 @@
 
 `build_teacher_cache` runs the teacher once over a dataset and adds either
 
-* dense: ``teacher_logits``, the m logits of each row (float16 by default, or float32), or
+* dense: ``teacher_logits``, the m logits of each row (float16 by default, or float32) as one binary value
+  (little-endian; format 3, `hf_fairkd.teacher_runner`; formats 2 and 1 stored a list of floats, still
+  read), or
 * top-k: ``teacher_topk_logits`` (the k largest logits), ``teacher_topk_indices`` (their class ids) and
   ``teacher_tail_logsumexp`` (log sum_j exp t_j over the m - k other classes: the mass outside the top k).
   Format-1 caches stored ``teacher_logsumexp`` (over all m classes) instead; they are still read.
@@ -39,11 +41,9 @@ teacher's. So a teacher too large for one device is cached sharded, and the stud
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 
-import numpy as np
 import torch
 
 from .teacher import gathered_view, is_sharded
@@ -54,6 +54,13 @@ from .teacher_record import (  # noqa: F401  (re-exported: the public names of t
     save_teacher_cache,
     teacher_cache_info,
     teacher_fingerprint,
+)
+from .teacher_runner import (  # noqa: F401
+    CACHE_DTYPES,
+    DENSE_ENCODING,
+    FORMAT_VERSION,
+    _TeacherRunner,
+    cache_features,
 )
 from .teacher_signal import (  # noqa: F401
     CACHE_COLUMNS,
@@ -68,6 +75,8 @@ from .teacher_signal import (  # noqa: F401
     TOPK_FILLS,
     TOPK_INDICES_COLUMN,
     TOPK_LOGITS_COLUMN,
+    CacheCollator,
+    cache_columns_as_tensors,
     cached_logits_from_batch,
     index_dtype,
     topk_to_dense,
@@ -76,94 +85,8 @@ from .teacher_signal import (  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-CACHE_DTYPES = ("float16", "float32")
-FORMAT_VERSION = 2  # 2: teacher_tail_logsumexp and narrow class ids; 1 is still read
-
-_LABEL_KEYS = ("labels", "label", "label_ids")
-
 
 # ------------------------------------------------------------------------------------------ building
-def _forward_names(teacher: torch.nn.Module) -> set[str] | None:
-    """The batch keys the teacher takes; None (every key but labels) for a bare ``forward(*args, **kwargs)``."""
-    params = inspect.signature(teacher.forward).parameters.values()
-    named = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return named - set(_LABEL_KEYS) if named else None
-
-
-def _as_tensor(value) -> torch.Tensor:
-    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (torch.Tensor, np.ndarray)):
-        return torch.stack([torch.as_tensor(v) for v in value])  # rows from a transform
-    return torch.as_tensor(value)  # tensors and numpy arrays are not copied
-
-
-class _TeacherRunner:
-    """The map function: formatted batch -> model inputs -> teacher -> numpy cache columns."""
-
-    def __init__(self, teacher, collate_fn, dtype, top_k, permutation, num_classes):
-        self.teacher, self.collate_fn, self.top_k, self.permutation = teacher, collate_fn, top_k, permutation
-        self.np_dtype = np.float16 if dtype == "float16" else np.float32
-        self.index_dtype = np.dtype(index_dtype(num_classes))
-        self.names = _forward_names(teacher)
-        first = next(teacher.parameters(), None)
-        self.device = first.device if first is not None else torch.device("cpu")
-        self.param_dtype = first.dtype if first is not None else torch.float32
-        self.sharded = is_sharded(teacher)
-        self.calls = 0  # teacher forwards made
-
-    def model_inputs(self, batch: dict) -> dict:
-        if self.collate_fn is not None:
-            size = len(next(iter(batch.values())))
-            batch = self.collate_fn([{k: v[i] for k, v in batch.items()} for i in range(size)])
-        own = {name: batch[column] for column, name in TEACHER_INPUT_COLUMNS.items() if column in batch}
-        batch = {k: v for k, v in batch.items() if k not in TEACHER_INPUT_COLUMNS} | own  # its own inputs win
-        names = self.names if self.names is not None else set(batch) - set(_LABEL_KEYS)
-        inputs = {k: _as_tensor(v) for k, v in batch.items() if k in names}
-        if not inputs:
-            raise ValueError(
-                f"None of the batch keys {sorted(batch)} is an input of the teacher's forward "
-                f"({sorted(names)[:8]}): give the dataset a format/transform that yields model inputs "
-                "(e.g. set_transform with the image processor) or pass collate_fn=."
-            )
-        return {
-            k: v.to(self.device, self.param_dtype if torch.is_floating_point(v) else None)
-            for k, v in inputs.items()
-        }
-
-    def no_grad(self):
-        # a sharded teacher keeps the weights it gathers in tensors of its own: no inference tensors there
-        return torch.no_grad() if self.sharded else torch.inference_mode()
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        self.calls += 1
-        with self.no_grad():
-            return self.teacher(**self.model_inputs(batch)).logits.float()
-
-    def __call__(self, batch: dict) -> dict:
-        with self.no_grad():
-            logits = self.forward(batch)
-            if self.permutation is not None:
-                logits = logits[:, self.permutation.to(logits.device)]
-            if not torch.isfinite(logits).all():
-                raise ValueError(
-                    "The teacher produced non-finite logits while building the cache: check the teacher, its "
-                    "dtype and the inputs."
-                )
-            if self.np_dtype == np.float16 and logits.abs().max() > 65504:
-                raise ValueError(
-                    "Teacher logits exceed the float16 range (65504): build the cache with dtype='float32'."
-                )
-            if self.top_k is None:
-                return {DENSE_COLUMN: logits.cpu().numpy().astype(self.np_dtype)}
-            values, indices = logits.topk(self.top_k, dim=-1)
-            # the tail's own log-mass, not a full normaliser: exact however small the tail is
-            tail = torch.logsumexp(logits.scatter(1, indices, -torch.inf), dim=-1)
-            return {
-                TOPK_LOGITS_COLUMN: values.cpu().numpy().astype(self.np_dtype),
-                TOPK_INDICES_COLUMN: indices.cpu().numpy().astype(self.index_dtype),
-                TAIL_LOGSUMEXP_COLUMN: tail.cpu().numpy().astype(np.float32),
-            }
-
-
 def _teacher_fingerprint(teacher) -> str:
     """`teacher_fingerprint`, equal for a teacher sharded over processes and the same teacher whole (every
     process must call it for a sharded teacher)."""
@@ -183,18 +106,6 @@ def _share(num_rows: int, world: int, rank: int) -> range:
     size, extra = divmod(num_rows, world)
     start = rank * size + min(rank, extra)
     return range(start, start + size + (rank < extra))
-
-
-def _cache_features(num_classes: int, dtype: str, top_k: int | None) -> dict:
-    from datasets import List, Value
-
-    if top_k is None:
-        return {DENSE_COLUMN: List(Value(dtype), length=num_classes)}
-    return {
-        TOPK_LOGITS_COLUMN: List(Value(dtype), length=top_k),
-        TOPK_INDICES_COLUMN: List(Value(index_dtype(num_classes)), length=top_k),
-        TAIL_LOGSUMEXP_COLUMN: Value("float32"),
-    }
 
 
 def _hash_callable(fn) -> str | None:
@@ -281,6 +192,7 @@ def build_teacher_cache(
         "preprocessing_id": preprocessing_id,
         "collate_fn_hash": _hash_callable(collate_fn),
         "dtype": dtype,
+        "dense_encoding": DENSE_ENCODING if top_k is None else None,
         "top_k": top_k,
         "num_classes": num_classes,
         "teacher_id2label": {str(i): name for i, name in enumerate(teacher_names)},
@@ -289,7 +201,7 @@ def build_teacher_cache(
     }
     record["cache_fingerprint"] = _cache_fingerprint(record)
 
-    new_features = _cache_features(num_classes, dtype, top_k)
+    new_features = cache_features(num_classes, dtype, top_k)
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     part = dataset if world == 1 else dataset.select(_share(len(dataset), world, rank))
@@ -318,12 +230,16 @@ def build_teacher_cache(
     if world == 1:
         out = mapped
     else:
+        import pyarrow as pa
         from accelerate.utils import gather_object
+        from datasets import DatasetInfo
+        from datasets.table import InMemoryTable
 
-        mine = mapped.with_format("numpy", columns=list(new_features))[:] if len(part) else None
+        # Arrow tables, not numpy: numpy's fixed-width bytes would drop a binary row's trailing NUL bytes
+        mine = mapped.with_format("arrow", columns=list(new_features))[:] if len(part) else None
         parts = gather_object([mine])  # rank order, so contiguous shards concatenate to the original order
-        columns = {c: np.concatenate([p[c] for p in parts if p is not None]) for c in new_features}
-        added = Dataset.from_dict(columns, features=Features(new_features))
+        table = InMemoryTable(pa.concat_tables([p for p in parts if p is not None]))
+        added = Dataset(table, info=DatasetInfo(features=Features(new_features)))
         out = _restore_format(concatenate_datasets([dataset, added], axis=1), dataset, list(new_features))
         out = out.select(range(len(out)))  # own DatasetInfo copy before writing the record
     _attach_record(out, record)

@@ -21,13 +21,22 @@ Caches of format 1 stored the full ``lse = log sum_j exp t_j`` instead (column `
 are still read, with ``R = exp(lse) - sum_i exp(t_i)`` (an empty tail when R is below what the stored values
 resolve). Class ids are stored in the smallest integer type that holds them (`index_dtype`) and are upcast
 to int64 here before any gather/scatter.
+
+A dense row of format 3 is one binary value: its m logits, little-endian, then one byte giving the bytes per
+logit (2: float16, 4: float32; `hf_fairkd.teacher_runner`); formats 2 and 1 stored a list of m floats.
+`cache_columns_as_tensors` is the one place that turns the cache columns of a batch (formatted, transformed or
+collated) into tensors, and `CacheCollator` the data collator step that stacks rows of bytes (the default
+collator cannot).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -122,12 +131,14 @@ def topk_to_dense(
 def cached_logits_from_batch(
     batch: dict, num_classes: int, topk_fill: str = DEFAULT_TOPK_FILL
 ) -> torch.Tensor | None:
-    """Dense float32 teacher logits [B, m] from the cached columns of a collated batch; None when there are none.
+    """Dense float32 teacher logits [B, m] from the cached columns of a batch (collated, or a dataset slice in any
+    format; `cache_columns_as_tensors`); None when there are none.
 
     ``topk_fill`` ("spread" or "renormalize", see the module docstring) applies to top-k caches.
     """
+    batch = cache_columns_as_tensors(batch)
     if DENSE_COLUMN in batch:
-        return torch.as_tensor(batch[DENSE_COLUMN]).float()
+        return batch[DENSE_COLUMN].float()
     if TOPK_LOGITS_COLUMN in batch:
         columns = TOPK_COLUMNS if LOGSUMEXP_COLUMN not in batch else LEGACY_TOPK_COLUMNS
         missing = [c for c in columns if c not in batch]
@@ -142,6 +153,93 @@ def cached_logits_from_batch(
         tail = batch[TAIL_LOGSUMEXP_COLUMN]
         return topk_to_dense(values, indices, None, num_classes, topk_fill, tail_logsumexp=tail)
     return None
+
+
+# ------------------------------------------------------------------------------------------ reading a batch
+DENSE_BYTES = {
+    2: torch.float16,
+    4: torch.float32,
+}  # a binary dense row's last byte (bytes per logit) -> dtype
+_REBUILD = "Rebuild the cache with hf_fairkd.teacher_cache.build_teacher_cache(dataset, teacher)."
+
+
+def _is_bytes(value) -> bool:
+    """Whether a dense column's batch value is binary rows: bytes (any format) or fixed-width numpy bytes."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind == "S"
+    return isinstance(value, (list, tuple)) and bool(value) and isinstance(value[0], (bytes, bytearray))
+
+
+def _damaged(what: str) -> ValueError:
+    return ValueError(
+        f"The teacher cache column {DENSE_COLUMN!r} has {what}: a dense row of format 3 is its m logits "
+        "(little-endian) and one byte giving the bytes per logit (2: float16, 4: float32). The cache is damaged "
+        f"(a short or corrupted row) or was not written by build_teacher_cache. {_REBUILD}"
+    )
+
+
+def dense_from_binary(rows) -> torch.Tensor:
+    """[B, m] logits in the cache dtype from B binary dense rows (bytes, or the numpy format's fixed-width
+    bytes): one join and a buffer view, the dtype read from each row's last byte."""
+    if isinstance(rows, np.ndarray):  # a short row is NUL-padded here: its last byte then reads 0
+        width, buffer = rows.dtype.itemsize, bytearray(rows.tobytes())
+    else:
+        widths = {len(row) for row in rows}
+        if len(widths) > 1:
+            raise _damaged(f"rows of unequal lengths ({sorted(widths)[:4]} bytes)")
+        width, buffer = (widths.pop() if widths else 0), bytearray(b"".join(rows))
+    if not len(rows):
+        return torch.empty((0, 0))
+    raw = torch.frombuffer(buffer, dtype=torch.uint8).view(len(rows), width) if width else None
+    markers = sorted(set(raw[:, -1].tolist())) if width else []
+    size = markers[0] if len(markers) == 1 else None
+    if size not in DENSE_BYTES or (width - 1) % size:
+        raise _damaged(f"rows of {width} bytes whose last bytes are {markers[:4]}")
+    logits = raw[:, :-1].contiguous()
+    if sys.byteorder == "big":  # the rows are little-endian
+        logits = logits.view(len(rows), -1, size).flip(-1).reshape(len(rows), -1)
+    return logits.view(DENSE_BYTES[size])
+
+
+def _column_as_tensor(column: str, value) -> torch.Tensor:
+    if column == DENSE_COLUMN and _is_bytes(value):  # format 3
+        return dense_from_binary(value)
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+        return torch.stack(list(value))  # rows of a transform
+    return torch.as_tensor(np.asarray(value))  # list rows (formats 1 and 2, top-k), numpy arrays
+
+
+def cache_columns_as_tensors(batch: Mapping) -> dict[str, torch.Tensor]:
+    """The teacher-cache columns of ``batch`` (a formatted, transformed or collated batch, or a list of rows'
+    values) as tensors: binary dense rows (format 3) as [B, m] logits in the cache dtype, list rows as before.
+    A damaged binary row is a ValueError that says to rebuild the cache."""
+    return {c: _column_as_tensor(c, batch[c]) for c in CACHE_COLUMNS if c in batch}
+
+
+class CacheCollator:
+    """A data collator: ``collator`` over the rows' other columns, the cache columns stacked by
+    `cache_columns_as_tensors`; rows without binary cache values (e.g. a transform's tensors) go to
+    ``collator`` unchanged. `DistillationTrainer` wraps its collator in one."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __getattr__(self, name):  # the wrapped collator's attributes (e.g. a tokenizer the Trainer saves)
+        if name == "collator":
+            raise AttributeError(name)
+        return getattr(self.collator, name)
+
+    def __call__(self, features):
+        first = features[0] if len(features) else None
+        if not (isinstance(first, Mapping) and isinstance(first.get(DENSE_COLUMN), (bytes, bytearray))):
+            return self.collator(features)
+        columns = [c for c in CACHE_COLUMNS if c in first]
+        batch = self.collator([{k: v for k, v in row.items() if k not in columns} for row in features])
+        rows = {c: [row[c] for row in features] for c in columns}
+        batch.update(cache_columns_as_tensors(rows))
+        return batch
 
 
 # ------------------------------------------------------------------------------------------ warnings

@@ -21,7 +21,7 @@ from .checkpoints import OBJECTIVE_STATE_NAME, read_objective_state, resolve_che
 from .config import DistillationArguments
 from .objectives import ObjectiveCallback, get_objective
 from .results.publishing import PublishingMixin
-from .teacher_signal import CACHE_COLUMNS, TEACHER_INPUT_COLUMNS
+from .teacher_signal import CACHE_COLUMNS, TEACHER_INPUT_COLUMNS, CacheCollator
 from .teacher_source import TeacherSource
 
 logger = logging.getLogger(__name__)
@@ -141,6 +141,8 @@ class DistillationTrainer(PublishingMixin, Trainer):
         # Make the Trainer count the items of each accumulated batch (it only does so for models that take loss
         # keywords); compute_loss normalises by that count, whatever the model's own loss does.
         self.model_accepts_loss_kwargs = True
+        # rows of a binary dense cache carry bytes, which the default collator cannot stack
+        self.data_collator = CacheCollator(self.data_collator)
         self.teacher_source.prepare(self.accelerator)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 

@@ -105,8 +105,11 @@ def cache_step(out_dir: Path, teacher, train, holdout, test) -> dict:
     FSDP launch), by the whole teacher over the processes, and by the whole teacher in this process alone."""
     from accelerate import Accelerator
 
-    from hf_fairkd.teacher_cache import build_teacher_cache, teacher_cache_info
+    from hf_fairkd.teacher_cache import build_teacher_cache, cached_logits_from_batch, teacher_cache_info
     from hf_fairkd.teacher_placement import prepare_teacher
+
+    def dense(dataset):  # the cached logits (binary rows since cache format 3)
+        return cached_logits_from_batch(dataset.with_format(None)[:], teacher.config.num_labels)
 
     accelerator = Accelerator(cpu=True)
     sharded, memory = prepare_teacher(copy.deepcopy(teacher), accelerator, "auto")
@@ -127,7 +130,7 @@ def cache_step(out_dir: Path, teacher, train, holdout, test) -> dict:
         "placement": memory.placement,
         "teacher_forwards": len(forwards),
         "logits": {
-            name: {split: ds.with_format(None)[:]["teacher_logits"] for split, ds in splits.items()}
+            name: {split: dense(ds).tolist() for split, ds in splits.items()}
             for name, splits in built.items()
         },
         "fingerprints": {

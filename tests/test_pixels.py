@@ -182,3 +182,48 @@ def test_decoding_is_cached_like_any_map(tmp_path):
     )  # the second run read the first's file
     other, _ = decoded_pixels(loaded["train"], "image", {PIXELS: vit(8)})
     assert other.cache_files != first.cache_files  # another processor, another cache
+
+
+class ChannelMeans(torch.nn.Module):
+    """A 'teacher' whose 3 logits are 10 x the means of its input's 3 channels: cached logits in closed form."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import PretrainedConfig
+
+        self.config = PretrainedConfig(num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
+        self.scale = torch.nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, pixel_values):
+        return SimpleNamespace(logits=pixel_values.mean((2, 3)) * self.scale)
+
+
+@pytest.mark.parametrize("prepare", [prepare_splits, prepare_splits_on_the_fly], ids=["fast", "on_the_fly"])
+def test_cache_columns_reach_the_trainers_batches_through_both_transforms(prepare, tmp_path):
+    """A dense cache (format 3: binary rows) and the same cache as format 2 (list rows) give the trainer's
+    batches the teacher's logits, through `with_pixel_transform` and `with_image_transform`."""
+    from tiny_models import format_2_dense_cache, tiny_args
+
+    from hf_fairkd import DistillationTrainer
+    from hf_fairkd import teacher_cache as tc
+    from hf_fairkd.run.models import build_vit
+
+    splits = image_splits()
+    train = prepare(splits, long_tail_info(splits["train"]), vit(16))["train"]
+    teacher = ChannelMeans()
+    binary = tc.build_teacher_cache(train, teacher, dtype="float32", batch_size=5)
+    assert binary.format["type"] == "custom"  # the split's transform reads the cache columns
+    rows = binary[:5][tc.DENSE_COLUMN]  # through the transform: already the logits
+    assert rows.dtype == torch.float32 and rows.shape == (5, 3)
+    sizes = dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, image_size=16, patch_size=8)
+    for cache in (binary, format_2_dense_cache(binary)):
+        student = build_vit(["a", "b", "c"], num_channels=3, seed=0, **sizes)
+        trainer = DistillationTrainer(
+            model=student, args=tiny_args(tmp_path, objective="kd"), train_dataset=cache
+        )
+        batch = next(iter(trainer.get_train_dataloader()))
+        with torch.no_grad():
+            expected = teacher(pixel_values=batch["pixel_values"]).logits
+        torch.testing.assert_close(
+            trainer.teacher_source.split_batch(batch)[2], expected, rtol=1e-6, atol=1e-5
+        )

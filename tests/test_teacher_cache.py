@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
-from datasets import ClassLabel, Dataset
-from tiny_models import image_dataset, make_vit, tiny_args
+from datasets import ClassLabel, Dataset, Features, Value
+from tiny_models import format_2_dense_cache, image_dataset, make_vit, tiny_args
 from transformers import AutoModelForImageClassification
 
 from hf_fairkd import DistillationTrainer
@@ -46,6 +47,11 @@ def online_logits(teacher, dataset) -> torch.Tensor:
         return teacher(pixel_values=dataset[:]["pixel_values"]).logits
 
 
+def dense(cached, num_classes: int = 3) -> torch.Tensor:
+    """The float32 logits of a dense cache, read as the trainer reads a batch."""
+    return tc.cached_logits_from_batch(cached[:], num_classes)
+
+
 def batch_loss(dataset, tmp_path, teacher=None, **args) -> float:
     trainer = DistillationTrainer(
         model=make_vit(seed=0), args=tiny_args(tmp_path, **args), teacher=teacher, train_dataset=dataset
@@ -57,8 +63,7 @@ def batch_loss(dataset, tmp_path, teacher=None, **args) -> float:
 @pytest.mark.parametrize("dtype, rel", [("float16", 1e-3), ("float32", 1e-6)])
 def test_cached_loss_equals_online_loss(dtype, rel, train, teacher, tmp_path):
     cached = tc.build_teacher_cache(train, teacher, dtype=dtype, batch_size=7)
-    stored = cached[:][tc.DENSE_COLUMN]
-    torch.testing.assert_close(stored, online_logits(teacher, train), rtol=rel, atol=rel)
+    torch.testing.assert_close(dense(cached), online_logits(teacher, train), rtol=rel, atol=rel)
     online = batch_loss(train, tmp_path, teacher=teacher)
     from_cache = batch_loss(cached, tmp_path)
     assert from_cache == pytest.approx(online, rel=rel)
@@ -86,7 +91,7 @@ def test_topk_columns_hold_the_largest_logits_and_the_tail_mass(train, teacher):
     tail = torch.logsumexp(logits.scatter(1, indices, -torch.inf), -1)  # the one class outside the top 2
     torch.testing.assert_close(rows[tc.TAIL_LOGSUMEXP_COLUMN], tail, rtol=1e-6, atol=1e-5)
     assert cached.features[tc.TOPK_INDICES_COLUMN].feature.dtype == "uint8"
-    assert tc.teacher_cache_info(cached)["format_version"] == 2
+    assert tc.teacher_cache_info(cached)["format_version"] == tc.FORMAT_VERSION == 3  # top-k as in format 2
     # a format-1 batch (full log-normaliser) is still read, to the same distribution up to its float32 lse
     legacy = {k: v for k, v in rows.items() if k != tc.TAIL_LOGSUMEXP_COLUMN}
     legacy[tc.LOGSUMEXP_COLUMN] = torch.logsumexp(logits, -1)
@@ -94,6 +99,106 @@ def test_topk_columns_hold_the_largest_logits_and_the_tail_mass(train, teacher):
         expected = torch.softmax(tc.cached_logits_from_batch(rows, 3, fill), -1)
         got = torch.softmax(tc.cached_logits_from_batch(legacy, 3, fill), -1)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ storage
+DAMAGED = (
+    r"teacher cache column 'teacher_logits' has rows .*damaged.*"
+    r"Rebuild the cache with hf_fairkd\.teacher_cache\.build_teacher_cache"
+)
+
+
+@pytest.mark.parametrize("dtype, size, rel", [("float16", 2, 1e-3), ("float32", 4, 1e-6)])
+def test_dense_rows_are_one_binary_value_of_the_teachers_logits(dtype, size, rel, train, teacher, tmp_path):
+    cached = tc.build_teacher_cache(train, teacher, dtype=dtype, batch_size=5)
+    assert pa.types.is_binary(cached.data.table.column(tc.DENSE_COLUMN).type)  # the Arrow column itself
+    record = tc.teacher_cache_info(cached)
+    assert record["format_version"] == 3 and record["dense_encoding"] == tc.DENSE_ENCODING
+    rows = cached.with_format(None)[:][tc.DENSE_COLUMN]
+    # decoded independently: m little-endian values of the cache dtype per row, in class order, then the
+    # byte giving their size
+    assert {len(row) for row in rows} == {3 * size + 1} and {row[-1] for row in rows} == {size}
+    little = np.dtype(dtype).newbyteorder("<")
+    stored = np.stack([np.frombuffer(row[:-1], dtype=little) for row in rows])
+    torch.testing.assert_close(
+        torch.tensor(stored.astype(np.float32)), online_logits(teacher, train), rtol=rel, atol=rel
+    )
+    for fmt in (None, "numpy", "torch"):  # every format of the dataset reads back exactly those values
+        assert torch.equal(dense(cached.with_format(fmt)), torch.tensor(stored.astype(np.float32)))
+    tc.save_teacher_cache(cached, tmp_path / "cache")
+    loaded = tc.load_teacher_cache(tmp_path / "cache").with_format("torch")
+    assert torch.equal(dense(loaded), torch.tensor(stored.astype(np.float32)))
+    # the trainer's own batches (its collator stacks the bytes) carry the logits in the cache dtype
+    trainer = DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path), train_dataset=cached)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch[tc.DENSE_COLUMN].dtype == getattr(torch, dtype)
+    expected = online_logits(
+        teacher, Dataset.from_dict({"pixel_values": batch["pixel_values"].numpy()}).with_format("torch")
+    )
+    torch.testing.assert_close(trainer.teacher_source.split_batch(batch)[2], expected, rtol=rel, atol=rel)
+    # top-k columns stay fixed-length lists (small: k values and ids per row)
+    topk = tc.build_teacher_cache(train, teacher, dtype=dtype, top_k=2)
+    assert all(pa.types.is_fixed_size_list(topk.data.table.column(c).type) for c in tc.TOPK_COLUMNS[:2])
+
+
+def test_a_format_2_list_cache_is_still_read(train, teacher, tmp_path):
+    cached = tc.build_teacher_cache(train, teacher)
+    legacy = format_2_dense_cache(cached)
+    assert pa.types.is_fixed_size_list(legacy.data.table.column(tc.DENSE_COLUMN).type)
+    assert tc.teacher_cache_info(legacy)["format_version"] == 2
+    assert tc.check_cache(legacy, teacher=teacher, num_classes=3)["kind"] == "dense"
+    for fmt in (None, "numpy", "torch"):
+        assert torch.equal(dense(legacy.with_format(fmt)), dense(cached))
+    torch.testing.assert_close(dense(legacy), online_logits(teacher, train), rtol=1e-3, atol=1e-3)
+    tc.save_teacher_cache(legacy, tmp_path / "old")
+    assert torch.equal(dense(tc.load_teacher_cache(tmp_path / "old").with_format("torch")), dense(cached))
+    assert batch_loss(legacy, tmp_path) == batch_loss(cached, tmp_path)
+    trainer = DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path), train_dataset=legacy)
+    assert trainer.evaluate(legacy)["eval_loss"] == trainer.evaluate(cached)["eval_loss"]
+
+
+def test_rows_keep_their_length_in_every_format():
+    # the torch and numpy formats pass binary values through numpy's fixed-width bytes, which drop trailing NUL
+    # bytes: raw float16 logits ending in 0.0 (00 00) would come back short; the size byte at the end is not NUL
+    logits = torch.tensor([[1.0, 2.0, 0.0], [0.5, 0.0, 0.0], [-1.0, 0.0, 3.0]])
+    cached = logits_cache(logits)
+    collate = tc.CacheCollator(lambda rows: {"n": len(rows)})
+    for fmt in (None, "numpy", "torch"):
+        data = cached.with_format(fmt)
+        assert {len(data[i][tc.DENSE_COLUMN]) for i in range(3)} == {7}
+        assert torch.equal(tc.cached_logits_from_batch(data[:], 3), logits)
+        assert torch.equal(collate([data[i] for i in range(3)])[tc.DENSE_COLUMN].float(), logits)
+    raw = Dataset.from_dict({"x": [b"\x01\x00"]}, features=Features({"x": Value("binary")}))
+    assert raw.with_format("torch")[0]["x"] == b"\x01"  # what the marker byte protects against
+
+
+def test_a_damaged_binary_row_is_refused_with_the_fix(train, teacher, tmp_path):
+    cached = tc.build_teacher_cache(train, teacher)
+    rows = cached.with_format(None)[tc.DENSE_COLUMN]
+
+    def with_rows(new):  # the same cache and record, other bytes
+        return cached.remove_columns([tc.DENSE_COLUMN]).add_column(
+            tc.DENSE_COLUMN, new, feature=Value("binary")
+        )
+
+    short = with_rows([row[:-1] if i == 4 else row for i, row in enumerate(rows)])  # one row a byte short
+    with pytest.raises(ValueError, match=DAMAGED):
+        dense(short)
+    trainer = DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path), train_dataset=cached)
+    with pytest.raises(ValueError, match=DAMAGED):
+        trainer.evaluate(short)  # through the trainer's collator
+    with pytest.raises(ValueError, match=DAMAGED):  # what the transforms call refuses it too
+        tc.cache_columns_as_tensors(short.with_format(None)[:])
+    with pytest.raises(ValueError, match=r"rows of unequal lengths \(\[6, 7\] bytes\)"):
+        dense(short)
+    with pytest.raises(ValueError, match=r"rows of 8 bytes whose last bytes are \[7\]"):
+        dense(with_rows([row + b"\x07" for row in rows]))  # no size byte at the end
+    with pytest.raises(ValueError, match=r"rows of 6 bytes whose last bytes are \[2\]"):
+        dense(with_rows([row[1:] for row in rows]))  # 5 bytes of logits: not whole float16 values
+    # whole rows of 2 logits: read, and refused by the per-batch width check like a list cache of 2 classes
+    with pytest.raises(ValueError, match="Teacher logits have 2 classes but the student has 3"):
+        trainer.evaluate(with_rows([row[2:] for row in rows]))
+    assert torch.equal(dense(with_rows(rows)), dense(cached))  # the helper itself changes nothing
 
 
 # ------------------------------------------------------------------------------------------ top-k fill
@@ -355,13 +460,13 @@ def test_teacher_with_other_label_order(train, teacher):
         train, reordered, label_permutation=label_permutation(student_id2label, reordered.config.id2label)
     )
     assert tc.check_cache(mapped, num_classes=3, id2label=student_id2label) is not None
-    reference = tc.build_teacher_cache(train, teacher)[:][tc.DENSE_COLUMN]
-    torch.testing.assert_close(mapped[:][tc.DENSE_COLUMN], reference, rtol=1e-3, atol=1e-3)
+    reference = dense(tc.build_teacher_cache(train, teacher))
+    torch.testing.assert_close(dense(mapped), reference, rtol=1e-3, atol=1e-3)
 
 
 # ------------------------------------------------------------------------------------------ inputs
 def test_transform_and_collate_fn_inputs_give_the_same_cache(train, teacher):
-    reference = tc.build_teacher_cache(train, teacher, dtype="float32")[:][tc.DENSE_COLUMN]
+    reference = dense(tc.build_teacher_cache(train, teacher, dtype="float32"))
     raw = Dataset.from_dict(
         {"pixels": [np.asarray(x).ravel().tolist() for x in train.with_format("numpy")["pixel_values"]]}
     )
@@ -373,14 +478,14 @@ def test_transform_and_collate_fn_inputs_give_the_same_cache(train, teacher):
         raw.with_transform(transform), teacher, dtype="float32", batch_size=5
     )
     assert from_transform.format["type"] == "custom"  # the dataset's transform is kept
-    values = from_transform.with_format("torch", columns=[tc.DENSE_COLUMN])[:][tc.DENSE_COLUMN]
+    values = dense(from_transform.with_format("torch", columns=[tc.DENSE_COLUMN]))
     torch.testing.assert_close(values, reference, rtol=1e-5, atol=1e-5)
 
     def collate(rows):
         return {"pixel_values": torch.tensor([r["pixels"] for r in rows]).reshape(-1, 1, 8, 8)}
 
     from_collate = tc.build_teacher_cache(raw, teacher, dtype="float32", collate_fn=collate)
-    values = torch.tensor(from_collate[tc.DENSE_COLUMN])
+    values = dense(from_collate)
     torch.testing.assert_close(values, reference, rtol=1e-5, atol=1e-5)
 
     def doubled(rows):
@@ -433,10 +538,13 @@ from hf_fairkd import teacher_cache as tc
 acc = Accelerator(cpu=True)
 ds = image_dataset((6, 4, 3), seed=0)
 out = tc.build_teacher_cache(ds, sharp_teacher(), accelerator=acc, batch_size=2, top_k=2, dtype="float32")
+dense = tc.build_teacher_cache(ds, sharp_teacher(), accelerator=acc, batch_size=2)
 rows = out.with_format(None)[:]
 with open({out!r} + str(acc.process_index), "w") as f:
     json.dump({{"rows": {{c: rows[c] for c in tc.TOPK_COLUMNS}}, "record": tc.teacher_cache_info(out),
-               "format": out.format["type"], "columns": out.column_names}}, f)
+               "format": out.format["type"], "columns": out.column_names,
+               "dense": tc.cached_logits_from_batch(dense.with_format(None)[:], 3).tolist(),
+               "dense_type": str(dense.data.table.column(tc.DENSE_COLUMN).type)}}, f)
 """
 
 
@@ -467,6 +575,7 @@ def test_two_processes_build_the_same_cache(train, tmp_path):
         image_dataset((6, 4, 3), seed=0), sharp_teacher(), top_k=2, dtype="float32"
     )
     expected = single.with_format(None)[:]
+    single_dense = tc.build_teacher_cache(image_dataset((6, 4, 3), seed=0), sharp_teacher(), batch_size=2)
     for rank in (0, 1):
         got = json.loads(Path(f"{tmp_path / 'rank'}{rank}").read_text())
         assert got["record"] == tc.teacher_cache_info(single)
@@ -475,6 +584,8 @@ def test_two_processes_build_the_same_cache(train, tmp_path):
         np.testing.assert_allclose(
             got["rows"][tc.TOPK_LOGITS_COLUMN], expected[tc.TOPK_LOGITS_COLUMN], rtol=1e-5
         )
+        assert got["dense_type"] == "binary"  # gathered as Arrow: the rows stay binary
+        np.testing.assert_allclose(got["dense"], dense(single_dense).numpy(), rtol=1e-3, atol=1e-3)
 
 
 def test_cache_is_built_from_the_teachers_own_inputs_and_refuses_other_preprocessing(train, teacher):
@@ -488,7 +599,7 @@ def test_cache_is_built_from_the_teachers_own_inputs_and_refuses_other_preproces
     expected = online_logits(
         teacher, Dataset.from_dict({"pixel_values": own[:]["teacher_pixel_values"]}).with_format("torch")
     )
-    stored = torch.as_tensor(np.asarray(cached.with_format("numpy")[:][tc.DENSE_COLUMN]), dtype=torch.float32)
+    stored = dense(cached.with_format("numpy"))
     assert torch.allclose(stored, expected.float(), atol=2e-2)
     assert not torch.allclose(stored, online_logits(teacher, train).float(), atol=2e-2)
     assert tc.teacher_cache_info(cached)["preprocessing_id"] == '{"teacher": 1}'

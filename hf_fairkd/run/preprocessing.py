@@ -10,13 +10,11 @@ from __future__ import annotations
 import logging
 import random
 
-import numpy as np
 import torch
 from PIL import ImageOps
 from transformers import AutoImageProcessor
 
-from ..teacher_cache import CACHE_COLUMNS
-from ..teacher_signal import TEACHER_INPUT_COLUMNS
+from ..teacher_signal import TEACHER_INPUT_COLUMNS, cache_columns_as_tensors
 from .arguments import ModelArguments
 from .pixels import (
     PIXELS,
@@ -115,7 +113,7 @@ def with_image_transform(
         out = {"pixel_values": pixel_values, "labels": torch.as_tensor(batch[label_column])}
         if teacher_processor is not None:
             out[TEACHER_PIXEL_VALUES] = teacher_processor(images, return_tensors="pt")["pixel_values"]
-        out.update({c: torch.as_tensor(np.asarray(batch[c])) for c in CACHE_COLUMNS if c in batch})
+        out.update(cache_columns_as_tensors(batch))
         return out
 
     return dataset.with_transform(transform)
@@ -136,7 +134,7 @@ def with_pixel_transform(decoded, steps: dict, label_column: str, outputs: dict,
                 pixels = augment_views(pixels, *views)
             out[name] = steps[column](pixels)
         out["labels"] = torch.as_tensor(labels)
-        out.update({c: torch.as_tensor(np.asarray(batch[c])) for c in CACHE_COLUMNS if c in batch})
+        out.update(cache_columns_as_tensors(batch))
         return out
 
     return decoded.with_transform(transform)
