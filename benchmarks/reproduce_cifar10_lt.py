@@ -75,7 +75,10 @@ def code_version() -> str:
 
     try:
         commit = git("rev-parse", "--short", "HEAD").strip()
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "hf_fairkd", "benchmarks").strip())
+        # the code only: the study writes its own results into benchmarks/results
+        dirty = bool(
+            git("status", "--porcelain", "--untracked-files=no", "hf_fairkd", "recipes", "benchmarks/*.py")
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
