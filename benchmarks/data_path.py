@@ -84,6 +84,8 @@ def images(batch) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset_name", default=DATASET)
+    parser.add_argument("--preset", default=str(PRESET), help="Recipe argument file (default: the budget preset).")
+    parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     cli = parser.parse_args()
@@ -98,7 +100,7 @@ def main() -> None:
     # ---- the recipe's own construction (recipes/distill_vit.py, baseline stage)
     model_args, data_args, args, _ = arguments.parse_recipe_args(
         argv=[
-            str(PRESET),
+            cli.preset,
             "--dataset_name",
             cli.dataset_name,
             "--output_dir",
@@ -215,7 +217,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "per_round": rounds,
         "setup": {
-            "preset": PRESET.name,
+            "preset": Path(cli.preset).name,
             "dataset": cli.dataset_name,
             "train_rows": sum(info.train_counts),
             "stage": "one-hot baseline student (objective ce), stages.stage_args as in recipes/distill_vit.py",
@@ -248,7 +250,7 @@ def main() -> None:
             "transformers": transformers.__version__,
         },
     }
-    atomic_write_json(RESULTS, results)  # a reader never sees half a results file
+    atomic_write_json(cli.output, results)  # a reader never sees half a results file
     shutil.rmtree(work, ignore_errors=True)
     print(f"{'path':<20}{'images/s':>12}{'median step ms':>16}")
     for name in ("train", "model", "trainer_in_memory"):
