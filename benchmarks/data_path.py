@@ -84,7 +84,9 @@ def images(batch) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset_name", default=DATASET)
-    parser.add_argument("--preset", default=str(PRESET), help="Recipe argument file (default: the budget preset).")
+    parser.add_argument(
+        "--preset", default=str(PRESET), help="Recipe argument file (default: the budget preset)."
+    )
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
