@@ -141,16 +141,6 @@ def main() -> None:
     model = plain.model
     model.train()
 
-    def train_step() -> dict:
-        batch = next(batches)
-        num_items = trainer._get_num_items_in_batch([batch], device)
-        trainer.current_gradient_accumulation_steps = 1
-        trainer.training_step(train_model, batch, num_items)
-        trainer.optimizer.step()
-        trainer.lr_scheduler.step()
-        train_model.zero_grad()
-        return batch
-
     def trainer_step_in_memory(batch: dict) -> None:
         num_items = trainer._get_num_items_in_batch([batch], device)
         trainer.current_gradient_accumulation_steps = 1
@@ -158,6 +148,12 @@ def main() -> None:
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
         train_model.zero_grad()
+
+    def train_step() -> dict:
+        """The recipe's path: the next batch from the trainer's own dataloader, then the same step."""
+        batch = next(batches)
+        trainer_step_in_memory(batch)
+        return batch
 
     def model_step(batch: dict) -> None:
         loss = model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
