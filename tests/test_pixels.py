@@ -12,7 +12,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 from transformers import ConvNextImageProcessorPil, ViTImageProcessorPil
 
-from hf_fairkd.run.pixels import PIXELS, TensorSteps, augment_views, decoded_pixels, geometry
+from hf_fairkd.run.pixels import PIXELS, TensorSteps, augment_views, decoded_pixels, geometry, random_views
 from hf_fairkd.run.preprocessing import prepare_splits, prepare_splits_on_the_fly
 
 
@@ -227,3 +227,32 @@ def test_cache_columns_reach_the_trainers_batches_through_both_transforms(prepar
         torch.testing.assert_close(
             trainer.teacher_source.split_batch(batch)[2], expected, rtol=1e-6, atol=1e-5
         )
+
+
+@pytest.mark.parametrize(("width", "pad"), [(16, 2), (32, 4), (4, 1)])
+def test_random_views_cover_the_pad_range_and_flip_half(width, pad):
+    torch.manual_seed(0)
+    flips, shifts = random_views(4000, width)
+    assert flips.dtype == torch.bool and shifts.shape == (4000, 2)
+    assert 0.45 < flips.float().mean() < 0.55
+    for axis in (0, 1):
+        values, counts = shifts[:, axis].unique(return_counts=True)
+        assert values.tolist() == list(range(-pad, pad + 1))  # every shift in [-pad, pad], and only those
+        assert counts.min() > 4000 / (2 * pad + 1) * 0.8  # about uniform
+
+
+def test_small_images_and_scaled_shifts_stay_within_the_pad():
+    rng = np.random.default_rng(2)
+    x = torch.as_tensor(rng.integers(1, 256, (3, 3, 4, 4), dtype=np.uint8))  # 4 // 8 = 0: pad 1 still
+    flips = torch.tensor([False, True, False])
+    shifts = torch.tensor([[1, -1], [-1, 1], [0, 1]])
+    out = augment_views(x, flips, shifts, base_width=4)
+    for i in range(3):
+        dx, dy = shifts[i].tolist()
+        expected = numpy_augment(x[i].numpy(), bool(flips[i]), -dx if flips[i] else dx, dy, pad=1)
+        assert np.array_equal(out[i].numpy(), expected), i
+    # shifts drawn at width 8 (pad 1) and scaled to width 12 (pad 1): 1 * 12 / 8 = 1.5 rounds to 2, clamped to 1
+    wide = torch.as_tensor(rng.integers(1, 256, (2, 3, 12, 12), dtype=np.uint8))
+    out = augment_views(wide, torch.tensor([False, False]), torch.tensor([[1, 1], [-1, -1]]), base_width=8)
+    for i, shift in enumerate((1, -1)):
+        assert np.array_equal(out[i].numpy(), numpy_augment(wide[i].numpy(), False, shift, shift, pad=1)), i
