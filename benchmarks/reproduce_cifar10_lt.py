@@ -40,7 +40,7 @@ from hf_fairkd.objectives import teacher_objectives  # noqa: E402
 from hf_fairkd.run.arguments import ARGUMENT_FILE_SUFFIXES, DataArguments, ModelArguments, read_argument_file  # noqa: E402
 from hf_fairkd.run.models import student_model, teacher_model  # noqa: E402
 from hf_fairkd.run.preparation import load_data  # noqa: E402
-from hf_fairkd.run.preprocessing import make_image_processor, prepare_splits  # noqa: E402
+from hf_fairkd.run.preprocessing import make_image_processor, prepare_splits, teacher_image_processor  # noqa: E402
 from hf_fairkd.run.stages import train_stage  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "cifar10_lt.json"
@@ -49,7 +49,9 @@ CUTS = (
     "Models: HF ResNets from configs (teacher {teacher_model}; student {student_model}) instead of ResNet-32 "
     "for both; optimiser AdamW (lr {lr}, wd {wd}, cosine schedule after {warmup:.0%} warm-up, close to a "
     "one-cycle) instead of SGD Nesterov lr 0.1 with step decay; {student_epochs:g} student and {teacher_epochs:g} "
-    "teacher epochs instead of 200+; random flip + crop augmentation{augment}; batch 128 as in the papers."
+    "teacher epochs instead of 200+; the teachers see {teacher_size}x{teacher_size} images (their own image "
+    "processor; the stem of an HF ResNet divides the resolution by 4), the students {size}x{size}; random flip + "
+    "crop augmentation{augment}; batch 128 as in the papers."
 )
 
 
@@ -61,6 +63,7 @@ def model_arguments(args: argparse.Namespace) -> ModelArguments:
         student_config_name=args.student_config,
         teacher_config_name=args.teacher_config,
         image_size=args.image_size,
+        teacher_image_size=args.teacher_image_size,
     )
 
 
@@ -118,8 +121,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--student_config", default=str(MODELS / "resnet_cifar_small.json"))
     p.add_argument("--teacher_config", default=str(MODELS / "resnet_cifar.json"))
     p.add_argument("--student_epochs", type=float, default=30)
-    p.add_argument("--teacher_epochs", type=float, default=80)
-    p.add_argument("--image_size", type=int, default=32)
+    p.add_argument("--teacher_epochs", type=float, default=60)
+    p.add_argument("--image_size", type=int, default=32, help="The student's input resolution.")
+    p.add_argument(
+        "--teacher_image_size",
+        type=int,
+        default=48,
+        help="The teachers' input resolution (their own image processor; the same augmented view, resized).",
+    )
     p.add_argument("--no_augment", dest="augment", action="store_false", help="No flip + crop augmentation.")
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--learning_rate", type=float, default=3e-3)
@@ -194,7 +203,9 @@ def study_splits(args: argparse.Namespace):
         _, subset = plan_holdout(labels, len(info.class_names), args.test_per_class, seed=0)
         splits["test"] = splits["test"].select(np.sort(subset))
     processor = make_image_processor(model_arguments(args))
-    return prepare_splits(splits, info, processor, augment=args.augment), info, processor
+    own = teacher_image_processor(model_arguments(args), processor)  # the teachers' resolution
+    prepared = prepare_splits(splits, info, processor, augment=args.augment, teacher_processor=own)
+    return prepared, info, own
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -315,8 +326,9 @@ def decode_predictions(run: dict) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def run_one(spec: dict, args, splits, info, files: RunFiles, teachers: dict) -> dict:
-    """Train and evaluate one run of the plan; its record (not yet written)."""
+def run_one(spec: dict, args, splits, info, files: RunFiles, teachers: dict, teacher_processor) -> dict:
+    """Train and evaluate one run of the plan; its record (not yet written). Teachers train and are tested on
+    their own view of ``splits`` (``teacher_processor``'s resolution); students on theirs."""
     key = run_key(spec)
     t0 = time.time()
     work = os.path.join(args.work_dir, key.replace("/", "_").replace("=", ""))
@@ -326,7 +338,9 @@ def run_one(spec: dict, args, splits, info, files: RunFiles, teachers: dict) -> 
     if spec["objective"] == "teacher":
         model_args.teacher_objective = spec["teacher"]
         stage = training_args(args, spec["teacher"], spec["seed"], args.teacher_epochs, work)
-        trainer = train_stage(teacher_model(model_args, names, seed=spec["seed"]), stage, splits)
+        trainer = train_stage(
+            teacher_model(model_args, names, seed=spec["seed"]), stage, splits.teacher_view()
+        )
         run["params"] = {"teacher_objective": spec["teacher"], **stage.objective_params()}
         run["model"] = describe(trainer.model)
     else:
@@ -340,11 +354,15 @@ def run_one(spec: dict, args, splits, info, files: RunFiles, teachers: dict) -> 
         )
         run["params"] = stage.objective_params()
         run["model"] = describe(trainer.model)
-    logits, labels = test_logits(trainer.model, splits["test"])
+    role_view = "teacher" if spec["objective"] == "teacher" else "student"
+    logits, labels = test_logits(
+        trainer.model, splits.for_teacher("test") if role_view == "teacher" else splits["test"]
+    )
     run.update(objective_extras(trainer))
     run["wall_seconds"] = round(time.time() - t0, 1)
     if spec["objective"] == "teacher":
         trainer.model.save_pretrained(teacher_dir(args, spec["teacher"]))  # before its result file
+        teacher_processor.save_pretrained(teacher_dir(args, spec["teacher"]))
         teachers[spec["teacher"]] = trainer.model
     ce = None
     if spec["objective"] != "ce":  # students and teachers are compared with the same seed's one-hot student
@@ -380,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
     def say(text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')} +{time.time() - started:6.0f}s] {text}", flush=True)
 
-    splits, info, processor = study_splits(args)
+    splits, info, teacher_processor = study_splits(args)
     say(
         f"data: train {sum(info.train_counts)} {info.train_counts}, holdout {sum(info.holdout_counts)}, "
         f"test {len(splits['test'])} ({time.time() - started:.0f}s to load and decode)"
@@ -409,6 +427,8 @@ def main(argv: list[str] | None = None) -> dict:
         warmup=args.warmup_ratio,
         student_epochs=args.student_epochs,
         teacher_epochs=args.teacher_epochs,
+        teacher_size=args.teacher_image_size or args.image_size,
+        size=args.image_size,
         augment=" (the teacher runs online on the augmented view)" if args.augment else ": off",
     )
     for name in ("runs_dir", "student_config", "teacher_config"):  # no machine paths in the results
@@ -432,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         key = run_key(spec)
         try:
-            run = run_one(spec, args, splits, info, files, teachers)
+            run = run_one(spec, args, splits, info, files, teachers, teacher_processor)
             atomic_write_json(files.path(key), run)
         finally:
             files.release(key)

@@ -120,7 +120,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
             args,
             info,
             prepared,
-            processor,
+            teacher_processor,
             given_teacher,
             fingerprint=fingerprints.get("teacher"),
         )
@@ -212,7 +212,8 @@ def teacher_stage_args(model_args, args: DistillationArguments) -> DistillationA
 def teacher_stage(
     model_args, args: DistillationArguments, info, prepared, processor, given=None, fingerprint=None
 ):
-    """The teacher and, when it is trained here (no ``--teacher_model_name_or_path``), its trainer (else None).
+    """The teacher and, when it is trained here (no ``--teacher_model_name_or_path``), its trainer (else None),
+    trained on the teacher's view of ``prepared`` with ``processor``, the teacher's own image processor.
     ``given``: the given teacher (`load_given_teacher`), already checked before anything trains.
     ``fingerprint``: the stage's settings (`resume.stage_fingerprint`), written into teacher/ once it is done."""
     if given is not None:
@@ -229,7 +230,7 @@ def teacher_stage(
     trainer = train_marked_stage(
         models.teacher_model(model_args, info.class_names, args.seed),
         teacher_args,
-        prepared,
+        prepared.teacher_view(),  # its own resolution with --teacher_image_size
         processor,
         fingerprint,
         resuming=resume.resuming(args),

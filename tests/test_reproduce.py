@@ -71,7 +71,7 @@ def results(tmp_path_factory):
         "--imbalance_factor", str(RHO), "--holdout_per_class", "1", "--seeds", "0", "--tradeoffs", "0", "1",
         "--robust_tradeoff", "1", "--student_epochs", "1", "--teacher_epochs", "1",
         "--student_config", str(configs["student"]), "--teacher_config", str(configs["teacher"]),
-        "--image_size", "16", "--batch_size", "32", "--n_bootstrap", "50",
+        "--image_size", "16", "--teacher_image_size", "24", "--batch_size", "32", "--n_bootstrap", "50",
     ]
     # fmt: on
     _load("reproduce_cifar10_lt").main(argv)
@@ -132,9 +132,10 @@ def test_every_run_has_a_per_class_report_and_paired_delta(results):
 
 
 def test_teachers_have_calibration(results):
-    """Each teacher's log-loss and ECE equal those recomputed here from its saved weights on the test split."""
+    """Each teacher's log-loss and ECE equal those recomputed here from its saved weights on the test split,
+    preprocessed by a processor of the teachers' own resolution (24, the student's is 16)."""
     import torch
-    from transformers import AutoModelForImageClassification
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     from hf_fairkd.run.arguments import ModelArguments
     from hf_fairkd.run.preprocessing import make_image_processor
@@ -143,15 +144,15 @@ def test_teachers_have_calibration(results):
     test = Dataset.from_parquet(
         str(output.parents[1] / "cifar_like" / "plain_text" / "test-00000-of-00001.parquet")
     )
-    processor = make_image_processor(ModelArguments(image_size=16))
+    processor = make_image_processor(ModelArguments(image_size=24))
     pixels = processor([im.convert("RGB") for im in test["img"]], return_tensors="pt")["pixel_values"]
     labels = np.array(test["label"])
     teachers = [r for r in data["runs"] if r["objective"] == "teacher"]
     assert len(teachers) == 3
     for run in teachers:
-        model = AutoModelForImageClassification.from_pretrained(
-            output.parents[1] / "work" / f"teacher_{run['teacher']}"
-        )
+        folder = output.parents[1] / "work" / f"teacher_{run['teacher']}"
+        model = AutoModelForImageClassification.from_pretrained(folder)
+        assert AutoImageProcessor.from_pretrained(folder).to_dict() == processor.to_dict()  # saved with it
         with torch.no_grad():
             logits = model.eval()(pixel_values=pixels).logits.double()
         probs = torch.softmax(logits, -1).numpy()

@@ -124,6 +124,13 @@ class ModelArguments:
     image_size: int = field(
         default=16, metadata={"help": "Input resolution of fresh ViTs (images are resized)."}
     )
+    teacher_image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Input resolution of a teacher trained here (default: --image_size). It gets its own image "
+            "processor, saved with it, and sees the student's augmented view at this resolution."
+        },
+    )
     baseline_model_name_or_path: str | None = field(
         default=None,
         metadata={

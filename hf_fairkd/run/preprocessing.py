@@ -47,6 +47,10 @@ class PreparedSplits(dict):
         """Split ``name`` as the teacher sees it (its own processor's ``pixel_values``)."""
         return self.teacher_splits.get(name, self[name])
 
+    def teacher_view(self) -> PreparedSplits:
+        """Every split as the teacher sees it (train augmented like the student's), to train a teacher here."""
+        return PreparedSplits({name: self.for_teacher(name) for name in self}, self.class_counts)
+
 
 def make_image_processor(model_args: ModelArguments):
     """The student's own image processor when it has one, else explicit resizing and normalisation."""
@@ -66,11 +70,12 @@ def make_image_processor(model_args: ModelArguments):
 
 
 def teacher_image_processor(model_args: ModelArguments, processor):
-    """The image processor of the teacher: ``processor`` (the run's) for a teacher trained here, else the given
-    teacher's own (``--teacher_image_processor_name``, else the one saved with the teacher). Refuses a given
-    teacher whose processor cannot be loaded: its inputs would be guessed."""
+    """The image processor of the teacher: for a teacher trained here ``processor`` (the run's), resized to
+    ``--teacher_image_size`` when given; else the given teacher's own (``--teacher_image_processor_name``, else
+    the one saved with the teacher). Refuses a given teacher whose processor cannot be loaded: its inputs
+    would be guessed."""
     if not model_args.teacher_model_name_or_path:
-        return processor
+        return resized_processor(processor, getattr(model_args, "teacher_image_size", None))
     source = (
         getattr(model_args, "teacher_image_processor_name", None) or model_args.teacher_model_name_or_path
     )
@@ -84,6 +89,25 @@ def teacher_image_processor(model_args: ModelArguments, processor):
             "(`processor.save_pretrained(<teacher folder>)`, which writes preprocessor_config.json), or pass "
             "--teacher_image_processor_name <Hub id or folder of the teacher's image processor>."
         ) from None
+
+
+def resized_processor(processor, size: int | None):
+    """A copy of ``processor`` making ``size`` x ``size`` images (``processor`` itself for None or its own size)."""
+    if size is None:
+        return processor
+    if size <= 0:
+        raise ValueError(f"--teacher_image_size must be a positive number of pixels, got {size}.")
+    current = processor.to_dict().get("size") or {}
+    fixed = {key: value for key, value in current.items() if value is not None}
+    if set(fixed) != {"height", "width"}:
+        raise ValueError(
+            f"--teacher_image_size {size}: the run's image processor resizes by {fixed}, not to a fixed height "
+            "and width, so it cannot be resized for the teacher. Drop --teacher_image_size, or train the teacher "
+            "first (recipes/train_teacher.py) and pass it as --teacher_model_name_or_path."
+        )
+    if fixed == {"height": size, "width": size}:
+        return processor
+    return type(processor).from_dict({**processor.to_dict(), "size": {"height": size, "width": size}})
 
 
 def same_preprocessing(processor, other) -> bool:
@@ -168,7 +192,9 @@ def prepare_splits(
         },
         class_counts=info.train_counts,
         teacher_splits={
-            name: with_pixel_transform(split, steps, label, {"pixel_values": TEACHER_PIXELS})
+            name: with_pixel_transform(
+                split, steps, label, {"pixel_values": TEACHER_PIXELS}, augment and name == "train"
+            )
             for name, (split, steps) in decoded.items()
         }
         if own is not None
@@ -188,7 +214,10 @@ def prepare_splits_on_the_fly(splits, info, processor, augment: bool = False, ow
             for name, split in splits.items()
         },
         class_counts=info.train_counts,
-        teacher_splits={name: with_image_transform(split, own, *columns) for name, split in splits.items()}
+        teacher_splits={
+            name: with_image_transform(split, own, *columns, augment=augment and name == "train")
+            for name, split in splits.items()
+        }
         if own is not None
         else None,
     )

@@ -84,6 +84,8 @@ def stage_fingerprint(stage: str, stage_args: DistillationArguments, model_args,
     role = "teacher" if stage == "teacher" else "student"
     model = {f"{role}_{name}": getattr(model_args, f"{role}_{name}", None) for name in MODEL_FIELDS}
     model.update(image_size=model_args.image_size, patch_size=model_args.patch_size)
+    if role == "teacher" and getattr(model_args, "teacher_image_size", None) is not None:
+        model["teacher_image_size"] = model_args.teacher_image_size  # only when set: older stages still match
     return _jsonable(
         {
             "version": FINGERPRINT_VERSION,
