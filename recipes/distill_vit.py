@@ -171,8 +171,8 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     if state.is_main_process:
         save_card_and_metrics(output_dir, metrics, **card_kwargs)
         for trainer in (student_trainer, baseline_trainer, teacher_trainer):  # every model trained here
-            if trainer is not None:
-                processor.save_pretrained(trainer.args.output_dir)
+            if trainer is not None:  # with its own processor (a teacher's may have its own resolution)
+                (trainer.processing_class or processor).save_pretrained(trainer.args.output_dir)
         arguments.write_run_config(output_dir, model_args, data_args, args, run_args)
         say(format_summary(metrics))
         say(

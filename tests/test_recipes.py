@@ -596,3 +596,87 @@ def test_train_teacher_from_a_cnn_config(tmp_path, caplog):
     teacher = AutoModelForImageClassification.from_pretrained(out)
     assert type(teacher).__name__ == "ResNetForImageClassification" and teacher.config.num_labels == 10
     assert "Training a resnet teacher" in caplog.text
+
+
+def height_width(processor) -> tuple:
+    return processor.size["height"], processor.size["width"]
+
+
+def test_teacher_trained_here_at_its_own_resolution(tmp_path, monkeypatch):
+    """--teacher_image_size 16 with an 8x8 student: the teacher is a 16x16 ViT trained on 16x16 views (a ViT
+    refuses other sizes), saved with a 16x16 processor, evaluated through it, and run online on 16x16 views of
+    the student's augmented images; the student keeps 8x8."""
+    from hf_fairkd import trainer as trainer_module
+    from hf_fairkd.data import load_long_tailed
+
+    out = tmp_path / "out"
+    argv = [*TINY, "--output_dir", str(out), "--objective", "kd", "--teacher_image_size", "16",
+            "--augment", "true"]  # fmt: skip
+    seen = []
+    recipe = load_recipe("distill_vit")
+
+    train = trainer_module.DistillationTrainer.train
+
+    def recording_train(self, *args, **kwargs):  # every model trained in the run: its input shape
+        self.model.register_forward_pre_hook(
+            lambda _m, _a, kw: seen.append((self.args.output_dir, tuple(kw["pixel_values"].shape[-2:]))),
+            with_kwargs=True,
+        )
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.DistillationTrainer, "train", recording_train)
+    metrics = recipe.main(argv)
+
+    teacher_dir = out / "teacher"
+    own = AutoImageProcessor.from_pretrained(teacher_dir)
+    assert height_width(own) == (16, 16)
+    assert height_width(AutoImageProcessor.from_pretrained(out)) == (8, 8)
+    teacher = AutoModelForImageClassification.from_pretrained(teacher_dir).eval()
+    assert teacher.config.image_size == 16
+    sizes = {os.path.basename(folder): {s for f, s in seen if f == folder} for folder, _ in seen}
+    assert sizes["teacher"] == {(16, 16)} and sizes["baseline"] == {(8, 8)}
+    assert {s for f, s in seen if f == str(out)} == {(8, 8)}  # the distilled student
+    # the reported teacher accuracy is the saved teacher's through its own processor
+    test = load_long_tailed("digits")["test"]
+    pixels = own([image.convert("RGB") for image in test["image"]], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        predictions = teacher(pixel_values=pixels).logits.argmax(-1).numpy()
+    accuracy = float(np.mean(predictions == np.asarray(test["label"])))
+    assert metrics["teacher"]["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+
+
+def test_teacher_image_size_needs_a_fixed_size_processor():
+    from transformers import ConvNextImageProcessor
+
+    from hf_fairkd.run.arguments import ModelArguments
+    from hf_fairkd.run.preprocessing import make_image_processor, resized_processor, teacher_image_processor
+
+    processor = make_image_processor(ModelArguments(image_size=8))
+    assert teacher_image_processor(ModelArguments(image_size=8), processor) is processor
+    assert teacher_image_processor(ModelArguments(image_size=8, teacher_image_size=8), processor) is processor
+    resized = teacher_image_processor(ModelArguments(image_size=8, teacher_image_size=12), processor)
+    assert height_width(resized) == (12, 12) and height_width(processor) == (8, 8)
+    assert {k: v for k, v in resized.to_dict().items() if k != "size"} == {
+        k: v for k, v in processor.to_dict().items() if k != "size"
+    }
+    with pytest.raises(
+        ValueError, match=r"--teacher_image_size 12: .*shortest_edge.*--teacher_model_name_or_path"
+    ):
+        resized_processor(ConvNextImageProcessor(size={"shortest_edge": 32}), 12)
+    with pytest.raises(ValueError, match="positive"):
+        resized_processor(processor, 0)
+
+
+def test_teacher_image_size_is_part_of_the_teacher_stage_fingerprint():
+    from hf_fairkd import DistillationArguments
+    from hf_fairkd.run.arguments import ModelArguments
+    from hf_fairkd.run.resume import stage_fingerprint
+
+    args = DistillationArguments(output_dir="unused", report_to=[])
+    plain = stage_fingerprint("teacher", args, ModelArguments(), {})
+    assert "teacher_image_size" not in plain["model"]  # stages written before the flag still match
+    sized = stage_fingerprint("teacher", args, ModelArguments(teacher_image_size=24), {})
+    assert sized["model"]["teacher_image_size"] == 24 and sized != plain
+    assert stage_fingerprint(
+        "baseline", args, ModelArguments(teacher_image_size=24), {}
+    ) == stage_fingerprint("baseline", args, ModelArguments(), {})

@@ -170,12 +170,15 @@ def fresh_config(model_args: ModelArguments, class_names: list[str], role: str) 
     """The config of a fresh student or teacher (``role``) from the run's arguments: the config named by
     ``--<role>_config_name`` (with ``--<role>_config_overrides``), else a ViT of that role's sizes."""
     name = getattr(model_args, f"{role}_config_name", None)
+    image_size = model_args.image_size
+    if role == "teacher" and getattr(model_args, "teacher_image_size", None):
+        image_size = model_args.teacher_image_size  # a teacher trained here at its own resolution
     if name:
         return config_from_name(
             name,
             class_names,
             getattr(model_args, f"{role}_config_overrides", None),
-            image_size=model_args.image_size,
+            image_size=image_size,
             trust_remote_code=model_args.trust_remote_code,
             flag=f"--{role}_config_name",
         )
@@ -184,7 +187,7 @@ def fresh_config(model_args: ModelArguments, class_names: list[str], role: str) 
         hidden_size=getattr(model_args, f"{role}_hidden_size"),
         num_layers=getattr(model_args, f"{role}_num_layers"),
         num_heads=getattr(model_args, f"{role}_num_heads"),
-        image_size=model_args.image_size,
+        image_size=image_size,
         patch_size=model_args.patch_size,
     )
 
