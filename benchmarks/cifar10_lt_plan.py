@@ -18,6 +18,7 @@ TEACHERS = ("erm", "balanced", "dro")  # the study's order: the students of the 
 SEEDED = ("ce", "kd", "ada_alpha", "ada_margin", "balanced_kd", "robust_kd")  # run with every seed
 ONE_SEED = ("label_smoothing", "kd_pt", "kd_sim")  # from the first teacher, first seed
 OTHER_TEACHER_OBJECTIVES = ("kd", "robust_kd")
+OTHER_TEACHER_SEEDED = ("kd",)  # with every seed: "a robust teacher alone" compares it across seeds
 TEACHER_SEED = 0  # one teacher of each kind; every student seed distils from it
 
 
@@ -51,7 +52,8 @@ def plan_runs(
     2. every seeded objective from the first teacher, first seed; then the one-seed objectives (kd in the
        other convention, label_smoothing, kd_pt, kd_sim) and the robust_kd sweep over b;
     3. the other teachers, each distilled with kd and robust_kd (b = robust_tradeoff), first seed;
-    4. the other seeds of the seeded objectives (robust_kd at b = robust_tradeoff) from the first teacher.
+    4. the other seeds of the seeded objectives (robust_kd at b = robust_tradeoff) from the first teacher;
+    5. the other seeds of kd from the other teachers.
     """
     first, seed0 = teachers[0], seeds[0]
     if seed0 != TEACHER_SEED:
@@ -76,6 +78,8 @@ def plan_runs(
         ]
     for seed in seeds[1:]:
         runs += seeded(seed)
+    for seed in seeds[1:]:
+        runs += [spec(t, objective, seed) for t in teachers[1:] for objective in OTHER_TEACHER_SEEDED]
     return runs
 
 

@@ -242,6 +242,12 @@ def test_workers_take_ready_runs_once_and_dead_claims_are_taken_over(tmp_path):
     plan = plan_module.plan_runs(["erm", "dro"], [0, 1], [0.0, 1.0], 1.0, "hinton", "mix")
     keys = [plan_module.run_key(r) for r in plan]
     assert len(keys) == len(set(keys))
+    assert keys[-1] == "dro/kd/seed1"  # the other teachers' kd with every seed, last
+    assert [k for k in keys if k.startswith("dro/") and k != "dro/teacher/seed0"] == [
+        "dro/kd/seed0",
+        "dro/robust_kd/b=1/seed0",
+        "dro/kd/seed1",
+    ]
     assert keys[:3] == ["None/ce/seed0", "erm/teacher/seed0", "None/ce/seed1"]
     files = plan_module.RunFiles(tmp_path)
     first, _ = plan_module.next_run(plan, files)
