@@ -33,6 +33,11 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
         raise ValueError(
             f"--objective {args.objective!r} is not a teacher objective; use one of {', '.join(teacher_objectives())}."
         )
+    if model_args.teacher_image_size is not None:
+        raise ValueError(
+            f"--teacher_image_size {model_args.teacher_image_size}: this recipe trains the teacher at --image_size; "
+            f"pass --image_size {model_args.teacher_image_size} instead."
+        )
     checks.check_before_work(args, run_args)
     splits, info = preparation.load_data(data_args)
     preparation.check_objectives({"--objective": args.objective}, args, info)

@@ -98,6 +98,11 @@ def test_existing_output_dir_is_refused_and_left_intact(distilled):
         (["--label_column_name", "nope"], "nope"),
         (["--objective", "magic"], "Unknown objective 'magic'"),
         (["--imbalance_factor", "0.5"], "imbalance_factor|rho"),
+        (["--teacher_image_size", "0"], "--teacher_image_size must be a positive number of pixels, got 0"),
+        (
+            ["--teacher_image_size", "16", "--teacher_model_name_or_path", "some/teacher"],
+            "--teacher_image_size sets the resolution of a teacher trained here.*Drop --teacher_image_size",
+        ),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, extra, message):
@@ -680,3 +685,11 @@ def test_teacher_image_size_is_part_of_the_teacher_stage_fingerprint():
     assert stage_fingerprint(
         "baseline", args, ModelArguments(teacher_image_size=24), {}
     ) == stage_fingerprint("baseline", args, ModelArguments(), {})
+
+
+def test_train_teacher_refuses_teacher_image_size(tmp_path):
+    with pytest.raises(ValueError, match="trains the teacher at --image_size; pass --image_size 16 instead"):
+        load_recipe("train_teacher").main(
+            [*TINY, "--output_dir", str(tmp_path / "t"), "--teacher_image_size", "16"]
+        )
+    assert not (tmp_path / "t").exists()

@@ -225,6 +225,15 @@ def check_model_arguments(model_args: ModelArguments) -> None:
             "--teacher_model_name_or_path and --teacher_config_name both name the teacher: pass the first for a "
             "trained teacher, the second for one trained here."
         )
+    teacher_size = getattr(model_args, "teacher_image_size", None)
+    if teacher_size is not None and model_args.teacher_model_name_or_path:
+        raise ValueError(
+            "--teacher_image_size sets the resolution of a teacher trained here, but --teacher_model_name_or_path "
+            "gives one: it sees its own image processor's inputs. Drop --teacher_image_size (or pass "
+            "--teacher_image_processor_name for another processor)."
+        )
+    if teacher_size is not None and teacher_size <= 0:
+        raise ValueError(f"--teacher_image_size must be a positive number of pixels, got {teacher_size}.")
     defaults = type(model_args)()
     for role in ("student", "teacher"):
         if getattr(model_args, f"{role}_config_name"):
