@@ -18,7 +18,6 @@ trains the stages after it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -265,10 +264,10 @@ def distillation_settings(model_args, data_args, args: DistillationArguments, wo
         args,
         teacher_objective="given" if given else model_args.teacher_objective,
         student_model=model_args.student_model_name_or_path
-        or fresh_description(model_args, "student")
+        or models.fresh_description(model_args, "student")
         or f"fresh ViT (hidden {model_args.student_hidden_size}, {model_args.student_num_layers} layers)",
         teacher_model=given
-        or fresh_description(model_args, "teacher", " (trained here)")
+        or models.fresh_description(model_args, "teacher", " (trained here)")
         or f"fresh ViT (hidden {model_args.teacher_hidden_size}, {model_args.teacher_num_layers} layers, trained here)",
         baseline_model=f"reused: {model_args.baseline_model_name_or_path}"
         if model_args.baseline_model_name_or_path
@@ -277,16 +276,6 @@ def distillation_settings(model_args, data_args, args: DistillationArguments, wo
         dataset_name=data_args.dataset_name,
         world_size=world_size,
     )
-
-
-def fresh_description(model_args, role: str, suffix: str = "") -> str | None:
-    """How the record names a fresh model built from ``--<role>_config_name`` (None without one)."""
-    name = getattr(model_args, f"{role}_config_name")
-    if not name:
-        return None
-    overrides = getattr(model_args, f"{role}_config_overrides")  # a JSON string, or a dict from a YAML file
-    overrides = overrides if isinstance(overrides, str) or not overrides else json.dumps(overrides)
-    return f"fresh from config {name}" + (f" with {overrides}" if overrides else "") + suffix
 
 
 if __name__ == "__main__":

@@ -5,18 +5,18 @@
 
 The teacher is a normal transformers model (safetensors + config + image processor) that loads with
 `AutoModelForImageClassification.from_pretrained`. Its per-class test report goes to
-subgroup_metrics.json beside it (key `teacher`), with its calibration (`teacher_calibration`).
+subgroup_metrics.json beside it (key `teacher`), with its calibration (`teacher_calibration`), and into its
+card (README.md: per-class accuracy and calibration) and per_class_accuracy.png.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 from hf_fairkd.config import DistillationArguments
-from hf_fairkd.io_utils import atomic_write_json
+from hf_fairkd.data.sources import hub_dataset_ids
 from hf_fairkd.objectives import teacher_objectives
-from hf_fairkd.results import METRICS_FILE, finished_run_push, run_settings
+from hf_fairkd.results import finished_run_push, run_settings, save_card_and_metrics
 from hf_fairkd.run import arguments, checks, models, preparation, preprocessing, stages
 
 logger = logging.getLogger("train_teacher")
@@ -54,10 +54,16 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
         resume_from_checkpoint=args.resume_from_checkpoint,
         save_dir=args.output_dir,
     )
-    settings = run_settings(args, dataset_name=data_args.dataset_name)
+    settings = run_settings(
+        args,
+        dataset_name=data_args.dataset_name,
+        teacher_model=models.fresh_description(model_args, "teacher")
+        or f"fresh ViT (hidden {model_args.teacher_hidden_size}, {model_args.teacher_num_layers} layers)",
+    )
     metrics = stages.record_on_test_split({"teacher": trainer}, prepared, info, settings, seed=args.seed)
-    if state.is_main_process:
-        atomic_write_json(os.path.join(args.output_dir, METRICS_FILE), metrics)
+    card_kwargs = dict(model_id=args.hub_model_id, datasets=hub_dataset_ids(data_args.dataset_name))
+    if state.is_main_process:  # the teacher's card, metrics file and plot
+        save_card_and_metrics(args.output_dir, metrics, **card_kwargs)
         arguments.write_run_config(args.output_dir, model_args, data_args, args, run_args)
         report = metrics["teacher"]
         logger.info(
@@ -65,8 +71,11 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
             f"worst class {report['worst_class_accuracy']:.3f} ({report['worst_class']}), ECE "
             f"{metrics['teacher_calibration']['ece']:.3f}. Saved to {args.output_dir}."
         )
-    if args.push_to_hub:  # one commit: weights, processor, card, subgroup_metrics.json, run_config.json
-        with finished_run_push(args.output_dir, "teacher, README.md, subgroup_metrics.json"):
+    if args.push_to_hub:  # one commit: weights, processor, card, subgroup_metrics.json, plot, run_config.json
+        trainer.subgroup_metrics, trainer.card_kwargs = metrics, card_kwargs
+        with finished_run_push(
+            args.output_dir, "teacher, README.md, subgroup_metrics.json, per_class_accuracy.png"
+        ):
             trainer.push_to_hub()
     state.wait_for_everyone()
     return metrics

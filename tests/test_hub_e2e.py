@@ -274,3 +274,23 @@ def test_failed_final_push_keeps_the_outputs_and_says_how_to_push_them(hub_serve
     assert len(commits) == 2 and _files_added_by(repo_id, commits) == RECIPE_FILES
     rendered = "".join(traceback.format_exception(info.value)) + caplog.text + result.stdout + result.stderr
     assert hub_server.token not in rendered
+
+
+def test_train_teacher_publishes_one_commit_with_a_teacher_card_read_back_as_data(hub_server, tmp_path):
+    repo_id = _fresh_repo(hub_server, "teacher")
+    out = tmp_path / "teacher"
+    argv = [*TINY, "--output_dir", str(out), "--objective", "dro", "--push_to_hub", "true", "--hub_model_id",
+            repo_id, "--hub_token", hub_server.token]  # fmt: skip
+    requests = hub_server.stats["commit"]
+    metrics = load_recipe("train_teacher").main(argv)
+    commits = HfApi().list_repo_commits(repo_id)
+    assert len(commits) == 2 and hub_server.stats["commit"] - requests == 1  # "initial commit" + ONE publish
+    assert _files_added_by(repo_id, commits) == RECIPE_FILES  # the same files as a student's push
+    assert b"of the teacher on the test split" in hub_server.files(repo_id)[".eval_results/hf_fairkd.yaml"]
+    card = ModelCard.load(repo_id)
+    assert "knowledge-distillation-teacher" in card.data.tags
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results["accuracy"] == float(f"{metrics['teacher']['accuracy']:.4g}")
+    assert hf_fairkd.load_subgroup_metrics(repo_id)["teacher"] == metrics["teacher"]
+    for name, content in hub_server.files(repo_id).items():
+        assert hub_server.token.encode() not in content, name

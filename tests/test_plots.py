@@ -81,8 +81,9 @@ def test_existing_plot_survives_a_failed_save(tmp_path, monkeypatch):
 
 
 def test_missing_inputs_give_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="student"):
-        plot_per_class_accuracy({"teacher": {}}, tmp_path / "p.png")
+    for record in ({}, {"teacher": {}}, {"student": {"accuracy": 0.5}}):
+        with pytest.raises(ValueError, match="no 'student' \\(or 'teacher'\\) report with 'per_class' rows"):
+            plot_per_class_accuracy(record, tmp_path / "p.png")
     metrics = make_metrics()
     metrics["train_counts"] = None
     for row in metrics["student"]["per_class"]:

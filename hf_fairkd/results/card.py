@@ -13,14 +13,16 @@ import re
 from pathlib import Path
 
 import yaml
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData
 
 from hf_fairkd.io_utils import atomic_write_json, atomic_write_text
-from hf_fairkd.results.card_block import CARD_BLOCK_KEY, card_block, check_card_record, round_sig
-from hf_fairkd.results.card_text import SCALARS, SHOTS, card_body, escape_markdown_cell, num, shot_acc
+from hf_fairkd.results.card_block import CARD_BLOCK_KEY, card_block, check_card_record
+from hf_fairkd.results.card_metadata import eval_results_of
+from hf_fairkd.results.card_text import card_body, escape_markdown_cell
 from hf_fairkd.results.hub import is_repo_id
 from hf_fairkd.results.plots import plot_per_class_accuracy
 from hf_fairkd.results.schema import CARD_FILE, EVAL_RESULTS_FILE, METRICS_FILE, PLOT_FILE
+from hf_fairkd.results.teacher_card import build_teacher_card, check_teacher_record, is_teacher_record
 
 __all__ = [
     "TEMPLATE_PATH",
@@ -32,26 +34,6 @@ __all__ = [
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "model_card_template.md"
 TAGS = ["knowledge-distillation", "hf-fairkd", "long-tail", "image-classification"]
-
-
-def _eval_results(metrics: dict, dataset_name: str) -> list[EvalResult]:
-    """model-index entries for the student's defined headline metrics (undefined ones are left out)."""
-    student = metrics["student"]
-    named = [(metric_type, pretty, student.get(key)) for key, metric_type, pretty in SCALARS]
-    named += [(f"accuracy_{s}", f"Accuracy on {s}-shot classes", shot_acc(student, s)) for s in SHOTS]
-    task = {"task_type": "image-classification", "task_name": "Image Classification", "dataset_split": "test"}
-    return [
-        EvalResult(
-            **task,
-            dataset_type=dataset_name,
-            dataset_name=dataset_name,
-            metric_type=metric_type,
-            metric_name=pretty,
-            metric_value=round_sig(float(value)),  # 4 significant digits, like the hf_fairkd block
-        )
-        for metric_type, pretty, value in named
-        if num(value) is not None
-    ]
 
 
 def build_model_card(
@@ -84,7 +66,7 @@ def build_model_card(
         datasets=[datasets] if isinstance(datasets, str) else datasets,
         tags=list(TAGS),
         metrics=["accuracy"],
-        eval_results=_eval_results(metrics, dataset_name),
+        eval_results=eval_results_of(metrics["student"], dataset_name),
         **{CARD_BLOCK_KEY: card_block(metrics)},
     )
     paragraphs = [p for p in re.split(r"\n\s*\n", extra_text or "") if p.strip()]
@@ -102,12 +84,17 @@ def build_model_card(
 def write_eval_results(folder: str | os.PathLike, metrics: dict) -> Path | None:
     """Write the Hub's ``.eval_results/hf_fairkd.yaml`` (huggingface_hub ``EvalResultEntry`` format).
 
-    One entry per defined student metric, with the metric name as ``task_id``. Returns None (and writes
-    nothing) when ``settings["dataset_name"]`` is not a Hub dataset id, since entries must name one.
+    One entry per defined metric of the student (of the teacher, for a teacher's record), with the metric name
+    as ``task_id``. Returns None (and writes nothing) when ``settings["dataset_name"]`` is not a Hub dataset
+    id, since entries must name one.
     """
     from huggingface_hub import EvalResultEntry, eval_result_entries_to_yaml
 
-    check_card_record(metrics)
+    role = "teacher" if is_teacher_record(metrics) else "student"
+    if role == "teacher":
+        check_teacher_record(metrics)
+    else:
+        check_card_record(metrics)
     dataset_id = str((metrics.get("settings") or {}).get("dataset_name") or "")
     if not is_repo_id(dataset_id):
         return None
@@ -116,9 +103,10 @@ def write_eval_results(folder: str | os.PathLike, metrics: dict) -> Path | None:
             dataset_id=dataset_id,
             task_id=r.metric_type,
             value=r.metric_value,
-            notes=f"hf-fairkd: {r.metric_name} of the distilled student on the test split",
+            notes=f"hf-fairkd: {r.metric_name} of the {'teacher' if role == 'teacher' else 'distilled student'} "
+            "on the test split",
         )
-        for r in _eval_results(metrics, dataset_id)
+        for r in eval_results_of(metrics[role], dataset_id)
     ]
     path = Path(folder) / EVAL_RESULTS_FILE
     atomic_write_text(
@@ -132,10 +120,14 @@ def save_card_and_metrics(
 ) -> Path:
     """Write subgroup_metrics.json, the plot, README.md (and .eval_results/) into ``output_dir`` atomically.
 
-    ``card_kwargs`` go to :func:`build_model_card`. The card is built first, so a bad input leaves the
-    folder untouched. Returns the README path.
+    ``card_kwargs`` go to :func:`build_model_card` (to `build_teacher_card` for a teacher's record, which has
+    a ``teacher`` report and no ``student`` one). The card is built first, so a bad input leaves the folder
+    untouched. Returns the README path.
     """
-    card = build_model_card(metrics, **card_kwargs)
+    if is_teacher_record(metrics):
+        card = build_teacher_card(metrics, **card_kwargs)
+    else:
+        card = build_model_card(metrics, **card_kwargs)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / METRICS_FILE, metrics)

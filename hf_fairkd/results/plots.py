@@ -114,11 +114,15 @@ def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: st
     model is drawn as its mean accuracy per bin with a band from the 25th to the 75th percentile. The file
     is written atomically.
     """
-    if "student" not in metrics:
+    main = metrics.get("student") or metrics.get(
+        "teacher"
+    )  # a teacher's record (train_teacher.py) has no student
+    if not isinstance(main, dict) or "per_class" not in main:
         raise ValueError(
-            f"metrics has no 'student' report; pass the {METRICS_FILE} record written by the recipe."
+            f"metrics has no 'student' (or 'teacher') report with 'per_class' rows; pass the {METRICS_FILE} record "
+            "written by the recipe."
         )
-    student_rows = metrics["student"]["per_class"]
+    student_rows = main["per_class"]
     train_counts = metrics.get("train_counts") or [row.get("train_count") for row in student_rows]
     if any(count is None for count in train_counts):
         raise ValueError("plot_per_class_accuracy needs per-class train_counts; add metrics['train_counts'].")
@@ -184,7 +188,7 @@ def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: st
     lo, hi = min(xs) / 1.6, max(xs) * 1.8  # margins leave room for the class labels
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
-    thresholds = metrics["student"].get("shot_thresholds") or {}
+    thresholds = main.get("shot_thresholds") or {}
     few, many = thresholds.get("few_below"), thresholds.get("many_above")
     if few and many:
         # Shade the three shot groups so readers see where the rare classes are.

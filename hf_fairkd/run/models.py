@@ -308,3 +308,13 @@ def load_baseline(
                 "--image_size (or student) it was trained with, or drop the flag to train one here."
             )
     return AutoModelForImageClassification.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+
+
+def fresh_description(model_args, role: str, suffix: str = "") -> str | None:
+    """How the record names a fresh model built from ``--<role>_config_name`` (None without one)."""
+    name = getattr(model_args, f"{role}_config_name")
+    if not name:
+        return None
+    overrides = getattr(model_args, f"{role}_config_overrides")  # a JSON string, or a dict from a YAML file
+    overrides = overrides if isinstance(overrides, str) or not overrides else json.dumps(overrides)
+    return f"fresh from config {name}" + (f" with {overrides}" if overrides else "") + suffix

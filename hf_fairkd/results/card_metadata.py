@@ -1,0 +1,27 @@
+"""The model-index entries a card's YAML header carries, shared by the student's and the teacher's cards."""
+
+from __future__ import annotations
+
+from huggingface_hub import EvalResult
+
+from hf_fairkd.results.card_block import round_sig
+from hf_fairkd.results.card_text import SCALARS, SHOTS, num, shot_acc
+
+
+def eval_results_of(report: dict, dataset_name: str) -> list[EvalResult]:
+    """model-index entries for a report's defined headline metrics (undefined ones are left out)."""
+    named = [(metric_type, pretty, report.get(key)) for key, metric_type, pretty in SCALARS]
+    named += [(f"accuracy_{s}", f"Accuracy on {s}-shot classes", shot_acc(report, s)) for s in SHOTS]
+    task = {"task_type": "image-classification", "task_name": "Image Classification", "dataset_split": "test"}
+    return [
+        EvalResult(
+            **task,
+            dataset_type=dataset_name,
+            dataset_name=dataset_name,
+            metric_type=metric_type,
+            metric_name=pretty,
+            metric_value=round_sig(float(value)),  # 4 significant digits, like the hf_fairkd block
+        )
+        for metric_type, pretty, value in named
+        if num(value) is not None
+    ]

@@ -1,0 +1,80 @@
+"""The card of a teacher trained alone: per-class accuracy, intervals and calibration from its record."""
+
+import numpy as np
+import pytest
+from huggingface_hub import ModelCard
+from scipy.stats import binomtest
+from test_cards import all_table_rows, table_after
+
+from hf_fairkd.results import save_card_and_metrics
+from hf_fairkd.results.schema import build_run_record
+from hf_fairkd.results.teacher_card import build_teacher_card
+
+NAMES = ["cat", "bad|name <script>", "ship"]
+TRAIN_COUNTS = [500, 50, 5]
+
+
+def teacher_record(names=NAMES, train_counts=TRAIN_COUNTS, support=20, seed=0, dataset_name="digits"):
+    """A teacher's record as train_teacher.py writes it, from random logits (its numbers are recomputed here)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(names)), support)
+    logits = rng.normal(size=(len(labels), len(names))) + 1.5 * np.eye(len(names))[labels]
+    record = build_run_record(
+        {"teacher": logits},
+        labels,
+        class_names=names,
+        train_counts=train_counts,
+        dataset={"source": dataset_name, "profile": "natural", "imbalance_factor": 100.0, "seed": 0},
+        settings={"objective": "balanced", "seed": 0, "teacher_model": "fresh from config resnet.json",
+                  "dataset_name": dataset_name},
+        n_bootstrap=50,
+    )  # fmt: skip
+    return record, logits, labels
+
+
+def test_teacher_card_reports_each_class_with_exact_intervals_and_calibration(tmp_path):
+    record, logits, labels = teacher_record()
+    readme = save_card_and_metrics(tmp_path, record)
+    text = readme.read_text()
+    card = ModelCard.load(readme)
+    assert "knowledge-distillation-teacher" in card.data.tags and card.data.library_name == "transformers"
+    accuracy = float(np.mean(logits.argmax(-1) == labels))
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results["accuracy"] == float(f"{accuracy:.4g}")
+    rows = table_after(text, "## Results on the balanced test split")
+    assert rows[1] == ["Accuracy", f"{accuracy:.3f}"]
+    per_class = [row for row in all_table_rows(text) if len(row) == 6][2:]  # after header and separator
+    assert [row[0] for row in per_class] == ["cat", "bad\\|name &lt;script&gt;", "ship"]  # escaped, no tag
+    assert "<script>" not in text
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    for c, row in enumerate(per_class):
+        correct = int(np.sum((logits.argmax(-1) == labels) & (labels == c)))
+        interval = binomtest(correct, 20).proportion_ci(0.95, method="exact")  # Clopper-Pearson
+        assert row[1:5] == [str(TRAIN_COUNTS[c]), "20", f"{correct / 20:.3f}",
+                            f"[{interval.low:.3f}, {interval.high:.3f}]"]  # fmt: skip
+    log_loss = -np.mean(np.log(probabilities[np.arange(len(labels)), labels]))
+    assert f"log-loss {log_loss:.3f}" in text
+    assert "balanced" in text.split("**Training objective:**")[1].splitlines()[0]
+    assert "Distilled student" not in text and "student network" not in text
+    assert (tmp_path / "per_class_accuracy.png").stat().st_size > 0
+    assert "](per_class_accuracy.png)" in text  # the plot's link is its plain file name
+    assert (tmp_path / "subgroup_metrics.json").is_file()
+
+
+def test_a_teacher_card_folds_many_classes_and_names_its_eval_results_for_a_hub_dataset(tmp_path):
+    names = [f"class_{i}" for i in range(40)]
+    record, *_ = teacher_record(names, list(range(400, 0, -10)), support=5, dataset_name="someone/data")
+    text = save_card_and_metrics(tmp_path, record, model_id="someone/teacher").read_text()
+    assert "<details>" in text and "Per-class results (40 classes)" in text
+    assert "--teacher_model_name_or_path someone/teacher" in text
+    eval_results = (tmp_path / ".eval_results" / "hf_fairkd.yaml").read_text()
+    assert "of the teacher on the test split" in eval_results and "student" not in eval_results
+
+
+def test_a_record_without_a_teacher_report_is_refused():
+    with pytest.raises(ValueError, match="a teacher card needs .* a 'teacher' report with 'per_class' rows"):
+        build_teacher_card({"teacher": {"accuracy": 0.5}})
+    record, *_ = teacher_record()
+    with pytest.raises(ValueError, match="no 'student' report"):
+        build_teacher_card({**record, "student": record["teacher"]})
