@@ -202,6 +202,9 @@ def provenance(study: Study, source: str) -> str:
         code = " (the JSON records no code version; its config names no model files: an older release of the script)"
     if "student_model" in c or "teacher_model" in c:
         models = f"teacher {c.get('teacher_model', '?')}, student {c.get('student_model', '?')}"
+        if c.get("image_size"):  # the teachers' own resolution when the runner recorded one
+            size, teacher_size = c["image_size"], c.get("teacher_image_size") or c["image_size"]
+            models += f"; teachers see {teacher_size}x{teacher_size} images, students {size}x{size}"
     elif "teacher_hidden" in c:
         models = (
             f"teacher ViT hidden {c['teacher_hidden']} × {c.get('teacher_layers')} layers, student ViT hidden "

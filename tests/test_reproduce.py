@@ -209,6 +209,7 @@ def test_table_and_plot_from_json_alone(results, tmp_path):
         assert label in text
     for teacher in ("erm", "balanced", "dro"):
         assert f"| {teacher} |" in text
+    assert "teachers see 24x24 images, students 16x16" in text  # the provenance names both resolutions
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
