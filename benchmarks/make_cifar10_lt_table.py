@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,7 +195,12 @@ def provenance(study: Study, source: str) -> str:
     """Which code and setup wrote the results, from the JSON's config and machine records."""
     c, m = study.config, study.machine
     code = c.get("code") or m.get("code") or m.get("hf_fairkd") or m.get("git_commit")
-    if code:
+    trained = Counter(r["code"] for r in study.runs if r.get("code"))
+    if trained and set(trained) != {code}:  # runs of several checkouts (workers started at other commits)
+        unrecorded = sum(1 for r in study.runs if not r.get("code"))
+        code = " (code: " + ", ".join(f"{k} for {n} runs" for k, n in trained.most_common())
+        code += f", not recorded for {unrecorded})" if unrecorded else ")"
+    elif code:
         code = f" (code {code})"
     elif "student_model" in c:
         code = " (the JSON records no code version)"

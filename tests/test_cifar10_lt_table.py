@@ -315,3 +315,21 @@ def test_significant_drops_use_the_one_hurt_rule():
         {"name": "frog", "delta": -0.4, "ci_low": -0.6, "ci_high": -0.2},
     ]
     assert _table().significant_drops([{"delta_vs_ce": rows}, {"delta_vs_ce": rows[:1]}]) == {"cat": 2}
+
+
+def test_provenance_names_every_code_version_the_runs_were_trained_at():
+    data = study_data()
+    data["config"]["code"] = "new1234"
+    for i, run in enumerate(data["runs"]):
+        run["code"] = "old5678" if i % 3 else "new1234"
+    data["runs"][0].pop("code")
+    counts = {"old5678": sum(1 for r in data["runs"] if r.get("code") == "old5678")}
+    counts["new1234"] = sum(1 for r in data["runs"] if r.get("code") == "new1234")
+    text = _table().provenance(Study(data), "x.json")
+    assert (
+        f"(code: old5678 for {counts['old5678']} runs, new1234 for {counts['new1234']} runs, not recorded for 1)"
+        in text
+    )
+    for run in data["runs"]:
+        run["code"] = "new1234"
+    assert "(code new1234)" in _table().provenance(Study(data), "x.json")
