@@ -41,8 +41,20 @@ def test_teacher_card_reports_each_class_with_exact_intervals_and_calibration(tm
     accuracy = float(np.mean(logits.argmax(-1) == labels))
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results["accuracy"] == float(f"{accuracy:.4g}")
-    rows = table_after(text, "## Results on the balanced test split")
-    assert rows[1] == ["Accuracy", f"{accuracy:.3f}"]
+    report, calibration = record["teacher"], record["teacher_calibration"]
+    per_class_accuracy = [float(np.mean(logits.argmax(-1)[labels == c] == c)) for c in range(3)]
+    worst = int(np.argmin(per_class_accuracy))
+    shots = report["shot_groups"]
+    assert table_after(text, "## Results on the balanced test split") == [
+        ["Metric", "Teacher"],
+        ["Accuracy", f"{accuracy:.3f}"],
+        ["Balanced accuracy (mean per-class recall)", f"{np.mean(per_class_accuracy):.3f}"],
+        [f"Worst-class accuracy ({table_cell(NAMES[worst])})", f"{per_class_accuracy[worst]:.3f}"],
+        *[[f"Accuracy, {s}-shot classes", f"{shots[s]['accuracy']:.3f}"] for s in ("many", "medium", "few")],
+    ]
+    assert [shots[s]["classes"] for s in ("many", "medium", "few")] == [["cat"], [NAMES[1]], ["ship"]]
+    header = [row for row in all_table_rows(text) if len(row) == 6][0]
+    assert header == ["Class", "Train count", "Test support", "Accuracy", "95% interval", "Calibration error"]
     per_class = [row for row in all_table_rows(text) if len(row) == 6][2:]  # after header and separator
     assert [row[0] for row in per_class] == ["cat", "bad\\|name &lt;script&gt;", "ship"]  # escaped, no tag
     assert "<script>" not in text
@@ -51,15 +63,33 @@ def test_teacher_card_reports_each_class_with_exact_intervals_and_calibration(tm
     for c, row in enumerate(per_class):
         correct = int(np.sum((logits.argmax(-1) == labels) & (labels == c)))
         interval = binomtest(correct, 20).proportion_ci(0.95, method="exact")  # Clopper-Pearson
-        assert row[1:5] == [str(TRAIN_COUNTS[c]), "20", f"{correct / 20:.3f}",
-                            f"[{interval.low:.3f}, {interval.high:.3f}]"]  # fmt: skip
+        assert row[1:] == [str(TRAIN_COUNTS[c]), "20", f"{correct / 20:.3f}",
+                           f"[{interval.low:.3f}, {interval.high:.3f}]",
+                           f"{calibration['per_class_calibration_error'][c]:.3f}"]  # fmt: skip
     log_loss = -np.mean(np.log(probabilities[np.arange(len(labels)), labels]))
-    assert f"log-loss {log_loss:.3f}" in text
+    assert (
+        f"Expected calibration error {calibration['ece']:.3f} (15 bins), log-loss {log_loss:.3f}, Brier score "
+        f"{calibration['brier']:.3f}; the least calibrated class is "
+        f"{table_cell(calibration['worst_calibration_class'])} ({calibration['worst_class_calibration_error']:.3f})"
+    ) in text
     assert "balanced" in text.split("**Training objective:**")[1].splitlines()[0]
     assert "Distilled student" not in text and "student network" not in text
     assert (tmp_path / "per_class_accuracy.png").stat().st_size > 0
     assert "](per_class_accuracy.png)" in text  # the plot's link is its plain file name
     assert (tmp_path / "subgroup_metrics.json").is_file()
+
+
+def table_cell(name: str) -> str:
+    return name.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+@pytest.mark.parametrize("num_classes, folded", [(30, False), (31, True)])
+def test_the_per_class_table_folds_past_30_classes(tmp_path, num_classes, folded):
+    names = [f"class_{i}" for i in range(num_classes)]
+    record, *_ = teacher_record(names, list(range(num_classes * 10, 0, -10)), support=3)
+    text = save_card_and_metrics(tmp_path, record).read_text()
+    assert ("<details>" in text) is folded
+    assert len([row for row in all_table_rows(text) if len(row) == 6]) == num_classes + 2
 
 
 def test_a_teacher_card_folds_many_classes_and_names_its_eval_results_for_a_hub_dataset(tmp_path):
