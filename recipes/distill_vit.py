@@ -264,11 +264,8 @@ def distillation_settings(model_args, data_args, args: DistillationArguments, wo
         args,
         teacher_objective="given" if given else model_args.teacher_objective,
         student_model=model_args.student_model_name_or_path
-        or models.fresh_description(model_args, "student")
-        or f"fresh ViT (hidden {model_args.student_hidden_size}, {model_args.student_num_layers} layers)",
-        teacher_model=given
-        or models.fresh_description(model_args, "teacher", " (trained here)")
-        or f"fresh ViT (hidden {model_args.teacher_hidden_size}, {model_args.teacher_num_layers} layers, trained here)",
+        or models.model_description(model_args, "student"),
+        teacher_model=given or models.model_description(model_args, "teacher", " (trained here)"),
         baseline_model=f"reused: {model_args.baseline_model_name_or_path}"
         if model_args.baseline_model_name_or_path
         else "trained here (objective ce)",

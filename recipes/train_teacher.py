@@ -57,8 +57,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     settings = run_settings(
         args,
         dataset_name=data_args.dataset_name,
-        teacher_model=models.fresh_description(model_args, "teacher")
-        or f"fresh ViT (hidden {model_args.teacher_hidden_size}, {model_args.teacher_num_layers} layers)",
+        teacher_model=models.model_description(model_args, "teacher"),
     )
     metrics = stages.record_on_test_split({"teacher": trainer}, prepared, info, settings, seed=args.seed)
     card_kwargs = dict(model_id=args.hub_model_id, datasets=hub_dataset_ids(data_args.dataset_name))

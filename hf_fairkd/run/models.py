@@ -318,3 +318,9 @@ def fresh_description(model_args, role: str, suffix: str = "") -> str | None:
     overrides = getattr(model_args, f"{role}_config_overrides")  # a JSON string, or a dict from a YAML file
     overrides = overrides if isinstance(overrides, str) or not overrides else json.dumps(overrides)
     return f"fresh from config {name}" + (f" with {overrides}" if overrides else "") + suffix
+
+
+def model_description(model_args, role: str, suffix: str = "") -> str:
+    """How the record names a fresh ``role`` model: from its config (`fresh_description`), else the ViT sizes."""
+    sizes = f"hidden {getattr(model_args, f'{role}_hidden_size')}, {getattr(model_args, f'{role}_num_layers')} layers"
+    return fresh_description(model_args, role, suffix) or f"fresh ViT ({sizes}){suffix}"
