@@ -108,3 +108,41 @@ def test_a_record_without_a_teacher_report_is_refused():
     record, *_ = teacher_record()
     with pytest.raises(ValueError, match="no 'student' report"):
         build_teacher_card({**record, "student": record["teacher"]})
+
+
+def test_every_section_of_the_teacher_card_carries_the_record(tmp_path):
+    """Model details, data, intervals and YAML metadata hold the record's values; defaults where it has none."""
+    record, *_ = teacher_record(dataset_name="someone/data")
+    text = save_card_and_metrics(
+        tmp_path, record, model_id="someone/teacher", datasets="someone/data"
+    ).read_text()
+    card = ModelCard(text)
+    assert text.split("\n# ")[1].splitlines()[0] == "someone/teacher"
+    assert card.data.pipeline_tag == "image-classification" and card.data.license == "apache-2.0"
+    assert card.data.metrics == ["accuracy"] and card.data.datasets == ["someone/data"]
+    assert card.data.model_name == "someone/teacher"
+    assert {r.dataset_name for r in card.data.eval_results} == {"someone/data"}
+    assert "**someone/data** as it is (the natural profile" in text
+    assert "- **Architecture:** fresh from config resnet.json\n" in text
+    assert "- **Seed:** 0.\n" in text
+    assert f"Classes: cat, {table_cell(NAMES[1])}, ship." in text
+    assert "\nThe per-class accuracy intervals (in `subgroup_metrics.json`) are 95% Clopper-Pearson" in text
+    assert "at level 1 − 0.05/3, Bonferroni over the 3 classes" in text
+
+    # a record without calibration, settings or counts: said so, never a blank
+    bare = {key: value for key, value in record.items() if key not in ("teacher_calibration", "settings")}
+    bare["teacher"] = {**record["teacher"], "confidence_level": None}
+    bare["teacher"]["per_class"] = [
+        {k: v for k, v in row.items() if k not in ("train_count", "support", "ci_low")}
+        for row in record["teacher"]["per_class"]
+    ]
+    text = build_teacher_card(bare).content
+    assert text.split("\n# ")[1].splitlines()[0] == "Teacher (hf-fairkd)"
+    assert "No calibration was recorded." in text and "- **Architecture:** not recorded\n" in text
+    assert "- **Seed:** not recorded.\n" in text and "- **Training objective:** not recorded.\n" in text
+    assert "--teacher_model_name_or_path your-name/your-teacher " in text
+    assert "| Accuracy | 95% interval |" in text  # the default level
+    rows = [row for row in all_table_rows(text) if len(row) == 6][2:]
+    assert [row[1:3] + row[4:] for row in rows] == [["n/a", "n/a", "n/a", "n/a"]] * 3
+    names = {r.dataset_name for r in ModelCard(text).data.eval_results}
+    assert names == {"someone/data"}  # no settings: the dataset named by the record's dataset source
