@@ -354,10 +354,8 @@ def run_one(spec: dict, args, splits, info, files: RunFiles, teachers: dict, tea
         )
         run["params"] = stage.objective_params()
         run["model"] = describe(trainer.model)
-    role_view = "teacher" if spec["objective"] == "teacher" else "student"
-    logits, labels = test_logits(
-        trainer.model, splits.for_teacher("test") if role_view == "teacher" else splits["test"]
-    )
+    test = splits.for_teacher("test") if spec["objective"] == "teacher" else splits["test"]
+    logits, labels = test_logits(trainer.model, test)
     run.update(objective_extras(trainer))
     run["wall_seconds"] = round(time.time() - t0, 1)
     if spec["objective"] == "teacher":
