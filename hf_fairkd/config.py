@@ -18,6 +18,8 @@ MARGIN_TARGETS = ("one_hot", "both")
 BALANCED_FORMS = ("logit_adjusted", "reweighted", "posthoc")
 DRO_BASES = ("prior", "uniform")
 DRO_ERROR_WEIGHTINGS = ("label", "teacher")
+DRO_GROUPINGS = ("class", "group", "class_x_group")
+RELIABILITY_GROUPINGS = ("class", "class_x_group")
 
 
 def _choice(help_text: str, choices: tuple[str, ...]) -> dict:
@@ -178,6 +180,42 @@ class DistillationArguments(TrainingArguments):
         default=256,
         metadata={"help": "Holdout examples drawn for each lambda update (all of them if fewer)."},
     )
+    dro_groups: str = field(
+        default="class",
+        metadata=_choice(
+            "What robust_kd / the dro teacher reweight: 'class' (class-DRO, Wang et al.), 'group' (the groups of "
+            "group_columns, their intersection when several: group DRO, Sagawa et al.) or 'class_x_group' (every "
+            "class x group cell).",
+            DRO_GROUPINGS,
+        ),
+    )
+    dro_group_adjustment: float = field(
+        default=0.0,
+        metadata={
+            "help": "C of group DRO's size adjustment: C / sqrt(n_g) is added to a group's holdout error before each "
+            "update (n_g its training count); 0 = off."
+        },
+    )
+    reliability_groups: str = field(
+        default="class",
+        metadata=_choice(
+            "Where ada_alpha / ada_margin (class level) measure the teacher's holdout reliability: per 'class', or "
+            "per 'class_x_group' cell (smoothed toward its class by reliability_pseudo_count).",
+            RELIABILITY_GROUPINGS,
+        ),
+    )
+    # subgroups that are attributes of the data
+    group_columns: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset columns whose values are subgroups (site, camera, skin tone ...): evaluated per group "
+            "and per class x group cell, and reweighted by dro_groups='group' / 'class_x_group'."
+        },
+    )
+    max_group_values: int = field(
+        default=100,
+        metadata={"help": "A group column with more distinct values than this is refused (an id, not a group)."},
+    )
     # Tang et al. diagnostics
     label_smoothing_epsilon: float = field(
         default=0.1, metadata={"help": "eps for objective 'label_smoothing'."}
@@ -243,6 +281,26 @@ class DistillationArguments(TrainingArguments):
                     raise ValueError(
                         f"{spec.name}={getattr(self, spec.name)!r} is not one of {', '.join(allowed)}."
                     )
+        if self.dro_group_adjustment < 0:
+            raise ValueError(f"dro_group_adjustment must be >= 0 (0 = off), got {self.dro_group_adjustment}.")
+        if self.max_group_values < 1:
+            raise ValueError(f"max_group_values must be >= 1, got {self.max_group_values}.")
+        if self.group_columns is not None:
+            if isinstance(self.group_columns, str):
+                self.group_columns = [self.group_columns]
+            self.group_columns = list(self.group_columns) or None
+        if not self.group_columns:
+            needs = [
+                f"{flag}={getattr(self, flag)!r}"
+                for flag in ("dro_groups", "reliability_groups")
+                if getattr(self, flag) in ("group", "class_x_group")
+            ]
+            if needs:
+                raise ValueError(
+                    f"{' and '.join(needs)} reweights groups of the data, but no group_columns were given: pass "
+                    "--group_columns <column> [<column> ...] (the dataset's attribute columns, e.g. site), or use "
+                    "'class'."
+                )
         if self.teacher_logit_mode == "shift" and not self.teacher_logit_shift:
             raise ValueError("teacher_logit_mode='shift' needs teacher_logit_shift (one value per class).")
         objective_cls = OBJECTIVES[self.objective]
