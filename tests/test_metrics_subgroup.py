@@ -182,7 +182,10 @@ def test_group_column_summary_by_hand():
     report = subgroup_report(PREDS, REFS, groups={"sex": SEX}, n_bootstrap=0)
     sex = report["groups"]["sex"]
     # f rows 0,1,2,7 -> correct 1,1,0,0; m rows 3,4,5,6 -> correct 1,1,0,1
-    assert sex["by_group"] == {"f": {"accuracy": 0.5, "support": 4}, "m": {"accuracy": 0.75, "support": 4}}
+    assert {g: (c["accuracy"], c["support"], c["correct"]) for g, c in sex["by_group"].items()} == {
+        "f": (0.5, 4, 2),
+        "m": (0.75, 4, 3),
+    }
     assert (sex["min"], sex["max"]) == (0.5, 0.75)
     assert sex["difference"] == pytest.approx(0.25)
     assert sex["ratio"] == pytest.approx(0.5 / 0.75)
@@ -191,14 +194,14 @@ def test_group_column_summary_by_hand():
 
 def test_group_intersections_by_hand():
     report = subgroup_report(PREDS, REFS, groups={"sex": SEX, "age": AGE}, n_bootstrap=0)
-    assert list(report["groups"]) == ["sex", "age", "sex&age"]
+    assert list(report["groups"]) == ["sex", "age", "class&sex", "class&age", "sex&age"]
     cross = report["groups"]["sex&age"]["by_group"]
     # f&old rows 0,7 -> 1,0; f&young rows 1,2 -> 1,0; m&old rows 3,6 -> 1,1; m&young rows 4,5 -> 1,0
-    assert cross == {
-        "f&old": {"accuracy": 0.5, "support": 2},
-        "f&young": {"accuracy": 0.5, "support": 2},
-        "m&old": {"accuracy": 1.0, "support": 2},
-        "m&young": {"accuracy": 0.5, "support": 2},
+    assert {g: (c["accuracy"], c["support"]) for g, c in cross.items()} == {
+        "f&old": (0.5, 2),
+        "f&young": (0.5, 2),
+        "m&old": (1.0, 2),
+        "m&young": (0.5, 2),
     }
     assert report["groups"]["sex&age"]["worst_group"] == "f&old"
     assert report["groups"]["sex&age"]["difference"] == pytest.approx(0.5)
@@ -207,7 +210,18 @@ def test_group_intersections_by_hand():
 def test_three_columns_give_pairs_and_the_full_intersection():
     groups = {"sex": SEX, "age": AGE, "site": SITE}
     report = subgroup_report(PREDS, REFS, groups=groups, n_bootstrap=0)
-    assert list(report["groups"]) == ["sex", "age", "site", "sex&age", "sex&site", "age&site", "sex&age&site"]
+    assert list(report["groups"]) == [
+        "sex",
+        "age",
+        "site",
+        "class&sex",
+        "class&age",
+        "class&site",
+        "sex&age",
+        "sex&site",
+        "age&site",
+        "sex&age&site",
+    ]
     full = report["groups"]["sex&age&site"]["by_group"]
     correct = (PREDS == REFS).astype(float)
     expected = {}
@@ -215,7 +229,7 @@ def test_three_columns_give_pairs_and_the_full_intersection():
         expected.setdefault(f"{SEX[i]}&{AGE[i]}&{SITE[i]}", []).append(correct[i])
     assert set(full) == set(expected)
     for key, hits in expected.items():
-        assert full[key] == {"accuracy": pytest.approx(np.mean(hits)), "support": len(hits)}
+        assert (full[key]["accuracy"], full[key]["support"]) == (pytest.approx(np.mean(hits)), len(hits))
 
 
 def test_groups_match_pandas_groupby():
@@ -244,13 +258,13 @@ def test_groups_match_pandas_groupby():
         )
 
 
-def test_unorderable_group_values_keep_first_appearance_order():
+def test_mixed_group_values_become_their_text_and_none_is_the_missing_group():
     preds, refs = np.array([0, 1, 0, 1]), np.array([0, 1, 1, 1])
     report = subgroup_report(preds, refs, groups={"g": [None, "a", 1, None]}, n_bootstrap=0)
     by_group = report["groups"]["g"]["by_group"]
-    assert list(by_group) == ["None", "a", "1"]
-    assert by_group["None"] == {"accuracy": 1.0, "support": 2}
-    assert by_group["1"] == {"accuracy": 0.0, "support": 1}
+    assert list(by_group) == sorted(["(missing)", "a", "1"])  # text order, as hf_fairkd.groups sorts
+    assert (by_group["(missing)"]["accuracy"], by_group["(missing)"]["support"]) == (1.0, 2)
+    assert (by_group["1"]["accuracy"], by_group["1"]["support"]) == (0.0, 1)
 
 
 # --- intervals (their maths and coverage: test_metrics_intervals.py) --------------------------------
@@ -374,6 +388,13 @@ def test_flatten_keys_and_values():
     expected_keys |= {f"accuracy_group/sex/{v}" for v in ("f", "m")}
     expected_keys |= {f"accuracy_group/age/{v}" for v in ("old", "young")}
     expected_keys |= {f"accuracy_group/sex&age/{s}&{a}" for s, a in itertools.product("fm", ("old", "young"))}
+    # cells of the rows' reference classes (cat for REFS 0, dog for 1; no fox row)
+    names = ["cat", "dog", "fox"]
+    expected_keys |= {f"accuracy_group/class&sex/{names[c]}&{s}" for c, s in zip(REFS, SEX)}
+    expected_keys |= {f"accuracy_group/class&age/{names[c]}&{a}" for c, a in zip(REFS, AGE)}
+    expected_keys |= {
+        f"worst_group_accuracy/{k}" for k in ("sex", "age", "class&sex", "class&age", "sex&age")
+    }
     assert set(flat) == {f"test_{k}" for k in expected_keys}
     assert all(type(v) is float for v in flat.values())
     assert flat["test_accuracy"] == report["accuracy"]
@@ -424,13 +445,14 @@ def test_group_keys_are_sorted_and_the_worst_group_need_not_come_first():
     assert list(g["by_group"]) == ["x", "y", "z"]  # sorted, not first-appearance order
     assert [g["by_group"][k]["accuracy"] for k in "xyz"] == [1.0, 0.0, 0.5]
     assert g["worst_group"] == "y" and (g["min"], g["max"], g["ratio"]) == (0.0, 1.0, 0.0)
-    # numbers sort as numbers (1 < 2 < 10), and a tie goes to the first key in that order
+    # numbers become their text and sort as text ("1" < "10" < "2", as in hf_fairkd.groups), and a tie
+    # goes to the first key in that order
     report = subgroup_report(
         np.array([0, 0, 1, 1, 0, 1]), refs, groups={"site": [10, 10, 2, 2, 1, 1]}, n_bootstrap=0
     )
     site = report["groups"]["site"]
-    assert list(site["by_group"]) == ["1", "2", "10"]
-    assert site["worst_group"] == "2"  # 2 and 10 are both at 0.5
+    assert list(site["by_group"]) == ["1", "10", "2"]
+    assert site["worst_group"] == "10"  # 2 and 10 are both at 0.5
 
 
 def test_groups_all_at_zero_accuracy_have_an_undefined_ratio():

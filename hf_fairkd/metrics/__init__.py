@@ -1,5 +1,5 @@
-"""Per-class, shot-group and subgroup metrics, exact intervals, calibration, and the ``per_class_accuracy``
-evaluate module."""
+"""Per-class, shot-group and subgroup metrics, exact intervals, per-class and per-group comparisons of two
+models, calibration, and the ``per_class_accuracy`` evaluate module."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hf_fairkd.metrics.calibration import (
     per_class_calibration_error,
     softmax,
 )
+from hf_fairkd.metrics.groups import group_verdicts, paired_group_delta
 from hf_fairkd.metrics.intervals import (
     clopper_pearson,
     mcnemar_exact_p,
@@ -51,11 +52,13 @@ __all__ = [
     "delta_verdict",
     "expected_calibration_error",
     "flatten_report",
+    "group_verdicts",
     "hurt_and_helped_classes",
     "load_metric",
     "log_loss",
     "mcnemar_exact_p",
     "paired_delta",
+    "paired_group_delta",
     "paired_difference_interval",
     "per_class_calibration_error",
     "report_to_jsonable",

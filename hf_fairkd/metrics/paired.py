@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from hf_fairkd.metrics.inputs import _check_options, _prepare, _warn_missing
 from hf_fairkd.metrics.intervals import PAIRED_INTERVAL_METHOD, mcnemar_exact_p, paired_difference_interval
-from hf_fairkd.metrics.subgroup import _check_options, _prepare, _warn_missing
 
 __all__ = ["HURT_ALPHA", "HURT_RULE", "delta_verdict", "hurt_and_helped_classes", "paired_delta"]
 
@@ -45,6 +45,27 @@ def paired_delta(
     kept for compatibility: 0 disables the interval (NaN bounds; the p-value is still given), other values
     are unused, as is ``seed``. Classes without examples get NaN (and a warning).
     """
+    preds_a, preds_b, refs, num_classes, class_names = _prepare_pair(
+        predictions_a, predictions_b, references, num_classes, class_names
+    )
+    _check_options(n_bootstrap, confidence_level)
+
+    right_a, right_b = preds_a == refs, preds_b == refs
+    support = np.bincount(refs, minlength=num_classes)
+    n10 = np.bincount(refs[right_a & ~right_b], minlength=num_classes)
+    n01 = np.bincount(refs[~right_a & right_b], minlength=num_classes)
+    if not (support > 0).all():
+        _warn_missing([class_names[i] for i in np.flatnonzero(support == 0)])
+    columns = {
+        "class_id": list(range(num_classes)),
+        "name": class_names,
+        **_paired_columns(n10, n01, support, n_bootstrap, confidence_level),
+    }
+    return [dict(zip(columns, row)) for row in zip(*columns.values())]
+
+
+def _prepare_pair(predictions_a, predictions_b, references, num_classes, class_names):
+    """Checked class ids of both models and the references, num_classes and class names."""
     if (
         np.ndim(predictions_a) == 2
         and np.ndim(predictions_b) == 2
@@ -66,36 +87,34 @@ def paired_delta(
         predictions_a, references, num_classes, class_names, None
     )
     preds_b, _, _, _, _ = _prepare(predictions_b, refs, num_classes, class_names, None)
-    _check_options(n_bootstrap, confidence_level)
+    return preds_a, preds_b, refs, num_classes, class_names
 
-    right_a, right_b = preds_a == refs, preds_b == refs
-    support = np.bincount(refs, minlength=num_classes)
-    n10 = np.bincount(refs[right_a & ~right_b], minlength=num_classes)
-    n01 = np.bincount(refs[~right_a & right_b], minlength=num_classes)
+
+def _paired_columns(n10, n01, support, n_bootstrap: int, confidence_level: float) -> dict[str, list]:
+    """The delta, n10, n01, p_value, ci_low, ci_high and interval_method columns from discordant counts.
+
+    Shared by the per-class and the per-group comparison, so both use the same test and interval; entries
+    without support are NaN."""
+    n10, n01, support = (np.asarray(a, dtype=np.int64) for a in (n10, n01, support))
     seen = support > 0
-    delta = np.full(num_classes, math.nan)
+    delta = np.full(len(support), math.nan)
     delta[seen] = (n10[seen] - n01[seen]) / support[seen]
-    if not seen.all():
-        _warn_missing([class_names[i] for i in np.flatnonzero(~seen)])
     p_value = np.where(seen, mcnemar_exact_p(n10, n01), math.nan)
-    ci_low = np.full(num_classes, math.nan)
-    ci_high = np.full(num_classes, math.nan)
+    ci_low = np.full(len(support), math.nan)
+    ci_high = np.full(len(support), math.nan)
     method = "none"
     if int(n_bootstrap) > 0:
         ci_low, ci_high = paired_difference_interval(n10, n01, support, confidence_level)
         method = PAIRED_INTERVAL_METHOD
-    columns = {
-        "class_id": list(range(num_classes)),
-        "name": class_names,
+    return {
         "delta": delta.tolist(),
         "n10": n10.tolist(),
         "n01": n01.tolist(),
         "p_value": p_value.tolist(),
         "ci_low": ci_low.tolist(),
         "ci_high": ci_high.tolist(),
-        "interval_method": [method] * num_classes,
+        "interval_method": [method] * len(support),
     }
-    return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
 
 def _number(value) -> float | None:

@@ -12,8 +12,11 @@ _DESCRIPTION = """
 Per-class accuracy (recall) with exact Clopper-Pearson intervals, balanced accuracy, worst-class accuracy
 with a simultaneous (Bonferroni) interval that covers the true worst-class accuracy, worst-k accuracy,
 many/medium/few-shot accuracy (when training counts are given: many = count > 100, medium = 20..100
-inclusive, few < 20), and fairlearn-style subgroup accuracy per group column and per intersection of columns. Classes with no evaluation example get accuracy NaN, are listed in
-"missing_classes", excluded from the balanced/worst-class/worst-k numbers, and named in a warning.
+inclusive, few < 20), and fairlearn-style subgroup accuracy per group column, per class x column cell and
+per intersection of columns, with exact per-group intervals and a simultaneous worst-group interval.
+Classes with no evaluation example get accuracy NaN, are listed in "missing_classes", excluded from the
+balanced/worst-class/worst-k numbers, and named in a warning; groups with training rows but no evaluation
+row are likewise NaN and listed in "missing_groups".
 """
 
 _KWARGS_DESCRIPTION = """
@@ -26,8 +29,11 @@ Args:
     train_counts (`list` of `int`, optional): training examples per class id; enables "shot_groups".
     shot_counts (`list` of `int`, optional): per-class counts that define the shot groups (default:
         train_counts); pass the long-tail counts from before a holdout was carved for the standard groups.
-    groups (`dict` of column name -> `list`, optional): one group value per example for each column;
-        reported per column, per pair of columns and for all columns together (when more than two).
+    groups (`dict` of column name -> `list`, optional): one group value per example for each column (None,
+        NaN and "" are the group "(missing)"); reported per column ("site"), per class x column cell
+        ("class&site", groups "cat&A"), per pair of columns and for all columns together (more than two).
+    group_train_counts (`dict`, optional): {report key: {group: training count}}, the format of
+        hf_fairkd.groups.count_groupings; fills "train_count" and lists groups without evaluation rows.
     shot_thresholds (`tuple`, default (100, 20)): (many_above, few_below).
     worst_k (`int`, default 3): number of lowest-accuracy classes averaged in "worst_k_accuracy".
     n_bootstrap (`int`, default 1000): kept for compatibility; 0 disables intervals (NaN bounds), any
@@ -60,6 +66,12 @@ Examples:
     [0.025, 1.0]
     >>> results["interval_method"], results["worst_class_interval_method"]
     ('clopper_pearson', 'bonferroni_clopper_pearson')
+    >>> site = metric.compute(
+    ...     predictions=[0, 1, 1, 0], references=[0, 1, 0, 0], groups={"site": ["A", "A", "B", "B"]},
+    ...     group_train_counts={"site": {"A": 30, "B": 20, "C": 5}},
+    ... )["groups"]["site"]
+    >>> site["worst_group"], site["by_group"]["B"]["accuracy"], site["missing_groups"]
+    ('B', 0.5, ['C'])
     >>> flat = metric.compute(predictions=[0, 1, 1], references=[0, 1, 0], n_bootstrap=0, flat=True)
     >>> sorted(flat.items())
     [('accuracy', 0.6666666666666666), ('accuracy_class/0', 0.5), ('accuracy_class/1', 1.0), ('balanced_accuracy', 0.75), ('worst_class_accuracy', 0.5), ('worst_k_accuracy', 0.75)]
@@ -102,6 +114,7 @@ class PerClassAccuracy(evaluate.Metric):
         train_counts=None,
         shot_counts=None,
         groups=None,
+        group_train_counts=None,
         shot_thresholds=(100, 20),
         worst_k=3,
         n_bootstrap=1000,
@@ -117,6 +130,7 @@ class PerClassAccuracy(evaluate.Metric):
             train_counts=train_counts,
             shot_counts=shot_counts,
             groups=groups,
+            group_train_counts=group_train_counts,
             shot_thresholds=shot_thresholds,
             worst_k=worst_k,
             n_bootstrap=n_bootstrap,
