@@ -12,6 +12,7 @@ from datasets import (
     DatasetDict,
 )
 
+from ..groups import CLASS_KEY, JOIN
 from ..io_utils import description_with_record, record_in_description
 
 PROFILES = ("exp", "step")
@@ -62,6 +63,12 @@ class LongTailInfo:
     # {"kind": "stratified", "fraction": 0.2, "min_per_class": 1} or {"kind": "balanced", "per_class": 6}.
     # (Optional, so records written before it existed still load.)
     test_carved: dict | None = None
+    # The group columns kept in every split (attributes such as site; None: no groups), and the rows of every
+    # group and class x group cell in train / test: count_groupings(report_groupings(values, class names)),
+    # e.g. {"site": {"A": 40, "B": 7}, "class&site": {"cat&A": 25, ...}}. Optional, like test_carved.
+    group_columns: list[str] | None = None
+    group_train_counts: dict[str, dict[str, int]] | None = None
+    group_test_counts: dict[str, dict[str, int]] | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,11 +91,32 @@ def describe_profile(info: LongTailInfo) -> str:
     """One phrase saying how the training split was made, e.g. for a recipe's first log line."""
     train = sum(info.train_counts)
     if info.profile == NATURAL:
-        return (
+        text = (
             f"natural profile: your data as it is, {train} training rows "
             f"(measured imbalance max/min {info.imbalance_factor:.3g})"
         )
-    return f"{info.profile} long tail with imbalance factor {info.imbalance_factor:g}, {train} training rows"
+    else:
+        text = (
+            f"{info.profile} long tail with imbalance factor {info.imbalance_factor:g}, {train} training rows"
+        )
+    return text + describe_groups(info)
+
+
+def describe_groups(info: LongTailInfo) -> str:
+    """'' without groups, else e.g. "; groups: site (3 values), smallest class x group cell 'cat&B' with 4
+    training row(s)"."""
+    if not info.group_columns:
+        return ""
+    counts = info.group_train_counts or {}
+    columns = ", ".join(f"{c} ({len(counts.get(c, {}))} values)" for c in info.group_columns)
+    cells = {
+        name: n for c in info.group_columns for name, n in counts.get(f"{CLASS_KEY}{JOIN}{c}", {}).items()
+    }
+    if not cells:
+        return f"; groups: {columns}"
+    smallest = min(cells, key=lambda name: (cells[name], name))
+    smallest_text = f"smallest class x group cell {smallest!r} with {cells[smallest]} training row(s)"
+    return f"; groups: {columns}, {smallest_text}"
 
 
 # ------------------------------------------------------------------------------------------ metadata

@@ -22,6 +22,7 @@ from datasets import (
 
 from .image_folders import _FILE_BUILDERS, _is_image_folder, check_image_folder
 from .longtail import check_label_column, detect_image_column, plan_holdout
+from .metadata_folders import is_metadata_image_folder, load_metadata_folder
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ PRESETS = {
 
 
 LABEL_NAMES = ("label", "labels", "fine_label")
+# The digits with a colour correlated with the class in train and independent of it in test (data/spurious.py).
+SPURIOUS_DIGITS = "digits_spurious"
 
 
 def detect_label_column(dataset: Dataset) -> str:
@@ -57,13 +60,21 @@ def _open_source(
     split_test: str,
     seed: int,
     cache_dir: str | None,
+    group_columns: list[str] | None = None,
 ) -> tuple[DatasetDict, str, str | None]:
-    """The loaded splits (train, and test if the source has one) with checked label / image columns."""
+    """The loaded splits (train, and test if the source has one) with checked label / image columns.
+    ``group_columns`` are only checked here for an image folder with metadata (against the metadata's columns);
+    the callers read them."""
     preset = PRESETS.get(name_or_path, {})
     if name_or_path == "digits":
         loaded, preset = load_digits_dataset(seed=seed), {"label_column": "label", "image_column": "image"}
+    elif name_or_path == SPURIOUS_DIGITS:
+        from .spurious import make_spurious  # spurious reads the digits from here
+
+        loaded = make_spurious(load_digits_dataset(seed=seed), seed=seed)
+        preset = {"label_column": "label", "image_column": "image"}
     else:
-        loaded = _raw_load(name_or_path, cache_dir)
+        loaded = _raw_load(name_or_path, cache_dir, label_column=label_column, group_columns=group_columns)
     if isinstance(loaded, Dataset):
         loaded = DatasetDict({split_train: loaded})
     if not isinstance(loaded, DatasetDict):
@@ -137,7 +148,9 @@ def _empty_saved_splits(path: str) -> list[str]:
     return []  # an unusual layout: let load_from_disk report on it
 
 
-def _load_local(path: str, cache_dir: str | None):
+def _load_local(
+    path: str, cache_dir: str | None, label_column: str | None = None, group_columns: list[str] | None = None
+):
     if os.path.isfile(path):
         ext = os.path.splitext(path)[1].lower()
         if ext not in _FILE_BUILDERS:
@@ -153,6 +166,8 @@ def _load_local(path: str, cache_dir: str | None):
                 "them, then save again (without a 'test' split, a balanced one is carved from train)"
             )
         return load_from_disk(path)  # written by save_to_disk
+    if is_metadata_image_folder(path):  # datasets would drop the class-folder labels: built here instead
+        return load_metadata_folder(path, label_column=label_column, group_columns=group_columns)
     if _is_image_folder(path):
         check_image_folder(path)
         return load_dataset("imagefolder", data_dir=path, cache_dir=cache_dir)
@@ -168,12 +183,17 @@ def _load_local(path: str, cache_dir: str | None):
         ) from None
 
 
-def _raw_load(name_or_path: str, cache_dir: str | None):
+def _raw_load(
+    name_or_path: str,
+    cache_dir: str | None,
+    label_column: str | None = None,
+    group_columns: list[str] | None = None,
+):
     if name_or_path in PRESETS:
         return _load_hub(PRESETS[name_or_path]["hub_id"], cache_dir)
     expanded = os.path.expanduser(name_or_path)
     if os.path.exists(expanded):
-        return _load_local(expanded, cache_dir)
+        return _load_local(expanded, cache_dir, label_column, group_columns)
     looks_like_path = (
         name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
     )
@@ -182,6 +202,6 @@ def _raw_load(name_or_path: str, cache_dir: str | None):
     if looks_like_path or not is_repo_id(name_or_path):
         raise ValueError(
             f"{name_or_path!r} does not exist and is not a plausible Hub id (owner/name); pass an existing "
-            f"folder, a Hub id, 'digits' or one of the presets {sorted(PRESETS)}"
+            f"folder, a Hub id, 'digits', {SPURIOUS_DIGITS!r} or one of the presets {sorted(PRESETS)}"
         )
     return _load_hub(name_or_path, cache_dir)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from datasets import ClassLabel, Dataset, Image, Value
 
+from .group_splits import take_by_cell
 from .info import (  # noqa: F401 - NATURAL, ALL_PROFILES: the profiles are named here for users
     ALL_PROFILES,
     NATURAL,
@@ -230,15 +231,26 @@ def plan_holdout(
     *,
     seed: int = 0,
     min_per_class: int = 1,
+    groups: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (train, holdout) row positions, stratified per class and disjoint."""
+    """Sorted (train, holdout) row positions, stratified per class and disjoint.
+
+    ``groups``: one group key per row (see `group_splits.group_keys`); the per-class sizes stay the same, but
+    each class's holdout is spread over its class x group cells (`group_splits.allocate_cells`)."""
     _check_seed(seed)
     counts = np.bincount(labels, minlength=num_classes)[:num_classes]
     sizes = holdout_sizes(counts, holdout_per_class, min_per_class)
+    if groups is not None and len(groups) != len(labels):
+        raise ValueError(f"groups has {len(groups)} keys for {len(labels)} labels; give one key per row")
     train, holdout = [], []
     for class_id in range(num_classes):
         rows = np.flatnonzero(labels == class_id)
         rows = rows[_class_rng(seed, 2, class_id).permutation(len(rows))]
+        if groups is not None:
+            taken, left = take_by_cell(rows, [groups[r] for r in rows], sizes[class_id])
+            holdout.append(taken)
+            train.append(left)
+            continue
         holdout.append(rows[: sizes[class_id]])
         train.append(rows[sizes[class_id] :])
     empty = np.zeros(0, dtype=np.int64)

@@ -12,6 +12,8 @@ from datasets import (
     DatasetDict,
 )
 
+from ..groups import MAX_GROUP_VALUES
+from .group_splits import check_cells, group_info, group_keys, warn_untrained_cells
 from .info import NATURAL, LongTailInfo, attach_long_tail_info
 from .loaders import _open_source
 from .longtail import class_names_of, holdout_sizes, plan_holdout, read_labels
@@ -112,9 +114,13 @@ def _load_natural(
     image_column: str | None,
     seed: int,
     cache_dir: str | None,
+    group_columns: list[str] | None = None,
+    max_group_values: int = MAX_GROUP_VALUES,
+    min_cell_rows: int | None = None,
 ) -> DatasetDict:
     """The natural profile: every training row kept; a stratified holdout (and test split, if the source has
-    none) carved per class. Every size is checked on the label column before a row is selected."""
+    none) carved per class, spread over the class x group cells when there are ``group_columns``. Every size
+    is checked on the label (and group) columns before a row is selected."""
     opened, label_column, image_column = _open_source(
         name_or_path,
         label_column=label_column,
@@ -123,12 +129,19 @@ def _load_natural(
         split_test="test",
         seed=seed,
         cache_dir=cache_dir,
+        group_columns=group_columns,
     )
     train_src = opened["train"]
     labels = read_labels(train_src, label_column)
     names = class_names_of(train_src, label_column, labels)
     has_test = "test" in opened
     test_labels = read_labels(opened["test"], label_column) if has_test else np.zeros(0, dtype=np.int64)
+    keys = group_keys(train_src, group_columns, max_group_values, f"the train split of {name_or_path!r}")
+    test_keys = None
+    if keys is not None and has_test:
+        test_keys = group_keys(
+            opened["test"], group_columns, max_group_values, f"the test split of {name_or_path!r}"
+        )
     _check_label_range(names, label_column, train=labels, test=test_labels)
     counts = np.bincount(labels, minlength=len(names))[: len(names)]
     carve_fraction = None if has_test else float(test_fraction)
@@ -141,8 +154,9 @@ def _load_natural(
         pool_pos, test_src = np.arange(len(labels)), opened["test"]
         test_carved = None
     else:
-        pool_pos, test_pos = plan_holdout(labels, len(names), carve_fraction, seed=seed)
-        test_src, test_labels = train_src.select(test_pos), labels[test_pos]
+        pool_pos, test_pos = plan_holdout(labels, len(names), carve_fraction, seed=seed, groups=keys)
+        test_labels = labels[test_pos]
+        test_keys = None if keys is None else [keys[p] for p in test_pos]
         test_carved = {"kind": "stratified", "fraction": carve_fraction, "min_per_class": 1}
         logger.warning(
             "%r has no 'test' split: carving a stratified test split of %g of each class (at least 1 row; %d rows "
@@ -152,7 +166,22 @@ def _load_natural(
             len(test_pos),
         )
     pool_labels = labels[pool_pos]
-    train_pos, holdout_pos = plan_holdout(pool_labels, len(names), holdout_per_class, seed=seed)
+    pool_keys = None if keys is None else [keys[p] for p in pool_pos]
+    train_pos, holdout_pos = plan_holdout(
+        pool_labels, len(names), holdout_per_class, seed=seed, groups=pool_keys
+    )
+    if keys is not None:  # every check before a row is selected
+        check_cells(
+            "test split", (labels, keys), (test_labels, test_keys), names, min_cell_rows, "the train split"
+        )
+        if len(holdout_pos):
+            # Every cell of the train split: one whose rows all went to the test split is named too.
+            chosen = (pool_labels[holdout_pos], [pool_keys[p] for p in holdout_pos])
+            check_cells("holdout", (labels, keys), chosen, names, min_cell_rows, "the train split")
+        warn_untrained_cells((pool_labels, pool_keys), train_pos, names)
+    if not has_test:
+        test_src = train_src.select(test_pos)
+    train = train_src.select(pool_pos[train_pos])
     pool_counts = np.bincount(pool_labels, minlength=len(names)).tolist()
     info = LongTailInfo(
         source=name_or_path,
@@ -172,9 +201,12 @@ def _load_natural(
         if isinstance(holdout_per_class, float)
         else int(holdout_per_class),
         test_carved=test_carved,
+        **group_info(
+            group_columns, max_group_values, names, (train, pool_labels[train_pos]), (test_src, test_labels)
+        ),
     )
     return DatasetDict(
-        train=attach_long_tail_info(train_src.select(pool_pos[train_pos]), info),
+        train=attach_long_tail_info(train, info),
         holdout=attach_long_tail_info(train_src.select(pool_pos[holdout_pos]), info),
         test=attach_long_tail_info(test_src, info),
     )

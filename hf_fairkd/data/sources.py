@@ -8,6 +8,8 @@ import os
 import numpy as np
 from datasets import DatasetDict
 
+from ..groups import MAX_GROUP_VALUES
+from .group_splits import check_cells, check_group_args, group_info, group_keys, warn_untrained_cells
 from .loaders import PRESETS, _open_source
 from .longtail import (
     ALL_PROFILES,
@@ -46,15 +48,25 @@ def load_source(
     test_fraction: float | None = None,
     seed: int = 0,
     cache_dir: str | None = None,
+    group_columns: list[str] | None = None,
+    max_group_values: int = MAX_GROUP_VALUES,
+    min_cell_rows: int | None = None,
 ) -> tuple[DatasetDict, str, str | None]:
     """Load a balanced source as (DatasetDict(train, test), label_column, image_column).
 
-    ``name_or_path``: "digits" (embedded), "cifar10"/"cifar100" (Hub presets), a save_to_disk folder, a
-    folder of one sub-folder of images per class, a Hub-like folder of parquet/csv files, a single data
-    file, or any Hub id. If there is no ``split_test`` split, one is carved from train, with a warning:
-    with ``test_fraction`` a stratified one (that fraction of each class, rounded half up, at least 1 row),
-    else a balanced one of ``test_per_class`` rows per class (default: a fifth of the smallest class).
+    ``name_or_path``: "digits" (embedded), "digits_spurious" (the digits with a colour, see `spurious`),
+    "cifar10"/"cifar100" (Hub presets), a save_to_disk folder, a folder of one sub-folder of images per class
+    (with a metadata.csv / metadata.jsonl of attributes or not), a Hub-like folder of parquet/csv files, a
+    single data file, or any Hub id. If there is no ``split_test`` split, one is carved from train, with a
+    warning: with ``test_fraction`` a stratified one (that fraction of each class, rounded half up, at least 1
+    row), else a balanced one of ``test_per_class`` rows per class (default: a fifth of the smallest class).
+
+    ``group_columns`` (attributes such as site; every column is kept anyway) are checked in both splits (at
+    most ``max_group_values`` distinct values each), and a carved test split is spread over the class x group
+    cells (see `group_splits`). A cell without test rows is a warning, or an error when it has fewer than
+    ``min_cell_rows``.
     """
+    group_columns = check_group_args(group_columns, max_group_values, min_cell_rows)
     opened, label_column, image_column = _open_source(
         name_or_path,
         label_column=label_column,
@@ -63,12 +75,34 @@ def load_source(
         split_test=split_test,
         seed=seed,
         cache_dir=cache_dir,
+        group_columns=group_columns,
     )
     train = opened[split_train]
+    keys = group_keys(
+        train, group_columns, max_group_values, f"the {split_train!r} split of {name_or_path!r}"
+    )
     if split_test in opened:
-        return DatasetDict(train=train, test=opened[split_test]), label_column, image_column
+        test = opened[split_test]
+        if keys is not None:
+            test_keys = group_keys(
+                test, group_columns, max_group_values, f"the {split_test!r} split of {name_or_path!r}"
+            )
+            labels = read_labels(train, label_column)
+            names = class_names_of(train, label_column, labels)
+            pool, chosen = (labels, keys), (read_labels(test, label_column), test_keys)
+            check_cells("test split", pool, chosen, names, min_cell_rows, f"the {split_train!r} split")
+        return DatasetDict(train=train, test=test), label_column, image_column
     labels = read_labels(train, label_column)
     num_classes = len(class_names_of(train, label_column, labels))
+
+    def check_carved(test_pos: np.ndarray) -> None:
+        if keys is not None:
+            chosen = (labels[test_pos], [keys[p] for p in test_pos])
+            names = class_names_of(train, label_column, labels)
+            check_cells(
+                "test split", (labels, keys), chosen, names, min_cell_rows, f"the {split_train!r} split"
+            )
+
     if test_fraction is not None:
         names = class_names_of(train, label_column, labels)
         counts = np.bincount(labels, minlength=num_classes)[:num_classes]
@@ -83,7 +117,8 @@ def load_source(
             sum(test_sizes),
             split_train,
         )
-        train_pos, test_pos = plan_holdout(labels, num_classes, float(test_fraction), seed=seed)
+        train_pos, test_pos = plan_holdout(labels, num_classes, float(test_fraction), seed=seed, groups=keys)
+        check_carved(test_pos)
         return (
             DatasetDict(train=train.select(train_pos), test=train.select(test_pos)),
             label_column,
@@ -106,7 +141,8 @@ def load_source(
         n_test,
         split_train,
     )
-    train_pos, test_pos = plan_holdout(labels, num_classes, n_test, seed=seed)
+    train_pos, test_pos = plan_holdout(labels, num_classes, n_test, seed=seed, groups=keys)
+    check_carved(test_pos)
     return DatasetDict(train=train.select(train_pos), test=train.select(test_pos)), label_column, image_column
 
 
@@ -168,6 +204,9 @@ def load_long_tailed(
     n_max: int | None = None,
     step_fraction: float = 0.5,
     cache_dir: str | None = None,
+    group_columns: list[str] | None = None,
+    max_group_values: int = MAX_GROUP_VALUES,
+    min_cell_rows: int | None = None,
 ) -> DatasetDict:
     """DatasetDict(train, holdout, test): long-tailed train, a stratified holdout carved from it, and the
     source's balanced test split untouched. LongTailInfo is attached to all three splits.
@@ -179,9 +218,22 @@ def load_long_tailed(
     before the holdout. Defaults: imbalance_factor 10 for "digits" (about 150 rows per class), else 100 (the
     CIFAR-LT standard). holdout_per_class 5 for "digits", else min(10, rarest long-tail class // 5), i.e. at
     most a fifth of the rarest class (CIFAR-10-LT: 10, CIFAR-100-LT at rho=100: 1); at least 1 for natural.
+
+    Groups: ``group_columns`` (attribute columns such as site; at most ``max_group_values`` distinct values
+    each) are kept in every split; the holdout and a carved test split keep the per-class sizes above but are
+    spread over the class x group cells, so that every cell can be measured (`group_splits`); a cell left
+    without holdout or test rows is a warning, or an error when it has fewer than ``min_cell_rows``. The
+    long-tail subsampling itself stays per class. LongTailInfo then records the group columns and the train
+    and test count of every group and class x group cell.
     """
     profile, imbalance_factor = resolve_profile(name_or_path, profile, imbalance_factor)
     _check_params(imbalance_factor, profile, rare_classes, seed)
+    group_columns = check_group_args(group_columns, max_group_values, min_cell_rows)
+    groups = {
+        "group_columns": group_columns,
+        "max_group_values": max_group_values,
+        "min_cell_rows": min_cell_rows,
+    }
     if profile == NATURAL:
         return _load_natural(
             name_or_path,
@@ -191,6 +243,7 @@ def load_long_tailed(
             image_column=image_column,
             seed=seed,
             cache_dir=cache_dir,
+            **groups,
         )
     source, label_column, image_column = load_source(
         name_or_path,
@@ -199,6 +252,7 @@ def load_long_tailed(
         test_fraction=test_fraction,
         seed=seed,
         cache_dir=cache_dir,
+        **groups,
     )
     train_src = source["train"]
     labels = read_labels(train_src, label_column)
@@ -220,7 +274,15 @@ def load_long_tailed(
         if holdout_per_class == 0:
             logger.warning("the rarest long-tail class has %d rows: no holdout is carved", min(per_class))
     lt_labels = labels[keep]
-    train_pos, holdout_pos = plan_holdout(lt_labels, len(names), holdout_per_class, seed=seed)
+    keys = group_keys(train_src, group_columns, max_group_values, f"the train split of {name_or_path!r}")
+    lt_keys = None if keys is None else [keys[p] for p in keep]
+    train_pos, holdout_pos = plan_holdout(lt_labels, len(names), holdout_per_class, seed=seed, groups=lt_keys)
+    if lt_keys is not None and len(holdout_pos):
+        chosen = (lt_labels[holdout_pos], [lt_keys[p] for p in holdout_pos])
+        check_cells(
+            "holdout", (lt_labels, lt_keys), chosen, names, min_cell_rows, "the long-tailed train split"
+        )
+        warn_untrained_cells((lt_labels, lt_keys), train_pos, names)
     # Only now are rows selected: one select per split, on the original train split.
     train, holdout = train_src.select(keep[train_pos]), train_src.select(keep[holdout_pos])
     info = LongTailInfo(
@@ -240,6 +302,13 @@ def load_long_tailed(
         holdout_per_class=holdout_per_class
         if isinstance(holdout_per_class, float)
         else int(holdout_per_class),
+        **group_info(
+            group_columns,
+            max_group_values,
+            names,
+            (train, lt_labels[train_pos]),
+            (source["test"], test_labels),
+        ),
     )
     return DatasetDict(
         train=attach_long_tail_info(train, info),
