@@ -366,14 +366,15 @@ def test_group_tables_render_each_group():
     site = ["a|b", "<b>x</b>"] * (len(NAMES) * SUPPORT // 2)
     text = build_model_card(make_metrics(groups={"site": site})).text
     table = table_after(text, "#### Groups of site")
-    assert {len(row) for row in table} == {5}
+    # group, train count, test support, teacher, baseline, student, student - baseline, McNemar p
+    assert {len(row) for row in table} == {8}
     rows = {row[0]: row for row in table[1:]}
     assert set(rows) == {"a\\|b", "&lt;b&gt;x&lt;/b&gt;"}
     preds, refs = _predictions(CORRECT["student"], [SUPPORT] * len(NAMES))
     right = preds == refs
-    assert rows["a\\|b"][1] == str(len(right[0::2]))
-    assert rows["a\\|b"][-1] == f"{right[0::2].mean():.3f}"
-    assert rows["&lt;b&gt;x&lt;/b&gt;"][-1] == f"{right[1::2].mean():.3f}"
+    assert rows["a\\|b"][2] == str(len(right[0::2]))
+    assert rows["a\\|b"][5].split(" [")[0] == f"{right[0::2].mean():.3f}"  # accuracy [interval]
+    assert rows["&lt;b&gt;x&lt;/b&gt;"][5].split(" [")[0] == f"{right[1::2].mean():.3f}"
 
 
 def test_missing_class_is_listed_and_shown_as_na():

@@ -21,34 +21,19 @@ from datasets import (
 )
 
 from .image_folders import _FILE_BUILDERS, _is_image_folder, check_image_folder
-from .longtail import check_label_column, detect_image_column, plan_holdout
+from .longtail import check_label_column, detect_image_column, detect_label_column, plan_holdout
 from .metadata_folders import is_metadata_image_folder, load_metadata_folder
 
 logger = logging.getLogger(__name__)
+
+# The digits with a colour correlated with the class in train and independent of it in test (data/spurious.py).
+SPURIOUS_DIGITS = "digits_spurious"
 
 # Presets: short name -> Hub id and its column names.
 PRESETS = {
     "cifar10": {"hub_id": "uoft-cs/cifar10", "image_column": "img", "label_column": "label"},
     "cifar100": {"hub_id": "uoft-cs/cifar100", "image_column": "img", "label_column": "fine_label"},
 }
-
-
-LABEL_NAMES = ("label", "labels", "fine_label")
-# The digits with a colour correlated with the class in train and independent of it in test (data/spurious.py).
-SPURIOUS_DIGITS = "digits_spurious"
-
-
-def detect_label_column(dataset: Dataset) -> str:
-    """A ClassLabel named label/labels/fine_label, else the first ClassLabel, else an int column so named."""
-    features = dataset.features
-    class_labels = [n for n, f in features.items() if isinstance(f, ClassLabel)]
-    for name in [n for n in LABEL_NAMES if n in class_labels] + class_labels + list(LABEL_NAMES):
-        if name in features:
-            return name
-    raise ValueError(
-        f"could not find a label column (a ClassLabel, or one named {list(LABEL_NAMES)}); available columns: "
-        f"{list(features)}; pass label_column=<one of them>"
-    )
 
 
 def _open_source(

@@ -78,6 +78,22 @@ def long_tail_counts(
 
 
 # ------------------------------------------------------------------------------------- column helpers
+LABEL_NAMES = ("label", "labels", "fine_label")
+
+
+def detect_label_column(dataset: Dataset) -> str:
+    """A ClassLabel named label/labels/fine_label, else the first ClassLabel, else an int column so named."""
+    features = dataset.features
+    class_labels = [n for n, f in features.items() if isinstance(f, ClassLabel)]
+    for name in [n for n in LABEL_NAMES if n in class_labels] + class_labels + list(LABEL_NAMES):
+        if name in features:
+            return name
+    raise ValueError(
+        f"could not find a label column (a ClassLabel, or one named {list(LABEL_NAMES)}); available columns: "
+        f"{list(features)}; pass label_column=<one of them>"
+    )
+
+
 def detect_image_column(dataset: Dataset) -> str | None:
     """Name of the first ``datasets.Image`` column, or None."""
     return next((name for name, f in dataset.features.items() if isinstance(f, Image)), None)

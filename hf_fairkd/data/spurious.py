@@ -32,8 +32,7 @@ import zlib
 import numpy as np
 from datasets import DatasetDict, Value
 
-from .loaders import detect_label_column
-from .longtail import _check_seed, class_names_of, detect_image_column, read_labels
+from .longtail import _check_seed, class_names_of, detect_image_column, detect_label_column, read_labels
 
 VALUES = ("red", "green")  # value 0, value 1
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0)}

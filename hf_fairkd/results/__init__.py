@@ -1,6 +1,7 @@
 """The results of a run: one record (``subgroup_metrics.json``), its card and plot, and the Hub push.
 
-Dependencies run one way: ``schema`` <- ``card_block`` <- ``card_text`` <- ``card`` -> ``plots``; ``hub``
+Dependencies run one way: ``schema`` <- ``card_block`` <- ``card_text`` <- ``card_groups`` <- ``card`` ->
+``plots`` -> ``plot_groups``; ``hub``
 reads records back through ``card_block`` and pushes any folder; ``publishing`` (the trainer's mixin) uses
 ``schema``, ``card`` and ``hub``. Imports are lazy, so reading a record back loads neither matplotlib nor
 the card renderer, and nothing here chooses a matplotlib backend.
@@ -13,6 +14,7 @@ _LAZY = {
     "METRICS_FILE": "schema",
     "build_run_record": "schema",
     "format_summary": "schema",
+    "groups_hurt_and_helped": "schema",
     "hurt_and_helped": "schema",
     "run_settings": "schema",
     "build_model_card": "card",

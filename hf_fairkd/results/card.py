@@ -17,11 +17,12 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from hf_fairkd.io_utils import atomic_write_json, atomic_write_text
 from hf_fairkd.results.card_block import CARD_BLOCK_KEY, card_block, check_card_record
+from hf_fairkd.results.card_groups import groups_body
 from hf_fairkd.results.card_metadata import eval_results_of
 from hf_fairkd.results.card_text import card_body, escape_markdown_cell
 from hf_fairkd.results.hub import is_repo_id
 from hf_fairkd.results.plots import plot_per_class_accuracy
-from hf_fairkd.results.schema import CARD_FILE, EVAL_RESULTS_FILE, METRICS_FILE, PLOT_FILE
+from hf_fairkd.results.schema import CARD_FILE, EVAL_RESULTS_FILE, METRICS_FILE, PLOT_FILE, group_columns_of
 from hf_fairkd.results.teacher_card import build_teacher_card, check_teacher_record, is_teacher_record
 
 __all__ = [
@@ -66,7 +67,7 @@ def build_model_card(
         datasets=[datasets] if isinstance(datasets, str) else datasets,
         tags=list(TAGS),
         metrics=["accuracy"],
-        eval_results=eval_results_of(metrics["student"], dataset_name),
+        eval_results=eval_results_of(metrics["student"], dataset_name, group_columns_of(metrics)),
         **{CARD_BLOCK_KEY: card_block(metrics)},
     )
     paragraphs = [p for p in re.split(r"\n\s*\n", extra_text or "") if p.strip()]
@@ -78,6 +79,7 @@ def build_model_card(
         extra_text="\n\n".join(escape_markdown_cell(p, 5000) for p in paragraphs),
         repo_hint=repo_hint,
         **card_body(metrics, plot_filename),
+        **groups_body(metrics),
     )
 
 
@@ -85,7 +87,7 @@ def write_eval_results(folder: str | os.PathLike, metrics: dict) -> Path | None:
     """Write the Hub's ``.eval_results/hf_fairkd.yaml`` (huggingface_hub ``EvalResultEntry`` format).
 
     One entry per defined metric of the student (of the teacher, for a teacher's record), with the metric name
-    as ``task_id``. Returns None (and writes nothing) when ``settings["dataset_name"]`` is not a Hub dataset
+    as ``task_id``, including a worst-group accuracy per group column when the record has groups. Returns None (and writes nothing) when ``settings["dataset_name"]`` is not a Hub dataset
     id, since entries must name one.
     """
     from huggingface_hub import EvalResultEntry, eval_result_entries_to_yaml
@@ -106,7 +108,9 @@ def write_eval_results(folder: str | os.PathLike, metrics: dict) -> Path | None:
             notes=f"hf-fairkd: {r.metric_name} of the {'teacher' if role == 'teacher' else 'distilled student'} "
             "on the test split",
         )
-        for r in eval_results_of(metrics[role], dataset_id)
+        for r in eval_results_of(
+            metrics[role], dataset_id, group_columns_of(metrics) if role == "student" else ()
+        )
     ]
     path = Path(folder) / EVAL_RESULTS_FILE
     atomic_write_text(

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from hf_fairkd.io_utils import nan_to_none
-from hf_fairkd.results.schema import FORMAT_VERSION, ROLES
+from hf_fairkd.results.schema import FORMAT_VERSION, ROLES, group_columns_of
 
 __all__ = [
     "CARD_BLOCK_KEY",
@@ -36,6 +36,22 @@ BLOCK_SCALARS = (
     "worst_class_interval_classes",
 )
 DELTA_KEYS = ("delta", "n10", "n01", "p_value", "ci_low", "ci_high")
+# Per group of a report key: measured by each model, and the scalars of its group summary.
+GROUP_LISTS = ("accuracy", "ci_low", "ci_high")
+GROUP_SCALARS = (
+    "worst_group",
+    "worst_group_accuracy",
+    "worst_group_accuracy_ci",
+    "best_group",
+    "min",
+    "max",
+    "difference",
+    "ratio",
+    "balanced_accuracy",
+)
+# A report key with more groups than this (e.g. class x site cells of 1,000 classes) stays out of the block
+# (named under ``groups_left_out``); its numbers are only in subgroup_metrics.json.
+BLOCK_MAX_GROUPS = 400
 
 
 def round_sig(obj: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
@@ -100,6 +116,7 @@ def card_block(metrics: dict) -> dict:
     if deltas:
         keys = [k for k in DELTA_KEYS if k in deltas[0]]
         block["student_minus_baseline"] = round_sig({k: [row.get(k) for row in deltas] for k in keys})
+    _add_groups(block, metrics)
     dataset = metrics.get("dataset") or {}
     keep = (
         "source", "profile", "imbalance_factor", "seed", "rare_classes", "holdout_per_class", "test_carved",
@@ -107,6 +124,103 @@ def card_block(metrics: dict) -> dict:
     block["dataset"] = {k: dataset[k] for k in keep if k in dataset}
     block["settings"] = metrics.get("settings") or {}
     return nan_to_none(block)
+
+
+def _lists(rows: list[dict], keys) -> dict[str, list]:
+    """{key: one value per row} for the keys that any row has a value for (all-None lists are left out)."""
+    columns = {k: [row.get(k) for row in rows] for k in keys}
+    return {k: v for k, v in columns.items() if any(x is not None for x in v)}
+
+
+def _add_groups(block: dict, metrics: dict) -> None:
+    """Add the groups to ``block``: ``group_columns``; ``groups`` {report key: names, train_count, support}
+    (shared by the models); each model's ``groups`` {report key: accuracy and interval lists, summary
+    scalars}; ``student_minus_baseline_groups`` {report key: delta lists}; ``groups_left_out`` {report key:
+    number of groups} for keys too large for the block."""
+    student_groups = metrics["student"].get("groups") or {}
+    if not student_groups:
+        return
+    shared: dict[str, dict] = {}
+    left_out: dict[str, int] = {}
+    for key, summary in student_groups.items():
+        by_group = summary.get("by_group") or {}
+        if len(by_group) > BLOCK_MAX_GROUPS:
+            left_out[key] = len(by_group)
+            continue
+        shared[key] = {"names": list(by_group), **_lists(list(by_group.values()), ("train_count", "support"))}
+    block["group_columns"] = group_columns_of(metrics)
+    block["groups"] = shared
+    if left_out:
+        block["groups_left_out"] = left_out
+    for role in (r for r in ROLES if r in block):
+        reports = (metrics.get(role) or {}).get("groups") or {}
+        small = {}
+        for key, entry in shared.items():
+            if key not in reports:
+                continue
+            by_group = reports[key].get("by_group") or {}
+            rows = [by_group.get(name) or {} for name in entry["names"]]
+            scalars = {k: reports[key][k] for k in GROUP_SCALARS if k in reports[key]}
+            small[key] = round_sig({**_lists(rows, GROUP_LISTS), **scalars})
+        if small:
+            block[role]["groups"] = small
+    deltas = metrics.get("student_minus_baseline_groups") or {}
+    if deltas:
+        block["student_minus_baseline_groups"] = {
+            key: round_sig(
+                _lists(
+                    [{r["group"]: r for r in deltas[key]}.get(n) or {} for n in entry["names"]], DELTA_KEYS
+                )
+            )
+            for key, entry in shared.items()
+            if key in deltas
+        }
+
+
+def _expand_groups(block: dict, out: dict) -> None:
+    """Put the block's groups back in the record layout of ``out`` (see :func:`_add_groups`)."""
+    from hf_fairkd.metrics.intervals import mcnemar_exact_p
+
+    shared = block.get("groups") or {}
+    out["group_columns"] = list(block.get("group_columns") or [])
+    for role in (r for r in ROLES if r in out):
+        small = block[role].get("groups")
+        if not small:
+            continue
+        summaries = {}
+        for key, measured in small.items():
+            entry = shared[key]
+            names = entry["names"]
+            by_group = {}
+            for i, name in enumerate(names):
+                row = {k: entry[k][i] if k in entry else None for k in ("support", "train_count")}
+                by_group[name] = {
+                    **row,
+                    **{k: measured[k][i] if k in measured else None for k in GROUP_LISTS},
+                }
+            summaries[key] = {
+                "by_group": by_group,
+                "num_groups": sum(1 for g in by_group.values() if g.get("support")),
+                "missing_groups": [n for n, g in by_group.items() if g.get("support") == 0],
+                **{k: measured[k] for k in GROUP_SCALARS if k in measured},
+            }
+        out[role]["groups"] = summaries
+    deltas = {}
+    for key, d in (block.get("student_minus_baseline_groups") or {}).items():
+        entry, rows = shared[key], []
+        for i, name in enumerate(entry["names"]):
+            values = {k: d[k][i] for k in DELTA_KEYS if k in d}
+            if all(v is None for v in values.values()):
+                continue  # the group had no delta row
+            if values.get("delta") is not None and None not in (values.get("n10"), values.get("n01")):
+                values["p_value"] = float(mcnemar_exact_p(values["n10"], values["n01"]))
+            support = entry["support"][i] if "support" in entry else None
+            rows.append({"group": name, "support": support, **values})
+        deltas[key] = rows
+    if deltas:
+        out["student_minus_baseline_groups"] = deltas
+    if block.get("groups_left_out"):
+        out["groups_left_out"] = dict(block["groups_left_out"])
 
 
 def expand_card_block(block: dict) -> dict:
@@ -148,4 +262,6 @@ def expand_card_block(block: dict) -> dict:
                 if row["n10"] is not None and row["n01"] is not None and row.get("delta") is not None:
                     row["p_value"] = float(mcnemar_exact_p(row["n10"], row["n01"]))
         out["student_minus_baseline"] = rows
+    if "groups" in block:
+        _expand_groups(block, out)
     return out

@@ -68,10 +68,6 @@ def shot_acc(report: dict, shot: str) -> Any:
     return (report.get("shot_groups") or {}).get(shot, {}).get("accuracy")
 
 
-def _group_acc(report: dict, column: str, value: str) -> Any:
-    return ((report.get("groups") or {}).get(column, {}).get("by_group", {}).get(value) or {}).get("accuracy")
-
-
 def _classes(n: int) -> str:
     return "no class" if n == 0 else "1 class" if n == 1 else f"{n} classes"
 
@@ -321,25 +317,6 @@ def card_body(metrics: dict, plot_filename: str) -> dict[str, Any]:
         )
     shot_sentence, shot_header = _shot_source(metrics)
 
-    groups = []
-    for column, summary in (student.get("groups") or {}).items():
-        rows = [
-            [
-                escape_markdown_cell(value),
-                e(cell.get("support"), "n/a"),
-                *_cells(metrics, lambda r, c=column, v=value: _group_acc(r, c, v)),
-            ]
-            for value, cell in summary["by_group"].items()
-        ]
-        groups.append(
-            {
-                "column": escape_markdown_cell(column),
-                "rows": rows,
-                "worst": e(summary.get("worst_group")),
-                **{k: fmt(summary.get(k)) for k in ("min", "max", "difference", "ratio")},
-            }
-        )
-
     by_name = {r["name"]: r for r in student["per_class"]}
     fold = len(student["per_class"]) > FOLD_CLASSES_ABOVE
     worst_names = student.get("worst_k_classes") or [student.get("worst_class")]
@@ -367,7 +344,6 @@ def card_body(metrics: dict, plot_filename: str) -> dict[str, Any]:
         "shot_rows": shot_rows,
         "shot_sentence": shot_sentence,
         "shot_header": shot_header,
-        "groups": groups,
         "worst_rows": worst_rows,
         "fold_per_class": fold,
         "most_hurt_rows": _most_hurt(metrics, verdicts) if fold else [],
@@ -402,7 +378,6 @@ def card_body(metrics: dict, plot_filename: str) -> dict[str, Any]:
         "num_classes": e(student.get("num_classes", len(_class_names(metrics)))),
         "confidence": confidence,
         "uncertainty": _uncertainty(student, confidence),
-        "group_columns": _names_list(list((student.get("groups") or {}).keys())) or "none",
     }
 
 

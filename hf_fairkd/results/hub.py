@@ -262,8 +262,8 @@ def load_subgroup_metrics(
     """Subgroup metrics of a local output folder (or file) or of a Hub model repo.
 
     Reads subgroup_metrics.json (NaN stored as None). If it is absent, rebuilds from the README card's
-    ``hf_fairkd`` block what the card holds (per-class accuracies, scalars, train counts, settings),
-    marked ``"recovered_from": "model_card"``.
+    ``hf_fairkd`` block what the card holds (per-class accuracies, scalars, train counts, settings, and the
+    groups' accuracies, intervals and student - baseline rows), marked ``"recovered_from": "model_card"``.
     """
     path = Path(repo_id_or_path)
     if path.exists():

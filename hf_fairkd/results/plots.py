@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from hf_fairkd.io_utils import atomic_path
+from hf_fairkd.results.plot_groups import draw_group_panel, group_panel_columns
 from hf_fairkd.results.schema import METRICS_FILE
 
 __all__ = ["count_bins", "plot_per_class_accuracy"]
@@ -111,7 +112,8 @@ def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: st
     ``metrics`` is a subgroup_metrics.json dict; the teacher, baseline and student reports present are
     drawn as markers joined by lines in order of training count. With more than ``BIN_CLASSES_ABOVE``
     classes the classes are grouped into log-spaced bins of training count (:func:`count_bins`) and each
-    model is drawn as its mean accuracy per bin with a band from the 25th to the 75th percentile. The file
+    model is drawn as its mean accuracy per bin with a band from the 25th to the 75th percentile. A record
+    with groups gets a panel per group column below (:mod:`hf_fairkd.results.plot_groups`). The file
     is written atomically.
     """
     main = metrics.get("student") or metrics.get(
@@ -131,9 +133,16 @@ def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: st
     xs = [max(float(c), 0.5) for c in train_counts]
     order = sorted(range(len(xs)), key=lambda i: (xs[i], i))
 
-    fig = Figure(figsize=(9, 5.5), dpi=110)
+    columns = group_panel_columns(metrics)
+    fig = Figure(figsize=(9, 9) if columns else (9, 5.5), dpi=110)
     FigureCanvasAgg(fig)  # savefig renders with Agg whatever backend pyplot (if anyone uses it) has
-    ax = fig.subplots()
+    if columns:  # the per-class plot on top, one panel per group column below
+        grid = fig.add_gridspec(2, len(columns), height_ratios=[3, 2])
+        ax = fig.add_subplot(grid[0, :])
+        for i, column in enumerate(columns):
+            draw_group_panel(fig.add_subplot(grid[1, i]), metrics, column, _MODELS, _plain_label)
+    else:
+        ax = fig.subplots()
     binned = len(xs) > BIN_CLASSES_ABOVE
     bins = count_bins(xs) if binned else []
     for key, label, colour, marker in _MODELS:

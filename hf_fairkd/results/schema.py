@@ -25,6 +25,10 @@ __all__ = [
     "build_run_record",
     "class_verdicts",
     "format_summary",
+    "group_columns_of",
+    "group_key_label",
+    "group_verdicts_of",
+    "groups_hurt_and_helped",
     "hurt_and_helped",
     "record_from_info",
     "run_settings",
@@ -57,9 +61,15 @@ def build_run_record(
     settings: dict,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    groups: Mapping[str, list] | None = None,
+    group_train_counts: Mapping[str, Mapping[str, int]] | None = None,
 ) -> dict:
     """The subgroup_metrics.json record: a subgroup report per model, the paired student - baseline deltas,
     the teacher's calibration, the class names and counts, the dataset's metadata and the run's settings.
+
+    ``groups`` ({column: group value per test row}) adds each model's group reports, the paired
+    student - baseline deltas per group (``student_minus_baseline_groups``) and ``group_columns``;
+    ``group_train_counts`` ({report key: {group: training rows}}) gives the groups their training counts.
 
     ``logits`` maps roles of :data:`ROLES` to (n, C) logits; a model whose logits are gone may give its
     (n,) predicted class ids (it then gets no calibration). ``shot_counts`` are the per-class counts that
@@ -73,6 +83,7 @@ def build_run_record(
         raise ValueError(f"build_run_record: unknown model role(s) {unknown}; use {list(ROLES)}.")
     names, counts = [str(n) for n in class_names], [int(c) for c in train_counts]
     predicted = {role: _predicted_ids(values) for role, values in logits.items()}
+    group_args = {"groups": dict(groups), "group_train_counts": group_train_counts} if groups else {}
     record: dict = {"format_version": FORMAT_VERSION}
     for role in (r for r in ROLES if r in logits):
         record[role] = subgroup_report(
@@ -83,6 +94,7 @@ def build_run_record(
             shot_counts=shot_counts,
             n_bootstrap=n_bootstrap,
             seed=seed,
+            **group_args,
         )
     if "student" in predicted and "baseline" in predicted:
         record["student_minus_baseline"] = paired_delta(
@@ -93,6 +105,19 @@ def build_run_record(
             n_bootstrap=n_bootstrap,
             seed=seed,
         )
+    if groups and "student" in predicted and "baseline" in predicted:
+        from hf_fairkd.metrics import paired_group_delta
+
+        record["student_minus_baseline_groups"] = paired_group_delta(
+            predicted["student"],
+            predicted["baseline"],
+            labels,
+            dict(groups),
+            class_names=names,
+            n_bootstrap=n_bootstrap,
+        )
+    if groups:
+        record["group_columns"] = [str(column) for column in groups]
     if "teacher" in logits and np.ndim(logits["teacher"]) == 2:
         record["teacher_calibration"] = calibration_report(
             softmax(logits["teacher"]), labels, class_names=names
@@ -102,13 +127,21 @@ def build_run_record(
 
 
 def record_from_info(
-    logits: dict[str, np.ndarray], labels, info, settings: dict, *, n_bootstrap: int = 1000, seed: int = 0
+    logits: dict[str, np.ndarray],
+    labels,
+    info,
+    settings: dict,
+    *,
+    groups: Mapping[str, list] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
 ) -> dict:
     """:func:`build_run_record` for a long-tailed dataset described by a ``LongTailInfo``.
 
     Shot groups come from ``info.long_tail_counts`` (the profile before the holdout was carved: the
     standard groups, e.g. 35 / 35 / 30 on CIFAR-100-LT); the per-class ``train_count`` stays the number of
-    images actually trained on.
+    images actually trained on. ``groups`` are the group values of the test rows; their training counts
+    come from ``info.group_train_counts`` (absent on older infos: no training counts).
     """
     return build_run_record(
         logits,
@@ -120,6 +153,8 @@ def record_from_info(
         settings=settings,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        groups=groups,
+        group_train_counts=getattr(info, "group_train_counts", None) if groups else None,
     )
 
 
@@ -160,6 +195,73 @@ def hurt_and_helped(record: Mapping) -> tuple[list[str], list[str]]:
     return hurt, helped
 
 
+def group_columns_of(record: Mapping) -> list[str]:
+    """The record's group columns: ``group_columns``, else (older records) the report keys without ``&``."""
+    if record.get("group_columns"):
+        return list(record["group_columns"])
+    report = record.get("student") or record.get("teacher") or {}
+    return [key for key in report.get("groups") or {} if "&" not in key]
+
+
+def group_key_label(key: str, columns: list[str]) -> str:
+    """How a report key reads in text: "groups of site", "class x site cells" or "groups of site & camera"."""
+    if key.startswith("class&") and key not in columns and key[len("class&") :] in columns:
+        return f"class x {key[len('class&') :]} cells"
+    return "groups of " + (key if key in columns else key.replace("&", " & "))
+
+
+def group_verdicts_of(record: Mapping) -> dict[str, dict[str, str | None]]:
+    """{report key: {group: "hurt" / "helped" / "no clear change" / None}} of the student against the
+    baseline, by the rule for classes (:func:`hf_fairkd.metrics.groups.group_verdicts`); empty without
+    ``student_minus_baseline_groups``."""
+    from hf_fairkd.metrics.groups import group_verdicts
+
+    return group_verdicts(record.get("student_minus_baseline_groups") or {})
+
+
+def groups_hurt_and_helped(record: Mapping) -> dict[str, tuple[list[str], list[str]]]:
+    """{report key: (groups the student is significantly below, above the baseline on)}; empty without
+    group deltas."""
+    return {
+        key: (
+            [g for g, v in verdicts.items() if v == "hurt"],
+            [g for g, v in verdicts.items() if v == "helped"],
+        )
+        for key, verdicts in group_verdicts_of(record).items()
+    }
+
+
+def _listed(names: list[str], limit: int = 10) -> str:
+    if not names:
+        return "none"
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _group_summary_lines(record: Mapping, pct) -> list[str]:
+    """Per group column the worst group of each model; per report key the groups hurt and helped."""
+    columns = group_columns_of(record)
+    if not columns:
+        return []
+    lines = [""]
+    for column in columns:
+        worst = []
+        for role in (r for r in ROLES if record.get(r)):
+            summary = (record[role].get("groups") or {}).get(column) or {}
+            if summary.get("worst_group") is None:
+                continue
+            low, high = summary.get("worst_group_accuracy_ci") or (None, None)
+            interval = f" [{pct(low).strip()}, {pct(high).strip()}]" if low is not None else ""
+            acc = summary.get("worst_group_accuracy", summary.get("min"))
+            worst.append(f"{role} {summary['worst_group']} {pct(acc).strip()}{interval}")
+        lines.append(f"Worst group of {column} (simultaneous interval): " + ("; ".join(worst) or "n/a"))
+    for key, (hurt, helped) in groups_hurt_and_helped(record).items():
+        label = group_key_label(key, columns)
+        lines.append(
+            f"{label[0].upper()}{label[1:]} distillation hurt: {_listed(hurt)}; helped: {_listed(helped)}"
+        )
+    return lines
+
+
 def format_summary(record: Mapping) -> str:
     """A closing summary a person can read in a terminal."""
 
@@ -181,4 +283,5 @@ def format_summary(record: Mapping) -> str:
         + (", ".join(hurt) if hurt else "none")
     )
     lines.append("Classes it helped: " + (", ".join(helped) if helped else "none"))
+    lines.extend(_group_summary_lines(record, pct))
     return "\n".join(lines)

@@ -150,8 +150,10 @@ class DataArguments:
     dataset_name: str = field(
         default="digits",
         metadata={
-            "help": "'digits' (embedded, no download), 'cifar10'/'cifar100' (Hub presets), a Hub dataset id, a local "
-            "dataset folder, or a folder of images with one sub-folder per class."
+            "help": "'digits' (embedded, no download), 'digits_spurious' (the digits with an ink colour correlated "
+            "with the class in training only: a spurious-attribute benchmark, group column 'colour'), "
+            "'cifar10'/'cifar100' (Hub presets), a Hub dataset id, a local dataset folder, or a folder of images "
+            "with one sub-folder per class (plus a metadata.csv / metadata.jsonl for attribute columns)."
         },
     )
     image_column_name: str | None = field(
@@ -195,6 +197,13 @@ class DataArguments:
     )
     augment: bool = field(
         default=False, metadata={"help": "Random crop + flip on training images (off with a cached teacher)."}
+    )
+    min_cell_rows: int | None = field(
+        default=None,
+        metadata={
+            "help": "With --group_columns: refuse a class x group cell that would get fewer than this many holdout "
+            "or test rows (default: a warning names such cells)."
+        },
     )
 
 

@@ -12,8 +12,9 @@ from ..objectives import get_objective
 from .arguments import DataArguments
 
 
-def load_data(data_args: DataArguments):
-    """The long-tailed DatasetDict (train / holdout / test) and its metadata."""
+def load_data(data_args: DataArguments, group_columns=None, max_group_values: int | None = None):
+    """The long-tailed DatasetDict (train / holdout / test) and its metadata; ``group_columns`` (the run's
+    ``--group_columns``) are kept in every split, the holdout and a carved test split stratified by their cells."""
     holdout = data_args.holdout_per_class
     if holdout is not None and (holdout >= 1 or holdout == 0):  # 0: no holdout (the CLI parses floats)
         if holdout != int(holdout):
@@ -31,6 +32,9 @@ def load_data(data_args: DataArguments):
         image_column=data_args.image_column_name,
         rare_classes=data_args.rare_classes,
         seed=data_args.data_seed_long_tail,
+        **({"group_columns": list(group_columns)} if group_columns else {}),
+        **({"max_group_values": max_group_values} if group_columns and max_group_values else {}),
+        **({"min_cell_rows": data_args.min_cell_rows} if group_columns and data_args.min_cell_rows else {}),
     )
     info = long_tail_info(splits["train"])
     if info.image_column is None:
