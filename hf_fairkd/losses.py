@@ -136,16 +136,26 @@ def smoothed_class_recall(
 
 
 def alpha_from_reliability(
-    reliability: torch.Tensor, *, mapping: str = "linear", alpha_max: float = 1.0, threshold: float = 0.5
+    reliability: torch.Tensor,
+    *,
+    mapping: str = "linear",
+    alpha_max: float = 1.0,
+    threshold: float = 0.5,
+    support: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-class teacher weight a_y = f(r_y): ``linear``, ``normalized`` (min-max) or ``threshold``."""
+    """Per-class (or per-cell) teacher weight a = f(r): ``linear``, ``normalized`` (min-max) or ``threshold``.
+
+    ``support`` (bool, like ``reliability``): the entries whose min and max ``normalized`` reads (e.g. the class x
+    group cells with training rows); the others are mapped with the same min and max, clipped to [0, alpha_max].
+    """
     if mapping == "linear":
         return alpha_max * reliability
     if mapping == "normalized":
-        spread = reliability.max() - reliability.min()
+        measured = reliability if support is None or not support.any() else reliability[support.bool()]
+        low, spread = measured.min(), measured.max() - measured.min()
         if spread <= 0:  # every class equally reliable: no reason to down-weight any of them
             return torch.full_like(reliability, alpha_max)
-        return alpha_max * (reliability - reliability.min()) / spread
+        return (alpha_max * (reliability - low) / spread).clamp(0.0, alpha_max)
     if mapping == "threshold":
         return alpha_max * (reliability >= threshold).to(reliability)
     raise ValueError(f"Unknown ada_alpha mapping {mapping!r}; use 'linear', 'normalized' or 'threshold'.")
@@ -227,3 +237,96 @@ def per_class_errors(
     weights = weights.double()
     wrong = (predictions[:, None] != torch.arange(num_classes, device=predictions.device)[None, :]).double()
     return (weights * wrong).sum(0), weights.sum(0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Groups of the data (attributes such as site or camera; see hf_fairkd.groups)
+# ---------------------------------------------------------------------------------------------------------
+
+PARTITIONS = ("class", "group", "class_x_group")
+
+
+def partition_ids(
+    partition: str, labels: torch.Tensor, group_ids: torch.Tensor | None, num_groups: int
+) -> torch.Tensor:
+    """The partition group of every row: 'class' y; 'group' g; 'class_x_group' y * G + g (G = ``num_groups``)."""
+    if partition == "class":
+        return labels
+    if group_ids is None:
+        raise ValueError(f"partition {partition!r} needs the group ids of the rows; got none.")
+    group_ids = group_ids.to(labels.device)
+    if partition == "group":
+        return group_ids
+    if partition == "class_x_group":
+        return labels * num_groups + group_ids
+    raise ValueError(f"Unknown partition {partition!r}; use one of {', '.join(PARTITIONS)}.")
+
+
+def partition_counts(
+    partition: str, class_counts: torch.Tensor, cell_counts: torch.Tensor | None
+) -> torch.Tensor:
+    """Training rows of every partition group, in the order of `partition_ids`: n_y; n_g = sum_y n_yg; n_yg
+    (``cell_counts`` [classes, groups], flattened row-major)."""
+    if partition == "class":
+        return class_counts.double()
+    if cell_counts is None:
+        raise ValueError(f"partition {partition!r} needs the training counts of the class x group cells.")
+    if partition == "group":
+        return cell_counts.double().sum(0)
+    if partition == "class_x_group":
+        return cell_counts.double().flatten()
+    raise ValueError(f"Unknown partition {partition!r}; use one of {', '.join(PARTITIONS)}.")
+
+
+def group_dro_example_weights(weights: torch.Tensor, prior: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Per-group example weights v_k = (w_k / pi_k^tau) / sum_h pi_h (w_h / pi_h^tau).
+
+    The training mean of v is 1; with tau = 1 and w = lambda, E[v L] = sum_k lambda_k L_k, Sagawa et al.'s group
+    DRO loss. A group without training rows (pi_k = 0) gets weight 0: the training objective puts no mass on it.
+    """
+    prior = prior.double()
+    present = prior > 0
+    ratio = (weights.double() / prior.clamp_min(1e-300) ** tau).where(present, 0.0)
+    total = (prior * ratio).sum()
+    if not total > 0:
+        raise ValueError(
+            "group DRO weights are all zero on the groups with training rows; check the multipliers."
+        )
+    return (ratio / total).to(weights.dtype)
+
+
+def per_group_errors(
+    wrong: torch.Tensor, ids: torch.Tensor, num_groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums of 0-1 errors (``wrong``, one per row) and of rows per group, to all-reduce before dividing."""
+    ids = ids.long()
+    errors = torch.zeros(num_groups, dtype=torch.float64, device=ids.device).index_add_(
+        0, ids, wrong.double()
+    )
+    return errors, torch.bincount(ids, minlength=num_groups).double()
+
+
+def size_adjusted_errors(errors: torch.Tensor, train_counts: torch.Tensor, adjustment: float) -> torch.Tensor:
+    """err_k + C / sqrt(n_k) (Sagawa et al.'s size adjustment; n_k the training count); n_k = 0: no adjustment."""
+    if adjustment == 0:
+        return errors
+    counts = train_counts.to(errors.device, torch.float64)
+    bonus = (adjustment / counts.clamp_min(1.0).sqrt()).where(counts > 0, 0.0)
+    return (errors.double() + bonus).to(errors.dtype)
+
+
+def smoothed_cell_recall(
+    correct: torch.Tensor, counts: torch.Tensor, class_recall: torch.Tensor, pseudo_count: float = 1.0
+) -> torch.Tensor:
+    """Recall of every class x group cell [classes, groups], shrunk toward its class's (smoothed) recall:
+    r_yg = (correct_yg + k r_y) / (n_yg + k). A cell without holdout rows gets r_y (also when k = 0)."""
+    correct, counts = correct.double(), counts.double()
+    prior = class_recall.double()[:, None].expand_as(counts)
+    smoothed = (correct + pseudo_count * prior) / (counts + pseudo_count).clamp_min(1e-12)
+    return smoothed.where(counts + pseudo_count > 0, prior).float()
+
+
+def cell_reliability_margins(cell_reliability: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """[classes, groups, classes]: the margins D_yj = g * (u_yg - u_jg), u = 1 - r, of a row in cell (y, g)."""
+    error = 1 - cell_reliability
+    return scale * (error[:, :, None] - error.T[None, :, :])

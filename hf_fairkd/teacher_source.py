@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import teacher as teacher_lib
+from .groups import GROUP_ID_COLUMN
 from .objectives import teacher_free_objectives
 from .teacher_cache import check_cache
 from .teacher_placement import TeacherMemory, prepare_teacher
@@ -22,8 +23,8 @@ from .teacher_signal import CACHE_COLUMNS, DENSE_COLUMN, TEACHER_INPUT_COLUMNS, 
 
 logger = logging.getLogger(__name__)
 
-# Batch keys that are not student inputs.
-NON_MODEL_KEYS = ("labels", "label", *CACHE_COLUMNS, *TEACHER_INPUT_COLUMNS)
+# Batch keys that are not student inputs (the group codes are read by objectives that weight groups).
+NON_MODEL_KEYS = ("labels", "label", *CACHE_COLUMNS, *TEACHER_INPUT_COLUMNS, GROUP_ID_COLUMN)
 
 
 class TeacherSource:

@@ -12,46 +12,23 @@ import logging
 import os
 from collections import defaultdict
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import Trainer
 
 from .checkpoints import OBJECTIVE_STATE_NAME, read_objective_state, resolve_checkpoint, write_objective_state
 from .config import DistillationArguments
+from .groups import GROUP_ID_COLUMN
 from .objectives import ObjectiveCallback, get_objective
 from .results.publishing import PublishingMixin
 from .teacher_signal import CACHE_COLUMNS, TEACHER_INPUT_COLUMNS, CacheCollator
 from .teacher_source import TeacherSource
+from .trainer_data import class_counts_from_dataset
+from .trainer_groups import default_metrics, group_arguments, metrics_for, prepare_groups
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["OBJECTIVE_STATE_NAME", "DistillationTrainer", "class_counts_from_dataset", "resolve_checkpoint"]
-
-
-def class_counts_from_dataset(dataset, num_classes: int) -> torch.Tensor:
-    """Training count of each class: the long-tail metadata when present, else a count of the label column."""
-    try:
-        from .data import long_tail_info
-
-        counts = long_tail_info(dataset).train_counts
-        if len(counts) == num_classes:
-            return torch.tensor(counts, dtype=torch.float64)
-    except (ImportError, ValueError, KeyError, AttributeError):
-        pass
-    column = next((c for c in ("label", "labels") if c in dataset.column_names), None)
-    if column is None:
-        raise ValueError(
-            "Could not find the class counts: the training dataset has no 'label'/'labels' column and no long-tail "
-            "metadata. Pass `class_counts=` (the training count of each class) to DistillationTrainer."
-        )
-    labels = np.asarray(dataset.with_format(None)[column], dtype=np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"Training labels span [{labels.min()}, {labels.max()}] but the student has {num_classes} classes; "
-            "set the student's num_labels / id2label to the dataset's classes."
-        )
-    return torch.tensor(np.bincount(labels, minlength=num_classes), dtype=torch.float64)
 
 
 class DistillationTrainer(PublishingMixin, Trainer):
@@ -67,6 +44,9 @@ class DistillationTrainer(PublishingMixin, Trainer):
             per-class reliability of ada_alpha / ada_margin at class level, the class-DRO updates of robust_kd, dro).
         class_counts: training count of each class; read from the dataset when omitted.
         teacher_trust_remote_code: allow remote code when loading the teacher by name (off by default).
+        group_columns: columns whose values are groups of the data (default ``args.group_columns``): read from
+            the train, holdout and eval datasets, reported by the default metrics, and, for an objective that
+            uses groups (`Objective.uses_groups`), coded into a ``group_ids`` column (`hf_fairkd.trainer_groups`).
     """
 
     loss_is_scaled_for_ga = True  # compute_loss divides by the items of the whole accumulated batch itself
@@ -83,6 +63,7 @@ class DistillationTrainer(PublishingMixin, Trainer):
         compute_metrics=None,
         teacher_trust_remote_code: bool = False,
         callbacks=None,
+        group_columns: list[str] | None = None,
         **kwargs,
     ):
         if not isinstance(args, DistillationArguments):
@@ -108,6 +89,15 @@ class DistillationTrainer(PublishingMixin, Trainer):
                 "for teacher reliability or class-DRO updates): pass `holdout_dataset=`, e.g. the 'holdout' split "
                 "of hf_fairkd.data.load_long_tailed."
             )
+        # groups of the data: read (a missing column refused) before any model is loaded
+        self.groups, train_dataset, holdout_dataset, eval_dataset = prepare_groups(
+            self.objective,
+            args.group_columns if group_columns is None else group_columns,
+            args.max_group_values,
+            train_dataset,
+            holdout_dataset,
+            eval_dataset,
+        )
         self.teacher_source = TeacherSource(
             teacher,
             student_config=model.config,
@@ -117,15 +107,10 @@ class DistillationTrainer(PublishingMixin, Trainer):
             holdout_dataset=holdout_dataset,
             trust_remote_code=teacher_trust_remote_code,
         )
+        self.make_metrics = None  # the default metrics, built for the groups of each evaluated dataset
         if compute_metrics is None:
-            from .metrics.trainer_metrics import SubgroupMetrics
-
-            compute_metrics = SubgroupMetrics(
-                model.config,
-                train_counts=class_counts.long().tolist(),
-                per_class=args.per_class_eval_metrics,
-                per_class_max_classes=args.per_class_eval_max_classes,
-            )
+            self.make_metrics = default_metrics(model.config, args, class_counts, self.groups, train_dataset)
+            compute_metrics = self.make_metrics(self.groups.values_of(eval_dataset) if self.groups else None)
         self.holdout_dataset = holdout_dataset
         # first among the callbacks, so the others see the objective's state of this step
         self.objective_hooks = ObjectiveCallback(self)
@@ -155,7 +140,7 @@ class DistillationTrainer(PublishingMixin, Trainer):
         # Why: the Trainer drops every column the model's forward does not take, the teacher cache among them,
         # and the teacher's own inputs among them, and has no public hook to keep extra columns.
         super()._set_signature_columns_if_needed()
-        extra = (*CACHE_COLUMNS, *TEACHER_INPUT_COLUMNS)
+        extra = (*CACHE_COLUMNS, *TEACHER_INPUT_COLUMNS, GROUP_ID_COLUMN)
         self._signature_columns += [c for c in extra if c not in self._signature_columns]
 
     # ------------------------------------------------------------------------------------------ the loss
@@ -169,7 +154,9 @@ class DistillationTrainer(PublishingMixin, Trainer):
         if self.objective.uses_teacher:
             teacher_inputs = self.teacher_source.teacher_inputs(inputs)
             teacher_logits = self.teacher_source.logits(teacher_inputs, cached, step=self.state.global_step)
-        result = self.objective.compute(logits, labels, teacher_logits)
+        # group_ids= only for an objective that reads them: compute(logits, labels, teacher_logits) stays valid
+        groups = group_arguments(self.objective, inputs, model.training)
+        result = self.objective.compute(logits, labels, teacher_logits, **groups)
         if num_items_in_batch is not None:
             loss = result.per_example.sum() / num_items_in_batch
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
@@ -201,6 +188,16 @@ class DistillationTrainer(PublishingMixin, Trainer):
         logs.update({prefix + k: v for k, v in averaged.items()})
         self._metrics[mode].clear()
         super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, *args, **kwargs):
+        """`Trainer.evaluate`; the default metrics report the groups of the dataset evaluated."""
+        with metrics_for(self, eval_dataset):
+            return super().evaluate(eval_dataset, *args, **kwargs)
+
+    def predict(self, test_dataset, *args, **kwargs):
+        """`Trainer.predict`; the default metrics report the groups of the dataset predicted."""
+        with metrics_for(self, test_dataset):
+            return super().predict(test_dataset, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial):

@@ -56,7 +56,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     checks.check_before_work(args, run_args)
 
     # ---- data
-    splits, info = preparation.load_data(data_args)
+    splits, info = preparation.load_data(data_args, args.group_columns, args.max_group_values)
     trained_here = (
         {} if model_args.teacher_model_name_or_path else {"--teacher_objective": model_args.teacher_objective}
     )

@@ -39,7 +39,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
             f"pass --image_size {model_args.teacher_image_size} instead."
         )
     checks.check_before_work(args, run_args)
-    splits, info = preparation.load_data(data_args)
+    splits, info = preparation.load_data(data_args, args.group_columns, args.max_group_values)
     preparation.check_objectives({"--objective": args.objective}, args, info)
     processor = preprocessing.make_image_processor(model_args)
     prepared = preprocessing.prepare_splits(splits, info, processor, augment=data_args.augment)

@@ -2,9 +2,10 @@
 
 ``base``: the registry, `LossOutput` and `Objective` (with ce, erm, label_smoothing); ``distillation``: kd,
 kd_pt, kd_sim, ada_alpha, ada_margin, balanced_kd and the balanced teacher; ``dro``: robust_kd and the dro
-teacher; ``hooks``: `ObjectiveContext` and `ObjectiveCallback`, through which the trainer runs each objective's
-hooks (before training, after each optimisation step, after training). Register a new objective with
-`register_objective`; `student_objectives()` / `teacher_objectives()` read the registry at call time.
+teacher (class-DRO, or group DRO over groups of the data with ``dro_groups``); ``hooks``: `ObjectiveContext`
+and `ObjectiveCallback`, through which the trainer runs each objective's hooks (before training, after each
+optimisation step, after training). Register a new objective with `register_objective`;
+`student_objectives()` / `teacher_objectives()` read the registry at call time.
 """
 
 from .base import (

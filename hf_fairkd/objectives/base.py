@@ -109,6 +109,9 @@ class Objective:
         self.log_prior = torch.log(self.prior)
         self.teacher_reliability: torch.Tensor | None = None
         self.class_similarity: torch.Tensor | None = None
+        # groups of the data (`attach_groups`): their names and the [classes, groups] training counts
+        self.group_names: list[str] | None = None
+        self.cell_counts: torch.Tensor | None = None
 
     # what the hooks read (the trainer only checks `needs_holdout`)
     @property
@@ -126,6 +129,37 @@ class Objective:
     @property
     def needs_holdout(self) -> bool:
         return self.needs_teacher_reliability or self.needs_holdout_updates
+
+    # groups of the data (hf_fairkd.groups): attributes such as site or camera, not output classes
+    @property
+    def uses_groups(self) -> bool:
+        """Whether `compute` and the hooks read the rows' group ids (the trainer then passes ``group_ids=``)."""
+        return False
+
+    def group_setting(self) -> str:
+        """The setting that makes this objective use groups, for messages."""
+        return ""
+
+    def attach_groups(self, group_names: list[str], cell_counts: torch.Tensor) -> None:
+        """The attribute groups (codes 0..G-1 of the ``group_ids`` column) and the training count of every class x
+        group cell, ``cell_counts`` [num_classes, G]. The trainer calls this before training."""
+        cell_counts = torch.as_tensor(cell_counts, dtype=torch.float64)
+        if tuple(cell_counts.shape) != (self.num_classes, len(group_names)):
+            raise ValueError(
+                f"cell_counts has shape {tuple(cell_counts.shape)}, expected (num_classes, number of groups) = "
+                f"({self.num_classes}, {len(group_names)}): one training count per class x group cell."
+            )
+        self.group_names = list(group_names)
+        self.cell_counts = cell_counts
+
+    def check_groups(self) -> None:
+        """Refuse to train an objective that uses groups before any were attached."""
+        if self.uses_groups and self.group_names is None:
+            raise ValueError(
+                f"objective={self.name!r} with {self.group_setting()} weights or measures groups of the data, but "
+                "no groups were attached: pass group_columns=[...] to DistillationTrainer (or --group_columns), "
+                "or call objective.attach_groups(group_names, cell_counts) before training."
+            )
 
     # the class prior
     def prior_uses(self) -> list[str]:
@@ -175,8 +209,14 @@ class Objective:
             self.teacher_reliability = state["teacher_reliability"].float()
 
     def compute(
-        self, student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None
+        self,
+        student_logits: torch.Tensor,
+        labels: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        group_ids: torch.Tensor | None = None,
     ) -> LossOutput:
+        """The loss of a batch. ``group_ids`` (the rows' group codes) is passed only when `uses_groups`, so an
+        objective that uses no groups may define compute(student_logits, labels, teacher_logits)."""
         raise NotImplementedError
 
     # the teacher as the student sees it

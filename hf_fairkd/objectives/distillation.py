@@ -46,10 +46,27 @@ class _Distillation(Objective):
         return None
 
     def compute(self, student_logits, labels, teacher_logits=None):
-        s = student_logits.float()
         alpha = self.alpha_for(labels, teacher_logits) if self.uses_teacher else 0.0
+        offsets = self.logit_offsets(labels, teacher_logits)
+        return self.distill(
+            student_logits, labels, teacher_logits, alpha, offsets, self.example_weights(labels)
+        )
+
+    def distill(
+        self,
+        student_logits: torch.Tensor,
+        labels: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        alpha: torch.Tensor | float,
+        offsets: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+        weights: torch.Tensor | None = None,
+    ) -> LossOutput:
+        """The loss from its resolved parts: the teacher weight (scalar or per example), the (one-hot term,
+        teacher term) logit offsets and per-example weights (None: none). `compute` gets them from the hooks;
+        objectives that read group ids pass their own."""
+        s = student_logits.float()
         alpha_t = torch.as_tensor(alpha, dtype=torch.float32, device=s.device)
-        onehot_offset, teacher_offset = self.logit_offsets(labels, teacher_logits)
+        onehot_offset, teacher_offset = offsets
         s_onehot = s if onehot_offset is None else s + onehot_offset
         one_hot = (1 - alpha_t) * losses.one_hot_cross_entropy(s_onehot, labels)
         components = {"one_hot": one_hot}
@@ -66,7 +83,6 @@ class _Distillation(Objective):
             distill = alpha_t * teacher_term
             components["distill"] = distill
             total = total + distill
-        weights = self.example_weights(labels)
         if weights is not None:
             total = total * weights
             components = {k: v * weights for k, v in components.items()}
@@ -76,22 +92,84 @@ class _Distillation(Objective):
 
 class _ClassReliability(_Distillation):
     """ada_alpha and ada_margin at class level: the teacher's per-class holdout recall, measured before training
-    on the teacher as the student sees it (`Objective.teacher_reliability_signals`), summed over processes."""
+    on the teacher as the student sees it (`Objective.teacher_reliability_signals`), summed over processes.
+
+    With ``reliability_groups='class_x_group'`` also per class x group cell (y, g), smoothed toward the class's
+    smoothed recall r_y: r_yg = (correct_yg + k r_y) / (n_yg + k), k = ``reliability_pseudo_count`` (a cell
+    without holdout rows gets r_y), and a row's weight or margins follow its cell. A batch without group ids (an
+    evaluation set that carries none) gets the class-level loss.
+    """
+
+    def __init__(self, args, class_counts):
+        super().__init__(args, class_counts)
+        self.cell_reliability: torch.Tensor | None = None  # [classes, groups], with reliability_groups
+
+    @property
+    def uses_groups(self) -> bool:
+        return self.needs_teacher_reliability and getattr(self.args, "reliability_groups", "class") != "class"
+
+    def group_setting(self) -> str:
+        return f"reliability_groups={getattr(self.args, 'reliability_groups', 'class')!r}"
 
     def on_train_begin(self, ctx):
-        if not self.needs_teacher_reliability or self.teacher_reliability is not None:
-            return  # instance level, or already measured (or restored from a checkpoint)
-        correct = torch.zeros(self.num_classes, dtype=torch.float64)
+        self.check_groups()
+        if not self.needs_teacher_reliability:
+            return  # instance level
+        if self.teacher_reliability is not None and (
+            self.cell_reliability is not None or not self.uses_groups
+        ):
+            return  # already measured (or restored from a checkpoint)
+        num_groups = len(self.group_names) if self.uses_groups else 1
+        correct = torch.zeros(self.num_classes * num_groups, dtype=torch.float64)
         counts = torch.zeros_like(correct)
         for batch in ctx.holdout_batches():
             right, _ = self.teacher_reliability_signals(ctx.teacher_logits(batch), ctx.labels(batch))
             labels = ctx.gather(ctx.labels(batch)).cpu()
-            correct.index_add_(0, labels, ctx.gather(right).cpu().double())
-            counts += torch.bincount(labels, minlength=self.num_classes).double()
-        self.teacher_reliability = losses.smoothed_class_recall(
-            correct, counts, self.args.reliability_pseudo_count
-        )
+            cells = labels * num_groups + (ctx.gather(ctx.group_ids(batch)).cpu() if self.uses_groups else 0)
+            correct.index_add_(0, cells, ctx.gather(right).cpu().double())
+            counts += torch.bincount(cells, minlength=correct.numel()).double()
+        correct, counts = (sums.view(self.num_classes, num_groups) for sums in (correct, counts))
+        k = self.args.reliability_pseudo_count
+        self.teacher_reliability = losses.smoothed_class_recall(correct.sum(1), counts.sum(1), k)
         logger.info("Teacher per-class holdout recall: %s", self.teacher_reliability.tolist())
+        if self.uses_groups:
+            self.cell_reliability = losses.smoothed_cell_recall(correct, counts, self.teacher_reliability, k)
+            logger.info("Teacher per-cell holdout recall [class][group]: %s", self.cell_reliability.tolist())
+
+    def compute(self, student_logits, labels, teacher_logits=None, group_ids=None):
+        if not self.uses_groups or group_ids is None:
+            return super().compute(student_logits, labels, teacher_logits)
+        self.check_groups()
+        if self.cell_reliability is None:
+            raise RuntimeError(
+                f"{self.name} with {self.group_setting()} needs the teacher's per-cell holdout reliability; its "
+                "on_train_begin hook measures it."
+            )
+        group_ids = group_ids.to(labels.device)
+        alpha = self.cell_alpha_for(labels, group_ids, teacher_logits)
+        offsets = self.cell_logit_offsets(labels, group_ids, teacher_logits)
+        return self.distill(
+            student_logits, labels, teacher_logits, alpha, offsets, self.example_weights(labels)
+        )
+
+    def cell_alpha_for(self, labels, group_ids, teacher_logits):
+        """The teacher weight of rows in cells (labels, group_ids); default: the class-level one."""
+        return self.alpha_for(labels, teacher_logits)
+
+    def cell_logit_offsets(self, labels, group_ids, teacher_logits):
+        """The logit offsets of rows in cells (labels, group_ids); default: the class-level ones."""
+        return self.logit_offsets(labels, teacher_logits)
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self.cell_reliability is not None:
+            state["teacher_cell_reliability"] = self.cell_reliability
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if "teacher_cell_reliability" in state:
+            self.cell_reliability = state["teacher_cell_reliability"].float()
 
 
 @register_objective("kd")
@@ -155,6 +233,7 @@ class AdaptiveAlpha(_ClassReliability):
         "ada_alpha_threshold",
         "ada_alpha_instance_mode",
         "reliability_pseudo_count",
+        "reliability_groups",
     )
 
     @property
@@ -172,6 +251,19 @@ class AdaptiveAlpha(_ClassReliability):
             alpha_max=self.args.alpha,
             threshold=self.args.ada_alpha_threshold,
         )
+
+    def cell_alphas(self) -> torch.Tensor:
+        """[classes, groups]: a_yg = f(r_yg); 'normalized' takes its min and max over the cells with training rows."""
+        return losses.alpha_from_reliability(
+            self.cell_reliability,
+            mapping=self.args.ada_alpha_mapping,
+            alpha_max=self.args.alpha,
+            threshold=self.args.ada_alpha_threshold,
+            support=self.cell_counts > 0,
+        )
+
+    def cell_alpha_for(self, labels, group_ids, teacher_logits):
+        return self._on(self.cell_alphas(), labels)[labels, group_ids]
 
     def alpha_for(self, labels, teacher_logits):
         if self.args.ada_alpha_level == "class":
@@ -191,6 +283,7 @@ class AdaptiveMargin(_ClassReliability):
         "margin_scale",
         "margin_on",
         "reliability_pseudo_count",
+        "reliability_groups",
     )
 
     @property
@@ -211,6 +304,13 @@ class AdaptiveMargin(_ClassReliability):
 
     def logit_offsets(self, labels, teacher_logits):
         rows = self.margin_rows(labels, teacher_logits)
+        return rows, (rows if self.args.margin_on == "both" else None)
+
+    def cell_logit_offsets(self, labels, group_ids, teacher_logits):
+        # a row of cell (y, g): D_yj = g * (u_yg - u_jg), the class margins within its group (D_yy = 0)
+        margins = losses.cell_reliability_margins(self.cell_reliability, self.args.margin_scale)
+        rows = self._on(margins, labels)[labels, group_ids]
+        rows = rows - rows.gather(1, labels[:, None])
         return rows, (rows if self.args.margin_on == "both" else None)
 
 

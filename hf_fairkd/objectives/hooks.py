@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import torch
 from transformers import TrainerCallback
 
+from ..groups import GROUP_ID_COLUMN
+
 
 class ObjectiveContext:
     """What an objective's hooks can use. Hooks run on every process, and every process must make the same calls:
@@ -70,6 +72,17 @@ class ObjectiveContext:
     def labels(self, batch: dict) -> torch.Tensor:
         """The labels of a batch."""
         return self.teacher.split_batch(batch)[1]
+
+    def group_ids(self, batch: dict) -> torch.Tensor:
+        """The group codes of a holdout batch (the ``group_ids`` column the trainer adds for an objective that
+        uses groups)."""
+        if GROUP_ID_COLUMN not in batch:
+            raise ValueError(
+                f"This holdout batch has no {GROUP_ID_COLUMN!r} column (it has {sorted(batch)}). The trainer adds "
+                "it to the holdout split when the objective uses groups and group_columns are given; a custom "
+                f"set_transform or collator must pass the {GROUP_ID_COLUMN!r} column through."
+            )
+        return batch[GROUP_ID_COLUMN]
 
     def student_logits(self, batch: dict) -> torch.Tensor:
         """The student's logits for ``batch``, through the wrapped model, in eval mode and without gradients

@@ -14,6 +14,7 @@ import torch
 from PIL import ImageOps
 from transformers import AutoImageProcessor
 
+from ..groups import GROUP_ID_COLUMN
 from ..teacher_signal import TEACHER_INPUT_COLUMNS, cache_columns_as_tensors
 from .arguments import ModelArguments
 from .pixels import (
@@ -30,6 +31,15 @@ logger = logging.getLogger(__name__)
 
 
 TEACHER_PIXEL_VALUES = next(iter(TEACHER_INPUT_COLUMNS))  # "teacher_pixel_values"
+
+
+def passed_through(batch) -> dict:
+    """The columns a row carries to the trainer besides its images and labels: the teacher cache, and the group
+    codes that an objective weighting groups reads (added by the trainer)."""
+    out = cache_columns_as_tensors(batch)
+    if GROUP_ID_COLUMN in batch:
+        out[GROUP_ID_COLUMN] = torch.as_tensor(batch[GROUP_ID_COLUMN])
+    return out
 
 
 class PreparedSplits(dict):
@@ -137,7 +147,7 @@ def with_image_transform(
         out = {"pixel_values": pixel_values, "labels": torch.as_tensor(batch[label_column])}
         if teacher_processor is not None:
             out[TEACHER_PIXEL_VALUES] = teacher_processor(images, return_tensors="pt")["pixel_values"]
-        out.update(cache_columns_as_tensors(batch))
+        out.update(passed_through(batch))
         return out
 
     return dataset.with_transform(transform)
@@ -158,7 +168,7 @@ def with_pixel_transform(decoded, steps: dict, label_column: str, outputs: dict,
                 pixels = augment_views(pixels, *views)
             out[name] = steps[column](pixels)
         out["labels"] = torch.as_tensor(labels)
-        out.update(cache_columns_as_tensors(batch))
+        out.update(passed_through(batch))
         return out
 
     return decoded.with_transform(transform)

@@ -5,11 +5,13 @@ processes for the evaluation."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 from accelerate import PartialState
 
 from ..config import DistillationArguments
+from ..groups import read_group_values
 from ..objectives import get_objective, teacher_objectives
 from ..results.schema import record_from_info
 from ..teacher_cache import build_teacher_cache
@@ -95,7 +97,9 @@ def cache_teacher_signal(splits: PreparedSplits, teacher, processor, batch_size:
 
 def predict_logits(trainer, dataset) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels over the whole dataset, gathered from every process in order."""
-    output = trainer.predict(dataset)
+    with warnings.catch_warnings():  # only the predictions are read here, not the loss
+        warnings.filterwarnings("ignore", message="Evaluation batches carry no 'group_ids'")
+        output = trainer.predict(dataset)
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     return np.asarray(logits, dtype=np.float32), np.asarray(output.label_ids)
 
@@ -109,7 +113,9 @@ def record_on_test_split(trainers: dict, splits: PreparedSplits, info, settings:
         own = role == "teacher" and hasattr(splits, "for_teacher")
         test = splits.for_teacher("test") if own else splits["test"]
         logits[role], labels = predict_logits(trainer, test)
-    return record_from_info(logits, labels, info, settings, seed=seed)
+    columns = getattr(info, "group_columns", None) or []
+    groups = read_group_values(splits["test"], columns, where="the test split") if columns else None
+    return record_from_info(logits, labels, info, settings, seed=seed, groups=groups)
 
 
 def prediction_trainer(model, args: DistillationArguments, splits: PreparedSplits, processor=None):
