@@ -24,7 +24,7 @@ from .results.publishing import PublishingMixin
 from .teacher_signal import CACHE_COLUMNS, TEACHER_INPUT_COLUMNS, CacheCollator
 from .teacher_source import TeacherSource
 from .trainer_data import class_counts_from_dataset
-from .trainer_groups import default_metrics, group_arguments, metrics_for, prepare_groups
+from .trainer_groups import default_metrics, group_arguments, group_train_counts, metrics_for, prepare_groups
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +107,12 @@ class DistillationTrainer(PublishingMixin, Trainer):
             holdout_dataset=holdout_dataset,
             trust_remote_code=teacher_trust_remote_code,
         )
+        self.group_train_counts = group_train_counts(model.config, self.groups, train_dataset)
         self.make_metrics = None  # the default metrics, built for the groups of each evaluated dataset
         if compute_metrics is None:
-            self.make_metrics = default_metrics(model.config, args, class_counts, self.groups, train_dataset)
+            self.make_metrics = default_metrics(
+                model.config, args, class_counts, self.groups, self.group_train_counts
+            )
             compute_metrics = self.make_metrics(self.groups.values_of(eval_dataset) if self.groups else None)
         self.holdout_dataset = holdout_dataset
         # first among the callbacks, so the others see the objective's state of this step

@@ -154,7 +154,7 @@ def metrics_for(trainer, dataset):
         trainer.compute_metrics = saved
 
 
-def default_metrics(config, args, class_counts, groups: RunGroups | None, train):
+def default_metrics(config, args, class_counts, groups: RunGroups | None, train_counts: dict | None):
     """``make(groups)``: the default `SubgroupMetrics` of a run for an eval set's group values (None: classes
     only), with the training count of every class, group and cell."""
     from .metrics.trainer_metrics import SubgroupMetrics
@@ -168,12 +168,6 @@ def default_metrics(config, args, class_counts, groups: RunGroups | None, train)
     )
     if groups is None:
         return lambda values=None: make()
-    train_counts = None
-    labels = None if train is None else dataset_labels(train)
-    if labels is not None and "train" in groups.values:
-        class_names = [str(config.id2label[i]) for i in range(config.num_labels)]
-        row_classes = [class_names[y] for y in labels]
-        train_counts = count_groupings(report_groupings(groups.values["train"], row_classes))
 
     def make_for(values=None):
         if values is None:  # an eval set without the group columns: per-class metrics only
@@ -181,6 +175,16 @@ def default_metrics(config, args, class_counts, groups: RunGroups | None, train)
         return make(groups=values, group_train_counts=train_counts)
 
     return make_for
+
+
+def group_train_counts(config, groups: RunGroups | None, train) -> dict | None:
+    """The training count of every group, class x group cell and pair of columns (`groups.count_groupings`), or
+    None without groups or a labelled train dataset."""
+    labels = None if train is None or groups is None else dataset_labels(train)
+    if labels is None or "train" not in groups.values:
+        return None
+    class_names = [str(config.id2label[i]) for i in range(config.num_labels)]
+    return count_groupings(report_groupings(groups.values["train"], [class_names[y] for y in labels]))
 
 
 def group_arguments(objective, batch: dict, training: bool) -> dict:

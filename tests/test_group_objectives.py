@@ -756,3 +756,26 @@ def test_two_processes_take_the_single_process_group_steps(tmp_path):
     ]
     assert ranks[0]["cell_reliability"] == ranks[1]["cell_reliability"]
     np.testing.assert_allclose(ranks[0]["cell_reliability"], expected, rtol=1e-6)
+
+
+def test_the_trainers_own_card_reports_the_groups_of_its_eval_dataset(group_dro_run, site_data, tmp_path):
+    """push_to_hub / create_model_card without the recipe: the record is built from eval_dataset, with its groups
+    and the training count of each group."""
+    from hf_fairkd import load_subgroup_metrics
+
+    trainer, _ = group_dro_run
+    train, _, test = site_data
+    trainer.args.output_dir = str(tmp_path)
+    trainer.create_model_card()
+    record = json.loads((tmp_path / "subgroup_metrics.json").read_text())
+    by_group = record["student"]["groups"]["site"]["by_group"]
+    labels, sites = np.array(test.with_format(None)["labels"]), np.array(test["site"])
+    train_sites = np.array(train["site"])
+    for site in ("A", "B"):
+        assert by_group[site]["support"] == int(np.sum(sites == site))
+        assert by_group[site]["accuracy"] == pytest.approx((labels[sites == site] == 0).mean())
+        assert by_group[site]["train_count"] == int(np.sum(train_sites == site))
+    assert "Subgroups" in (tmp_path / "README.md").read_text()
+    assert load_subgroup_metrics(str(tmp_path))["student"]["groups"]["site"]["worst_group"] == record["student"][
+        "groups"
+    ]["site"]["worst_group"]

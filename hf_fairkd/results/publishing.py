@@ -69,12 +69,16 @@ class PublishingMixin:
 
         output = self.predict(self.eval_dataset)
         logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        groups = getattr(self, "groups", None)  # the groups of the data (`trainer_groups.RunGroups`)
+        values = groups.values_of(self.eval_dataset) if groups is not None else None
         return build_run_record(
             {"student": logits},
             output.label_ids,
             class_names=[str(self.model.config.id2label[i]) for i in range(self.objective.num_classes)],
             train_counts=self.class_counts.long().tolist(),
             settings=run_settings(self.args),
+            groups=values,
+            group_train_counts=getattr(self, "group_train_counts", None) if values else None,
         )
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
