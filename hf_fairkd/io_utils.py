@@ -141,3 +141,4 @@ def record_in_description(description: str | None, marker: str) -> dict | None:
 
 def _record_pattern(marker: str) -> re.Pattern:
     return re.compile(r"^" + re.escape(marker) + r"(.*)$", re.MULTILINE)
+

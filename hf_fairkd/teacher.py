@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch import nn
@@ -42,15 +43,22 @@ def load_teacher(
 def _from_pretrained(name_or_path: str, *, trust_remote_code: bool, revision: str | None) -> nn.Module:
     from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
 
+    from .results.hub import model_location_problem
+
+    fix = (
+        "Pass the folder a teacher was saved in with save_pretrained (e.g. outputs/distill_vit/teacher) or a Hub "
+        "model id you can access."
+    )
+    problem = model_location_problem(name_or_path)
+    if problem:
+        raise ValueError(f"Could not load the teacher: {problem}. {fix}")
     try:
         config = AutoConfig.from_pretrained(
             name_or_path, trust_remote_code=trust_remote_code, revision=revision
         )
-    except OSError as err:
-        raise ValueError(
-            f"Could not load the teacher {name_or_path!r}: {err}. Pass a local folder saved with save_pretrained "
-            "or a Hub model id you can access."
-        ) from None
+    except (OSError, ValueError) as err:
+        where = "" if os.path.isdir(os.path.expanduser(name_or_path)) else " (no local folder; read as a Hub id)"
+        raise ValueError(f"Could not load the teacher {name_or_path!r}{where}: {err}. {fix}") from None
     for auto in (AutoModelForImageClassification, AutoModelForSequenceClassification):
         if type(config) in auto._model_mapping:
             return auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)

@@ -138,6 +138,24 @@ def test_a_bad_file_is_named_with_several_decoding_processes(tmp_path):
         decoded_pixels(splits["train"], "image", {PIXELS: vit(8)}, split_name="train", num_proc=2)
 
 
+def test_every_bad_file_of_every_split_is_named_at_once(tmp_path):
+    paths = []
+    for i in range(12):
+        path = tmp_path / f"{i}.png"
+        PILImage.fromarray(np.full((8, 8, 3), i, dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    for bad in (5, 10):  # 5 is in train; 10 in train only; the test split is rows 3..8
+        (tmp_path / f"{bad}.png").write_bytes(b"not an image")
+    splits = image_splits(n=12, paths=paths)
+    with pytest.raises(ValueError) as err:
+        prepare_splits(splits, long_tail_info(splits["train"]), vit(8))
+    message = str(err.value)
+    assert message.startswith("3 images cannot be decoded: Image 5 of the train split")
+    for where in ("Image 5 of the train split", "Image 10 of the train split", "Image 2 of the test split"):
+        assert where in message
+    assert "Replace or remove those files" in message
+
+
 class FloatResizer:
     """A processor that resizes in float (its geometric output is not uint8): not for the fast path."""
 

@@ -693,3 +693,25 @@ def test_train_teacher_refuses_teacher_image_size(tmp_path):
             [*TINY, "--output_dir", str(tmp_path / "t"), "--teacher_image_size", "16"]
         )
     assert not (tmp_path / "t").exists()
+
+
+
+@pytest.mark.parametrize(
+    "flag, folder, message",
+    [
+        ("--teacher_model_name_or_path", "empty",
+         r"Could not load the teacher: the folder '.*empty' holds no saved model \(no config.json; it holds "
+         r"nothing\)\. Pass the folder a teacher was saved in"),
+        ("--teacher_model_name_or_path", "outputs/run/teachr",
+         r"Could not load the teacher: there is no folder '.*outputs/run/teachr'.*Pass the folder"),
+        ("--baseline_model_name_or_path", "empty", r"holds no saved model \(no config.json"),
+    ],
+)  # fmt: skip
+def test_a_model_folder_that_is_missing_or_empty_is_named_as_such(tmp_path, flag, folder, message):
+    path = tmp_path / folder
+    if folder == "empty":
+        path.mkdir()
+    argv = [*TINY, flag, str(path), "--output_dir", str(tmp_path / "o")]
+    with pytest.raises(ValueError, match=message):
+        load_recipe("distill_vit").main(argv)
+    assert not (tmp_path / "o" / "teacher").exists()

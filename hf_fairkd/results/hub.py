@@ -70,6 +70,25 @@ def is_repo_id(name: object, *, namespaced: bool = False) -> bool:
     return True
 
 
+def model_location_problem(name_or_path: str) -> str | None:
+    """What is wrong with a model's local location, in words (None: a folder with a config.json, or a name that can
+    only be a Hub id, for the Hub client to judge): no such folder, a file, or a folder without a saved model."""
+    path = os.path.expanduser(name_or_path)
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "config.json")):
+            return None
+        held = sorted(os.listdir(path))
+        shown = ", ".join(held[:8]) + (", ..." if len(held) > 8 else "") if held else "nothing"
+        return f"the folder {name_or_path!r} holds no saved model (no config.json; it holds {shown})"
+    if os.path.exists(path):
+        return f"{name_or_path!r} is a file, not a folder holding a saved model"
+    if name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.replace("/", "") or not is_repo_id(
+        name_or_path
+    ):
+        return f"there is no folder {name_or_path!r} (and it is not a Hub id, which reads owner/name)"
+    return None
+
+
 def output_repo_id(hub_model_id: str | None, output_dir: str | os.PathLike) -> str:
     """The repo a run publishes to: ``hub_model_id``, else the output folder's name (as the Trainer does)."""
     return hub_model_id or os.path.basename(os.path.abspath(output_dir))

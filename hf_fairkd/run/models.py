@@ -17,6 +17,7 @@ from transformers import (
     ViTConfig,
 )
 
+from ..results.hub import model_location_problem
 from .arguments import ModelArguments
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,9 @@ def is_image_classifier_config(config: PretrainedConfig) -> bool:
 def classifier_config(name_or_path: str, trust_remote_code: bool, *, unreadable, not_a_classifier):
     """The config at ``name_or_path`` if `AutoModelForImageClassification` builds it; else a ValueError whose
     text ``unreadable(err)`` / ``not_a_classifier(model_type)`` gives (each caller names its own flag and fix)."""
+    problem = model_location_problem(name_or_path)
+    if problem:
+        raise ValueError(unreadable(problem))
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:

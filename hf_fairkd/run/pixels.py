@@ -87,8 +87,24 @@ def geometry(processor, images) -> np.ndarray:
     return out
 
 
+class BadImages(ValueError):
+    """Images that cannot be decoded; ``problems`` holds one "Image <where> (<path>): <why>" per image."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            image, why = self.problems[0].split(": ", 1)
+            text = f"{image} cannot be decoded: {why}. Replace or remove that file"
+        else:
+            shown = "; ".join(self.problems[:20]) + (
+                f"; and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
+            )
+            text = f"{len(self.problems)} images cannot be decoded: {shown}. Replace or remove those files"
+        super().__init__(f"{text} (or filter the rows out of the dataset), then re-run.")
+
+
 def open_image(value, where: str):
-    """A decoded RGB image from a stored image value ({bytes, path}), or an error naming ``where``."""
+    """A decoded RGB image from a stored image value ({bytes, path}), or `BadImages` naming ``where``."""
     path = (value or {}).get("path") or "bytes embedded in the dataset"
     try:
         if not value or not (value.get("bytes") or value.get("path")):
@@ -97,10 +113,19 @@ def open_image(value, where: str):
         with Image.open(source) as image:
             return image.convert("RGB")
     except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
-        raise ValueError(
-            f"Image {where} ({path}) cannot be decoded: {type(err).__name__}: {err}. Replace or remove that file "
-            "(or filter the row out of the dataset), then re-run."
-        ) from None
+        raise BadImages([f"Image {where} ({path}): {type(err).__name__}: {err}"]) from None
+
+
+def bad_images(raw_split, image_column: str, split_name: str) -> list[str]:
+    """Every image of a split (its image column not decoded) that cannot be decoded, described as `BadImages`
+    does: read after a first failure, so that one run names them all."""
+    problems = []
+    for index, value in enumerate(raw_split[image_column]):
+        try:
+            open_image(value, f"{index} of the {split_name} split")
+        except BadImages as err:
+            problems += err.problems
+    return problems
 
 
 def decoded_pixels(
@@ -111,6 +136,14 @@ def decoded_pixels(
     when a processor cannot be split; a bad image raises ValueError naming it."""
     if not len(split):
         return split.remove_columns([image_column]), {}
+    try:
+        return _decoded_pixels(split, image_column, processors, split_name=split_name, num_proc=num_proc)
+    except BadImages:  # name every bad image of the split at once, not one per run
+        raw = split.cast_column(image_column, ImageFeature(decode=False))
+        raise BadImages(bad_images(raw, image_column, split_name)) from None
+
+
+def _decoded_pixels(split, image_column: str, processors: dict, *, split_name: str, num_proc: int | None):
     probe = open_image(
         split.cast_column(image_column, ImageFeature(decode=False))[0][image_column],
         f"0 of the {split_name} split",

@@ -20,6 +20,7 @@ from .arguments import ModelArguments
 from .pixels import (
     PIXELS,
     TEACHER_PIXELS,
+    BadImages,
     UnsupportedProcessor,
     as_tensor,
     augment_views,
@@ -186,10 +187,16 @@ def prepare_splits(
     own = None if same_preprocessing(processor, teacher_processor) else teacher_processor
     columns = {PIXELS: processor, **({TEACHER_PIXELS: own} if own is not None else {})}
     try:
-        decoded = {
-            name: decoded_pixels(split, info.image_column, columns, split_name=name, num_proc=num_proc)
-            for name, split in splits.items()
-        }
+        decoded, bad = {}, []
+        for name, split in splits.items():  # every split is read, so that every bad image is named at once
+            try:
+                decoded[name] = decoded_pixels(
+                    split, info.image_column, columns, split_name=name, num_proc=num_proc
+                )
+            except BadImages as err:
+                bad += err.problems
+        if bad:
+            raise BadImages(bad)
     except UnsupportedProcessor as why:
         logger.warning(f"Preprocessing on the fly, every epoch: {why}.")
         return prepare_splits_on_the_fly(splits, info, processor, augment, own)
