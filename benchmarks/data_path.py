@@ -72,6 +72,12 @@ def endless(loader):
         yield from loader
 
 
+def synchronize(device) -> None:
+    """Wait for a GPU's queued kernels, so that a step's wall time is its own (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def splits_columns(prepared) -> list[str]:
     """The stored columns of the prepared train split (the fast path stores uint8 ``pixels``)."""
     return list(prepared["train"].column_names)
@@ -81,36 +87,33 @@ def images(batch) -> int:
     return int(batch["labels"].shape[0])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset_name", default=DATASET)
-    parser.add_argument(
-        "--preset", default=str(PRESET), help="Recipe argument file (default: the budget preset)."
-    )
-    parser.add_argument("--output", default=str(RESULTS))
-    parser.add_argument("--steps", type=int, default=STEPS)
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
-    cli = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    hf_logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    torch.set_num_threads(1)
-    load_before = os.getloadavg()
-    work = tempfile.mkdtemp(prefix="hf_fairkd_data_path_")
-    total_steps = WARMUP + cli.rounds * cli.steps
+def measure(
+    dataset_name: str,
+    preset: str,
+    work: str,
+    steps: int = STEPS,
+    rounds: int = ROUNDS,
+    warmup: int = WARMUP,
+    extra_argv: tuple[str, ...] = (),
+) -> dict:
+    """The three paths' throughputs (see the module docstring) on ``preset`` with ``dataset_name``, the stage's
+    scratch folder in ``work``; ``extra_argv``: more recipe arguments (e.g. ``--use_cpu true``). Returns the
+    results without the machine's description."""
+    total_steps = warmup + rounds * steps
 
     # ---- the recipe's own construction (recipes/distill_vit.py, baseline stage)
     model_args, data_args, args, _ = arguments.parse_recipe_args(
         argv=[
-            cli.preset,
+            preset,
             "--dataset_name",
-            cli.dataset_name,
+            dataset_name,
             "--output_dir",
             work,
             "--disable_tqdm",
             "true",
             "--logging_steps",
             "100000",
+            *extra_argv,
         ]  # fmt: skip
     )
     start = time.perf_counter()
@@ -148,6 +151,7 @@ def main() -> None:
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
         train_model.zero_grad()
+        synchronize(device)
 
     def train_step() -> dict:
         """The recipe's path: the next batch from the trainer's own dataloader, then the same step."""
@@ -161,16 +165,17 @@ def main() -> None:
         plain.optimizer.step()
         plain.lr_scheduler.step()
         model.zero_grad()
+        synchronize(device)
 
     # warm-up (not timed): first batches, allocator, kernels
-    for _ in range(WARMUP):
+    for _ in range(warmup):
         batch = train_step()
         model_step(batch)
 
-    rounds = []
-    for _ in range(cli.rounds):
+    per_round = []
+    for _ in range(rounds):
         count, step_seconds = 0, {"train": [], "model": [], "trainer_in_memory": []}
-        for _ in range(cli.steps):
+        for _ in range(steps):
             # the three paths interleaved step by step: a change of machine load hits all three alike
             start = time.perf_counter()
             batch = train_step()
@@ -181,7 +186,7 @@ def main() -> None:
                 step_seconds[name].append(time.perf_counter() - start)
             count += images(batch)
         throughput = {name: count / sum(seconds) for name, seconds in step_seconds.items()}
-        rounds.append(
+        per_round.append(
             {
                 "images": count,
                 "images_per_second": {k: round(v, 2) for k, v in throughput.items()},
@@ -191,15 +196,15 @@ def main() -> None:
         )
 
     med = {
-        name: statistics.median(r["images_per_second"][name] for r in rounds)
+        name: statistics.median(r["images_per_second"][name] for r in per_round)
         for name in ("train", "model", "trainer_in_memory")
     }
-    ratio = statistics.median(r["train_over_model_throughput"] for r in rounds)
+    ratio = statistics.median(r["train_over_model_throughput"] for r in per_round)
     step_ms = {
-        name: statistics.median(r["median_step_ms"][name] for r in rounds)
+        name: statistics.median(r["median_step_ms"][name] for r in per_round)
         for name in ("train", "model", "trainer_in_memory")
     }
-    results = {
+    return {
         "train_over_model_throughput": round(ratio, 4),
         "goal": {"target": f">= {GOAL}", "met": ratio >= GOAL},
         "train_images_per_second": round(med["train"], 2),
@@ -209,14 +214,15 @@ def main() -> None:
         "median_step_ms": step_ms,
         "data_share_of_train_step": round(1 - step_ms["trainer_in_memory"] / step_ms["train"], 4),
         "batch_size": batch_size,
-        "steps_per_round": cli.steps,
-        "rounds": cli.rounds,
-        "warmup_steps": WARMUP,
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "warmup_steps": warmup,
         "torch_threads": torch.get_num_threads(),
-        "per_round": rounds,
+        "per_round": per_round,
         "setup": {
-            "preset": Path(cli.preset).name,
-            "dataset": cli.dataset_name,
+            "preset": Path(preset).name,
+            "dataset": dataset_name,
+            "device": str(device),
             "train_rows": sum(info.train_counts),
             "stage": "one-hot baseline student (objective ce), stages.stage_args as in recipes/distill_vit.py",
             "student": f"{type(train_model).__name__}, {sum(p.numel() for p in train_model.parameters()):,} "
@@ -236,26 +242,52 @@ def main() -> None:
             "trainer_in_memory: the train step without the dataloader, on the same batches. Interleaved "
             "step by step (train path, then the other two on its batch); medians over rounds.",
         },
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-            "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset_name", default=DATASET)
+    parser.add_argument(
+        "--preset", default=str(PRESET), help="Recipe argument file (default: the budget preset)."
+    )
+    parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    cli = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    hf_logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()
+    work = tempfile.mkdtemp(prefix="hf_fairkd_data_path_")
+    results = measure(cli.dataset_name, cli.preset, work, steps=cli.steps, rounds=cli.rounds)
+    results["machine"] = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
     }
     atomic_write_json(cli.output, results)  # a reader never sees half a results file
     shutil.rmtree(work, ignore_errors=True)
+    med = {
+        "train": results["train_images_per_second"],
+        "model": results["model_images_per_second"],
+        "trainer_in_memory": results["trainer_in_memory_images_per_second"],
+    }
     print(f"{'path':<20}{'images/s':>12}{'median step ms':>16}")
     for name in ("train", "model", "trainer_in_memory"):
-        print(f"{name:<20}{med[name]:>12.1f}{step_ms[name]:>16.2f}")
+        print(f"{name:<20}{med[name]:>12.1f}{results['median_step_ms'][name]:>16.2f}")
+    ratio = results["train_over_model_throughput"]
     print(
         f"train_over_model_throughput {ratio:.4f} (goal >= {GOAL}: {'met' if ratio >= GOAL else 'MISSED'}); "
-        f"batch {batch_size}, {cli.steps} steps x {cli.rounds} rounds, torch threads {torch.get_num_threads()}"
+        f"batch {results['batch_size']}, {cli.steps} steps x {cli.rounds} rounds, torch threads "
+        f"{torch.get_num_threads()}"
     )
 
 

@@ -21,7 +21,7 @@ from transformers import HfArgumentParser
 from ..config import DistillationArguments
 from ..io_utils import atomic_write_json
 from ..objectives import teacher_objectives
-from .checks import has_accelerator
+from .checks import has_accelerator, has_bf16_device, has_fp16_device
 
 logger = logging.getLogger(__name__)
 
@@ -231,8 +231,12 @@ def parse_recipe_args(dataclass_types=None, argv: list[str] | None = None, **def
     if unknown := sorted(set(defaults) - known):
         raise ValueError(f"parse_recipe_args: no argument named {', '.join(unknown)}.")
     defaults = {**{k: v for k, v in RECIPE_TRAINING_DEFAULTS.items() if k in known}, **defaults}
-    explicit = set(from_file) | explicit_arguments(HfArgumentParser(dataclass_types), argv)
-    defaults.update(implied_defaults(explicit, defaults))
+    given = given_arguments(HfArgumentParser(dataclass_types), argv)
+    explicit = set(from_file) | set(given)
+    chosen = {**defaults, **from_file, **given}  # the value each argument will have, before implied ones
+    implied = implied_defaults(explicit, defaults, chosen)
+    check_precision({**chosen, **implied})
+    defaults.update(implied)
     parser.set_defaults(**{**defaults, **from_file})
     return parser.parse_args_into_dataclasses(args=argv)
 
@@ -302,12 +306,13 @@ def _typed_scalar(action: argparse.Action, value, where: str):
     return typed
 
 
-def explicit_arguments(parser, argv: list[str]) -> set[str]:
-    """The argument names ``argv`` sets (in any spelling argparse accepts: ``--x=1``, abbreviations, ``--no_x``)."""
+def given_arguments(parser, argv: list[str]) -> dict:
+    """The arguments ``argv`` sets and their values (in any spelling argparse accepts: ``--x=1``,
+    abbreviations, ``--no_x``)."""
     for action in parser._actions:
         action.default, action.required = argparse.SUPPRESS, False
     given, _ = parser.parse_known_args(argv)
-    return set(vars(given))
+    return vars(given)
 
 
 # An interval given explicitly means its strategy is "steps" (TrainingArguments would ignore it under "no").
@@ -318,8 +323,10 @@ STEPS_STRATEGIES = {
 }
 
 
-def implied_defaults(explicit: set[str], defaults: dict) -> dict:
-    """Defaults the user's explicit arguments imply, each said in one log line (on the main process)."""
+def implied_defaults(explicit: set[str], defaults: dict, chosen: dict | None = None) -> dict:
+    """Defaults the user's explicit arguments imply, each said in one log line (on the main process).
+    ``chosen``: every argument's value so far (default: ``defaults``), read for --bf16."""
+    chosen = defaults if chosen is None else chosen
     implied = {}
     for steps, strategy in STEPS_STRATEGIES.items():
         if steps in explicit and strategy not in explicit and str(defaults.get(strategy, "steps")) != "steps":
@@ -332,7 +339,32 @@ def implied_defaults(explicit: set[str], defaults: dict) -> dict:
             f"Launched as {launched} processes on a machine without a GPU: use_cpu set to true (the processes "
             "train together on CPU, gloo backend)."
         )
+    # TrainingArguments refuses bf16 without a bf16 GPU unless use_cpu is set; the intent is plain: CPU autocast.
+    # (A GPU without bf16, e.g. pre-Ampere CUDA, keeps transformers' own error, which names the GPU it needs.)
+    bf16 = [flag for flag in ("bf16", "bf16_full_eval") if chosen.get(flag)]
+    user_cpu = "use_cpu" in explicit or chosen.get("use_cpu") or implied.get("use_cpu")
+    if bf16 and not user_cpu and not has_bf16_device():
+        implied["use_cpu"] = True
+        what = "bf16 autocast" if bf16[0] == "bf16" else "bf16 evaluation"
+        note(f"--{bf16[0]} on a machine without a GPU: use_cpu set to true ({what} on the CPU).")
     return implied
+
+
+def check_precision(chosen: dict) -> None:
+    """Refuse fp16 training where it would silently train in float32: on a CPU, accelerate turns on neither
+    fp16 autocast nor its loss scaling (GradScaler), both of which need a GPU. (``fp16_full_eval`` casts the
+    model to float16 for evaluation and works on a CPU: it is left alone.)"""
+    # `accelerate launch --mixed_precision fp16` asks for the same through the environment
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION") == "fp16"
+    on_cpu = bool(chosen.get("use_cpu")) or not has_fp16_device()
+    if not (chosen.get("fp16") or launcher) or not on_cpu:
+        return
+    flag = "--fp16" if chosen.get("fp16") else "accelerate launch --mixed_precision fp16"
+    where = "--use_cpu true" if has_fp16_device() else "no GPU found"
+    raise ValueError(
+        f"{flag} needs a CUDA GPU (its loss scaling runs on one), and this run is on the CPU ({where}), where it "
+        "would silently train in float32. On a CPU use --bf16 (CPU autocast)."
+    )
 
 
 def note(message: str) -> None:

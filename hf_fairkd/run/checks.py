@@ -32,6 +32,20 @@ def has_accelerator() -> bool:
     return any(getattr(utils, name, lambda: False)() for name in checks) or utils.is_torch_xla_available()
 
 
+def has_bf16_device() -> bool:
+    """Whether a device that TrainingArguments accepts for bf16 without use_cpu is present (any accelerator:
+    one without bf16, e.g. a pre-Ampere CUDA GPU, gets transformers' own error, which names what it needs)."""
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    return has_accelerator() or is_torch_bf16_gpu_available()
+
+
+def has_fp16_device() -> bool:
+    """Whether a device on which accelerate runs fp16 autocast with loss scaling is present (on a CPU it runs
+    neither, and the run trains in float32)."""
+    return has_accelerator() or torch.backends.mps.is_available()
+
+
 def start_run():
     """The process state of a recipe run: checked launch, and INFO logs from the main process only. Launched
     with an FSDP config on a CPU-only machine, the run keeps FSDP (`fsdp_cpu.allow_fsdp_on_cpu`, logged)."""

@@ -84,7 +84,8 @@ def is_image_classifier_config(config: PretrainedConfig) -> bool:
 def classifier_config(name_or_path: str, trust_remote_code: bool, *, unreadable, not_a_classifier):
     """The config at ``name_or_path`` if `AutoModelForImageClassification` builds it; else a ValueError whose
     text ``unreadable(err)`` / ``not_a_classifier(model_type)`` gives (each caller names its own flag and fix)."""
-    problem = model_location_problem(name_or_path)
+    # a config JSON file is a valid location here (a fresh model's config), not only a saved model's folder
+    problem = None if os.path.isfile(os.path.expanduser(name_or_path)) else model_location_problem(name_or_path)
     if problem:
         raise ValueError(unreadable(problem))
     try:
