@@ -451,3 +451,14 @@ def test_stage_fingerprint_mismatch_names_the_settings_and_the_fix(tmp_path, cap
     assert "training.max_steps 7 there, 20 here" in message
     assert "model.student_hidden_size 32 there, 64 here" in message
     assert "Resume with the original flags, or pass --overwrite_output_dir" in message
+
+
+def test_a_misspelt_flag_on_the_command_line_gets_the_nearest_name():
+    from hf_fairkd.run.arguments import parse_recipe_args
+
+    with pytest.raises(ValueError) as err:
+        parse_recipe_args(argv=["--num_train_epocs", "3", "--temprature=2", "stray"])
+    message = str(err.value)
+    assert "'--num_train_epocs' (did you mean '--num_train_epochs'?)" in message
+    assert "'--temprature=2' (did you mean '--temperature'?)" in message
+    assert "'stray'" in message and "HfArgumentParser" not in message

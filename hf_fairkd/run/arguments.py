@@ -238,7 +238,24 @@ def parse_recipe_args(dataclass_types=None, argv: list[str] | None = None, **def
     check_precision({**chosen, **implied})
     defaults.update(implied)
     parser.set_defaults(**{**defaults, **from_file})
-    return parser.parse_args_into_dataclasses(args=argv)
+    *parsed, unused = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unused:
+        raise ValueError(unknown_flags_message(parser, unused))
+    return tuple(parsed)
+
+
+def unknown_flags_message(parser: argparse.ArgumentParser, unused: list[str]) -> str:
+    """The command-line words no argument takes, each flag with the nearest known one (as for a config file)."""
+    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    hints = []
+    for word in unused:
+        flag = word.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, options, 1) if flag.startswith("--") else []
+        hints.append(f"{word!r} (did you mean {close[0]!r}?)" if close else repr(word))
+    return (
+        f"Unknown argument(s) on the command line: {', '.join(hints)}. Fix the spelling, or see the arguments "
+        "with --help."
+    )
 
 
 class _YamlLoader(yaml.SafeLoader):
