@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hf_fairkd.io_utils import atomic_write_json  # noqa: E402
-from hf_fairkd.results import hurt_and_helped  # noqa: E402
+from hf_fairkd.metrics import hurt_and_helped_classes  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "default_run.json"
 WORK = REPO / "benchmarks" / "work" / "default_run"
@@ -39,7 +39,7 @@ VARIANTS = {
 
 
 def summary(metrics: dict) -> dict:
-    hurt, helped = hurt_and_helped(metrics)
+    hurt, helped = hurt_and_helped_classes(metrics.get("student_minus_baseline"))
     out = {"hurt": hurt, "helped": helped}
     for role in ("teacher", "baseline", "student"):
         report = metrics[role]

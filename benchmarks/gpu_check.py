@@ -53,7 +53,7 @@ import step_overhead  # noqa: E402
 from hf_fairkd.io_utils import atomic_write_json  # noqa: E402
 from hf_fairkd.run import stages  # noqa: E402
 from hf_fairkd.run.checks import has_accelerator  # noqa: E402
-from hf_fairkd.teacher_cache import build_teacher_cache, cached_logits_from_batch  # noqa: E402
+from hf_fairkd.teacher import build_teacher_cache, cached_logits_from_batch  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 PRESET = REPO / "recipes" / "configs" / "cifar10_lt_budget.yaml"

@@ -1,6 +1,6 @@
 """Speed of hf_fairkd.metrics on 1,000,000 predictions over 1,000 classes.
 
-Times subgroup_report with n_bootstrap=1000 and 0 (and with two group columns, and paired_delta),
+Times subgroup_report with and without intervals (and with two group columns, and paired_delta),
 writes benchmarks/results/metrics_speed.json and prints a table. Run:
     python benchmarks/metrics_speed.py [--repeats 5]
 """
@@ -51,18 +51,14 @@ def main() -> None:
 
     preds, other, refs, train_counts, groups = _data(args.n, args.num_classes)
     cases = {
-        "subgroup_report n_bootstrap=1000": lambda: subgroup_report(
-            preds, refs, train_counts=train_counts, n_bootstrap=1000
+        "subgroup_report": lambda: subgroup_report(preds, refs, train_counts=train_counts),
+        "subgroup_report intervals=False": lambda: subgroup_report(
+            preds, refs, train_counts=train_counts, intervals=False
         ),
-        "subgroup_report n_bootstrap=0": lambda: subgroup_report(
-            preds, refs, train_counts=train_counts, n_bootstrap=0
+        "subgroup_report + 2 group columns": lambda: subgroup_report(
+            preds, refs, train_counts=train_counts, groups=groups
         ),
-        "subgroup_report n_bootstrap=1000 + 2 group columns": lambda: subgroup_report(
-            preds, refs, train_counts=train_counts, groups=groups, n_bootstrap=1000
-        ),
-        "paired_delta n_bootstrap=1000": lambda: paired_delta(
-            preds, other, refs, num_classes=args.num_classes, n_bootstrap=1000
-        ),
+        "paired_delta": lambda: paired_delta(preds, other, refs, num_classes=args.num_classes),
     }
     rows = [{"case": name, "seconds": _best_of(args.repeats, fn)} for name, fn in cases.items()]
 

@@ -144,7 +144,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dro_update_every", type=int, default=8, help="K (fewer steps than the papers: update more often)."
     )
     p.add_argument("--dro_step_size", type=float, default=0.2)
-    p.add_argument("--n_bootstrap", type=int, default=1000)
+    p.add_argument(
+        "--no_intervals",
+        dest="intervals",
+        action="store_false",
+        help="No per-class intervals (point estimates).",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -285,7 +290,7 @@ def load_saved_teacher(args: argparse.Namespace, teacher: str):
 
 
 def evaluate_run(
-    run: dict, logits: np.ndarray, labels: np.ndarray, info, ce_predictions: dict, n_bootstrap: int
+    run: dict, logits: np.ndarray, labels: np.ndarray, info, ce_predictions: dict, intervals: bool = True
 ):
     """The run's report, paired delta against the same seed's one-hot student and (teachers) calibration,
     taken from the one run record (hf_fairkd.results.build_run_record)."""
@@ -306,8 +311,7 @@ def evaluate_run(
         shot_counts=info.long_tail_counts,  # standard shot groups: the counts before the holdout
         dataset=info.to_dict(),
         settings={"objective": run["objective"], "seed": run["seed"], **run.get("params", {})},
-        n_bootstrap=n_bootstrap,
-        seed=0,
+        intervals=intervals,
     )
     run["report"] = record["student"]
     run["delta_vs_ce"] = record.get("student_minus_baseline")
@@ -367,7 +371,7 @@ def run_one(spec: dict, args, splits, info, files: RunFiles, teachers: dict, tea
         ce_key = run_key({"teacher": None, "objective": "ce", "seed": spec["seed"]})
         ce = decode_predictions(files.read(ce_key)) if files.done(ce_key) else None
     return evaluate_run(
-        run, logits, labels, info, {spec["seed"]: ce} if ce is not None else {}, args.n_bootstrap
+        run, logits, labels, info, {spec["seed"]: ce} if ce is not None else {}, args.intervals
     )
 
 

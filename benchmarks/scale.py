@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     from hf_fairkd.results import run_settings
     from hf_fairkd.run import models, preparation, preprocessing, stages
     from hf_fairkd.run.pixels import ROWS_PER_PROCESS
-    from hf_fairkd.teacher_cache import build_teacher_cache, teacher_cache_info
+    from hf_fairkd.teacher import build_teacher_cache, teacher_cache_info
 
     warnings.filterwarnings("ignore")
     hf_logging.set_verbosity_error()

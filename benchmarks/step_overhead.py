@@ -33,7 +33,7 @@ from transformers.utils import logging as hf_logging
 from hf_fairkd import DistillationArguments, DistillationTrainer
 from hf_fairkd.io_utils import atomic_write_json
 from hf_fairkd.run.models import build_vit
-from hf_fairkd.teacher_cache import build_teacher_cache
+from hf_fairkd.teacher import build_teacher_cache
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "step_overhead.json"

@@ -35,11 +35,11 @@ from datasets import Array3D, ClassLabel, Dataset, Features, concatenate_dataset
 from transformers import ViTForImageClassification
 from transformers.utils import logging as hf_logging
 
-import hf_fairkd.teacher_cache as tc
+import hf_fairkd.teacher as tc
 from hf_fairkd import DistillationArguments, DistillationTrainer
 from hf_fairkd.io_utils import atomic_write_json
 from hf_fairkd.run.models import build_vit
-from hf_fairkd.teacher_runner import dense_rows_as_binary
+from hf_fairkd.teacher.cache_format import TOPK_INDICES_COLUMN, cache_features, dense_rows_as_binary
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "teacher_cache.json"
@@ -72,7 +72,7 @@ def build_by_slices(dataset: Dataset, teacher, batch_size: int) -> Dataset:
             chunks.append(teacher(pixel_values=pixels).logits.float().numpy())
     column = Dataset.from_dict(
         {tc.DENSE_COLUMN: dense_rows_as_binary(np.concatenate(chunks), "float16")},  # the cache's own format
-        features=Features(tc.cache_features(NUM_CLASSES, "float16", None)),
+        features=Features({tc.DENSE_COLUMN: cache_features(NUM_CLASSES, "float16", None)[tc.DENSE_COLUMN]}),
     )
     return concatenate_datasets([dataset, column], axis=1)
 
@@ -180,7 +180,7 @@ def trained_on(trainer: DistillationTrainer) -> tuple[torch.Tensor, float]:
     if not torch.equal(logits, expected):
         raise AssertionError(f"the trainer did not read the cache with teacher_topk_fill={fill!r}")
     targets = trainer.objective.teacher_probs(logits)
-    top = targets.gather(1, batch[tc.TOPK_INDICES_COLUMN].long()).sum(-1)
+    top = targets.gather(1, batch[TOPK_INDICES_COLUMN].long()).sum(-1)
     return logits, float((1 - top).mean())
 
 
@@ -193,7 +193,7 @@ def tail_mass_estimates(cache: Dataset, logits: torch.Tensor) -> dict:
         out[f"T{temperature:g}"] = {"teacher": float(true.mean())}
         for fill in tc.TOPK_FILLS:
             dense = tc.cached_logits_from_batch(rows, NUM_CLASSES, topk_fill=fill).double()
-            top = torch.softmax(dense / temperature, -1).gather(1, rows[tc.TOPK_INDICES_COLUMN].long())
+            top = torch.softmax(dense / temperature, -1).gather(1, rows[TOPK_INDICES_COLUMN].long())
             out[f"T{temperature:g}"][fill] = float((1 - top.sum(-1)).mean())
     return out
 

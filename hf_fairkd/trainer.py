@@ -21,8 +21,7 @@ from .config import DistillationArguments
 from .groups import GROUP_ID_COLUMN
 from .objectives import ObjectiveCallback, get_objective
 from .results.publishing import PublishingMixin
-from .teacher_signal import CACHE_COLUMNS, TEACHER_INPUT_COLUMNS, CacheCollator
-from .teacher_source import TeacherSource
+from .teacher import CACHE_COLUMNS, TEACHER_INPUT_COLUMNS, CacheCollator, TeacherSource
 from .trainer_data import class_counts_from_dataset
 from .trainer_groups import default_metrics, group_arguments, group_train_counts, metrics_for, prepare_groups
 

@@ -30,6 +30,8 @@ from hf_fairkd.objectives import get_objective, teacher_objectives
 from hf_fairkd.results import (
     finished_run_push,
     format_summary,
+    public_name,
+    recorded_objective,
     run_settings,
     save_card_and_metrics,
 )
@@ -88,6 +90,12 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
                 f"The reused baseline is a {type(baseline).__name__}, the student a {type(student).__name__}: "
                 "the student - baseline comparison also compares the two architectures."
             )
+
+    # ---- with --overwrite_output_dir, an earlier run's stage this run does not rewrite must not stay behind
+    not_written = [s for s, given in (("teacher", given_teacher is not None), ("baseline", reused)) if given]
+    if run_args.overwrite_output_dir and not resume.resuming(args) and state.is_main_process:
+        for folder in checks.remove_stale_stages(output_dir, not_written):
+            say(f"Removed {folder} of an earlier run (--overwrite_output_dir; this run does not write it).")
 
     # ---- on --resume_from_checkpoint, finished teacher/ and baseline/ folders of these settings are reused
     baseline_dir = os.path.join(output_dir, "baseline")
@@ -165,7 +173,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
         "student": student_trainer,
     }
     settings = distillation_settings(model_args, data_args, args, state.num_processes)
-    metrics = stages.record_on_test_split(trainers, prepared, info, settings, seed=args.seed)
+    metrics = stages.record_on_test_split(trainers, prepared, info, settings)
     card_kwargs = dict(model_id=args.hub_model_id, datasets=hub_dataset_ids(data_args.dataset_name))
     if state.is_main_process:
         save_card_and_metrics(output_dir, metrics, **card_kwargs)
@@ -178,10 +186,9 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
             f"\nOutputs in {output_dir}: the student, subgroup_metrics.json, per_class_accuracy.png, README.md."
         )
     if args.push_to_hub:
-        student_trainer.subgroup_metrics, student_trainer.card_kwargs = metrics, card_kwargs
         contents = "student, README.md, subgroup_metrics.json, per_class_accuracy.png"
         with finished_run_push(output_dir, contents):
-            student_trainer.push_to_hub()
+            student_trainer.push_to_hub(metrics=metrics, card_kwargs=card_kwargs)
     state.wait_for_everyone()
     return metrics
 
@@ -258,15 +265,17 @@ def train_marked_stage(model, stage_args, prepared, processor, fingerprint: dict
 
 
 def distillation_settings(model_args, data_args, args: DistillationArguments, world_size: int) -> dict:
-    """The record's ``settings`` for a distillation run: the objective's, plus the models and the data."""
+    """The record's ``settings`` for a distillation run: the objective's, plus the models and the data (a local
+    folder named by its own name). A given teacher's objective is read from its own record (None without one)."""
     given = model_args.teacher_model_name_or_path
     return run_settings(
         args,
-        teacher_objective="given" if given else model_args.teacher_objective,
+        teacher_objective=recorded_objective(given) if given else model_args.teacher_objective,
+        teacher_given=bool(given),
         student_model=model_args.student_model_name_or_path
         or models.model_description(model_args, "student"),
         teacher_model=given or models.model_description(model_args, "teacher", " (trained here)"),
-        baseline_model=f"reused: {model_args.baseline_model_name_or_path}"
+        baseline_model=f"reused: {public_name(model_args.baseline_model_name_or_path)}"
         if model_args.baseline_model_name_or_path
         else "trained here (objective ce)",
         teacher_hub_id=given if looks_like_hub_id(given) else None,

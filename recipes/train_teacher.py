@@ -59,7 +59,7 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
         dataset_name=data_args.dataset_name,
         teacher_model=models.model_description(model_args, "teacher"),
     )
-    metrics = stages.record_on_test_split({"teacher": trainer}, prepared, info, settings, seed=args.seed)
+    metrics = stages.record_on_test_split({"teacher": trainer}, prepared, info, settings)
     card_kwargs = dict(model_id=args.hub_model_id, datasets=hub_dataset_ids(data_args.dataset_name))
     if state.is_main_process:  # the teacher's card, metrics file and plot
         save_card_and_metrics(args.output_dir, metrics, **card_kwargs)
@@ -71,11 +71,10 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
             f"{metrics['teacher_calibration']['ece']:.3f}. Saved to {args.output_dir}."
         )
     if args.push_to_hub:  # one commit: weights, processor, card, subgroup_metrics.json, plot, run_config.json
-        trainer.subgroup_metrics, trainer.card_kwargs = metrics, card_kwargs
         with finished_run_push(
             args.output_dir, "teacher, README.md, subgroup_metrics.json, per_class_accuracy.png"
         ):
-            trainer.push_to_hub()
+            trainer.push_to_hub(metrics=metrics, card_kwargs=card_kwargs)
     state.wait_for_everyone()
     return metrics
 

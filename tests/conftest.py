@@ -19,6 +19,11 @@ def _free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
+# One intra-op thread in the test process and in every process it starts (they inherit the environment): the
+# models here are tiny, and two threads per process on a 2-core machine, with two-process tests beside them, spend
+# more CPU waiting for each other than computing. Set before torch is first imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 HUB_PORT = _free_loopback_port()
 HUB_URL = f"http://127.0.0.1:{HUB_PORT}"
 HF_HOME_DIR = tempfile.mkdtemp(prefix="hf_fairkd_tests_hf_home_")

@@ -165,7 +165,7 @@ def main(out_dir: Path) -> None:
     if trainer.is_world_process_zero():
         config = trainer.model.config
         names = [config.id2label[i] for i in range(config.num_labels)]
-        report = subgroup_report(predicted, output.label_ids, class_names=names, n_bootstrap=0)
+        report = subgroup_report(predicted, output.label_ids, class_names=names, intervals=False)
         record = {
             "num_predictions": int(len(predicted)),
             "predictions": predicted.tolist(),

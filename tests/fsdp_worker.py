@@ -105,10 +105,14 @@ def cache_step(out_dir: Path, teacher, train, holdout, test) -> dict:
     FSDP launch), by the whole teacher over the processes, and by the whole teacher in this process alone."""
     from accelerate import Accelerator
 
-    from hf_fairkd.teacher_cache import build_teacher_cache, cached_logits_from_batch, teacher_cache_info
-    from hf_fairkd.teacher_placement import prepare_teacher
+    from hf_fairkd.teacher import (
+        build_teacher_cache,
+        cached_logits_from_batch,
+        prepare_teacher,
+        teacher_cache_info,
+    )
 
-    def dense(dataset):  # the cached logits (binary rows since cache format 3)
+    def dense(dataset):  # the cached logits (binary rows)
         return cached_logits_from_batch(dataset.with_format(None)[:], teacher.config.num_labels)
 
     accelerator = Accelerator(cpu=True)
@@ -216,7 +220,7 @@ def main(out_dir: Path, objectives: list[str]) -> None:
 def unsharded_copy_check(trainer, holdout) -> dict:
     """The run's (sharded) teacher prepared again with teacher_sharding='replicate': its memory, and the largest
     difference between its logits and the sharded teacher's on the holdout (both ranks make both forwards)."""
-    from hf_fairkd.teacher_placement import prepare_teacher
+    from hf_fairkd.teacher import prepare_teacher
 
     sharded = trainer.teacher
     whole, memory = prepare_teacher(sharded, trainer.accelerator, "replicate")

@@ -67,16 +67,14 @@ def _predictions(correct: list[int], support: list[int]) -> tuple[np.ndarray, np
 def make_metrics(names=NAMES, correct=CORRECT, support=None, train_counts=TRAIN_COUNTS, groups=None) -> dict:
     """A subgroup_metrics.json dict (spec format) built with hf_fairkd.metrics from known predictions."""
     support = support or [SUPPORT] * len(names)
-    kw = dict(class_names=list(names), train_counts=list(train_counts), n_bootstrap=200, seed=0)
+    kw = dict(class_names=list(names), train_counts=list(train_counts))
     preds, metrics = {}, {"format_version": 1}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # classes without test images are warned about; expected here
         for key, k in correct.items():
             preds[key], refs = _predictions(k, support)
             metrics[key] = subgroup_report(preds[key], refs, groups=groups, **kw)
-        deltas = paired_delta(
-            preds["student"], preds["baseline"], refs, class_names=list(names), n_bootstrap=200
-        )
+        deltas = paired_delta(preds["student"], preds["baseline"], refs, class_names=list(names))
     metrics.update(
         class_names=list(names),
         train_counts=list(train_counts),
@@ -213,7 +211,7 @@ def test_model_index_and_metadata_round_trip(metrics, tmp_path):
         assert results[name].task_type == "image-classification" and results[name].dataset_split == "test"
         assert results[name].dataset_name == results[name].dataset_type == "uoft-cs/cifar10"
     block = data["hf_fairkd"]
-    assert block["format_version"] == 1 and block["train_counts"] == TRAIN_COUNTS
+    assert block["format_version"] == 2 and block["train_counts"] == TRAIN_COUNTS
     assert block["student"]["per_class_accuracy"] == pytest.approx(acc)
     assert block["teacher"]["per_class_accuracy"] == pytest.approx([k / SUPPORT for k in CORRECT["teacher"]])
     assert block["settings"] == SETTINGS
@@ -348,7 +346,7 @@ def test_run_metrics_use_long_tail_counts_for_shot_groups(tmp_path):
     )
     labels = np.repeat(np.arange(100), 2)
     logits = {role: np.eye(100)[labels] for role in ("baseline", "student")}
-    metrics = record_from_info(logits, labels, info, dict(SETTINGS), n_bootstrap=10)
+    metrics = record_from_info(logits, labels, info, dict(SETTINGS))
     groups = metrics["student"]["shot_groups"]
     assert [groups[g]["num_classes"] for g in ("many", "medium", "few")] == [35, 35, 30]
     assert [row["train_count"] for row in metrics["student"]["per_class"]] == [n - 5 for n in before]
@@ -360,6 +358,41 @@ def test_run_metrics_use_long_tail_counts_for_shot_groups(tmp_path):
     shots = table_after(build_model_card(metrics).text, "### Many / medium / few-shot classes")
     assert shots[0][1] == "Train count (before holdout)"
     assert [row[2] for row in shots[1:]] == ["35", "35", "30"]
+
+
+def holdout_record(long_tail: list[int], holdout: int, correct: list[int], support: int = 20) -> dict:
+    """A run record whose shot groups come from the long-tail counts, before a holdout of ``holdout`` per class."""
+    from hf_fairkd.data import LongTailInfo
+    from hf_fairkd.results.schema import record_from_info
+
+    n = len(long_tail)
+    info = LongTailInfo(
+        source="digits", label_column="label", image_column="image", class_names=[f"class_{i}" for i in range(n)],
+        profile="exp", imbalance_factor=long_tail[0] / long_tail[-1], seed=0, rare_classes="reversed",
+        class_order=list(range(n)), long_tail_counts=long_tail, train_counts=[c - holdout for c in long_tail],
+        holdout_counts=[holdout] * n, test_counts=[support] * n, holdout_per_class=holdout,
+    )  # fmt: skip
+    labels = np.repeat(np.arange(n), support)
+    right = np.concatenate([np.arange(support) < k for k in correct])
+    student = np.where(right, labels, (labels + 1) % n)
+    return record_from_info({"student": student}, labels, info, {"dataset_name": "digits"})
+
+
+def test_class_tables_show_both_counts_when_shot_groups_use_the_counts_before_the_holdout():
+    """A class with 19 training images after a 5-image holdout is "medium" by its 24 before it: the class tables
+    show both counts, so the table and the group agree."""
+    record = holdout_record([500, 150, 60, 24, 12], holdout=5, correct=[18, 17, 15, 12, 8])
+    text = build_model_card(record).text
+    per_class = table_after(text, "### Per class")
+    assert per_class[0][:4] == ["Class", "Train count", "Count before holdout", "Test support"]
+    assert [row[:4] for row in per_class[1:]] == [
+        [f"class\\_{i}", str(n - 5), str(n), "20"] for i, n in enumerate([500, 150, 60, 24, 12])
+    ]
+    worst = table_after(text, "### Worst classes")
+    assert worst[0] == ["Class", "Train count", "Count before holdout", "Test support", "Student accuracy"]
+    assert ["class\\_4", "7", "12", "20", "0.400"] in worst[1:]
+    shots = {row[0]: row for row in table_after(text, "### Many / medium / few-shot classes")[1:]}
+    assert shots["medium"][2] == "2" and shots["few"][2] == "1"  # 60 and 24 are medium; 12 is few
 
 
 def test_group_tables_render_each_group():
@@ -648,3 +681,88 @@ def test_card_with_few_classes_keeps_the_unfolded_layout(metrics):
     body = build_model_card(metrics).text
     assert "<details>" not in body and "Classes distillation hurt most" not in body
     assert body.index("### Per class") < body.index("### Worst classes")
+
+
+def test_no_local_path_reaches_the_card_its_plot_or_its_metrics(tmp_path, monkeypatch):
+    """A local dataset folder, a given teacher, a reused baseline, a student checkpoint and a teacher config file
+    are named by their own names in README.md (YAML and body), subgroup_metrics.json and the plot's title; Hub
+    ids and presets stay as they are."""
+    import matplotlib.figure
+    from test_recipes import load_recipe
+
+    from hf_fairkd.config import DistillationArguments
+    from hf_fairkd.data import LongTailInfo
+    from hf_fairkd.results.schema import record_from_info
+    from hf_fairkd.run.arguments import DataArguments, ModelArguments
+
+    home = tmp_path / "home" / "you"
+    for name in ("mydata", "teacher_erm", "baseline_run", "student_init"):
+        (home / name).mkdir(parents=True)
+    recipe = load_recipe("distill_vit")
+    args = DistillationArguments(output_dir=str(tmp_path / "out"), objective="kd", report_to="none")
+    model_args = ModelArguments(
+        teacher_model_name_or_path=str(home / "teacher_erm"),
+        baseline_model_name_or_path=f"{home / 'baseline_run'}/",
+        student_model_name_or_path=str(home / "student_init"),
+    )
+    settings = recipe.distillation_settings(
+        model_args, DataArguments(dataset_name=str(home / "mydata")), args, 1
+    )
+    info = LongTailInfo(
+        source=str(home / "mydata"), label_column="label", image_column="image", class_names=NAMES,
+        profile="exp", imbalance_factor=100.0, seed=0, rare_classes="reversed", class_order=list(range(5)),
+        long_tail_counts=TRAIN_COUNTS, train_counts=TRAIN_COUNTS, holdout_counts=[0] * 5, test_counts=[4] * 5,
+        holdout_per_class=0,
+    )  # fmt: skip
+    labels = np.repeat(np.arange(5), 4)
+    record = record_from_info({m: np.eye(5)[labels] for m in CORRECT}, labels, info, settings)
+    figures, save = [], matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig) or save(fig, *a, **k)
+    )
+    out = tmp_path / "out"
+    save_card_and_metrics(out, record, model_id="you/student")
+
+    for name in ("README.md", "subgroup_metrics.json"):
+        assert str(home) not in (out / name).read_text(), name
+    written = json.loads((out / "subgroup_metrics.json").read_text())
+    assert (written["settings"]["dataset_name"], written["dataset"]["source"]) == ("mydata", "mydata")
+    assert written["settings"]["teacher_model"] == "teacher_erm"
+    assert written["settings"]["baseline_model"] == "reused: baseline_run"
+    assert written["settings"]["student_model"] == "student_init"
+    card = ModelCard.load(out / "README.md")
+    assert {(r.dataset_name, r.dataset_type) for r in card.data.eval_results} == {("mydata", "mydata")}
+    assert "**Teacher:** teacher\\_erm (not on the Hub)" in card.text
+    assert figures[-1].axes[0].get_title() == "Per-class accuracy vs. training count — mydata"
+
+    config = home / "configs" / "resnet.json"
+    fresh = recipe.distillation_settings(
+        ModelArguments(teacher_config_name=str(config)), DataArguments(), args, 1
+    )
+    assert fresh["teacher_model"] == "fresh from config resnet.json (trained here)"
+    from hf_fairkd.results.schema import public_name
+
+    assert [public_name(n) for n in ("uoft-cs/cifar10", "digits", "~/data/x", "./x/y/")] == [
+        "uoft-cs/cifar10", "digits", "x", "y",
+    ]  # fmt: skip
+    # a record built by hand with a local path: the card's body and model-index show the folder's name only
+    by_hand = build_model_card(
+        {**make_metrics(), "settings": {**SETTINGS, "dataset_name": str(home / "mydata")}}
+    )
+    assert str(home) not in by_hand.text and "**mydata**" in by_hand.text
+    assert {r.dataset_name for r in by_hand.data.eval_results} == {"mydata"}
+
+
+def test_a_card_of_format_1_reads_back(metrics, tmp_path):
+    """Format 2 only removed n_bootstrap from the metrics file's reports: a card block of format 1 has the same
+    layout and reads back as it is."""
+    save_card_and_metrics(tmp_path, metrics)
+    readme = tmp_path / "README.md"
+    assert readme.read_text().count("  format_version: 2\n") == 1
+    readme.write_text(readme.read_text().replace("  format_version: 2\n", "  format_version: 1\n"))
+    (tmp_path / "subgroup_metrics.json").unlink()
+    back = load_subgroup_metrics(tmp_path)
+    assert back["format_version"] == 1 and back["recovered_from"] == "model_card"
+    assert [r["accuracy"] for r in back["student"]["per_class"]] == pytest.approx(
+        [k / SUPPORT for k in CORRECT["student"]]
+    )

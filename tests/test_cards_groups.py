@@ -79,7 +79,6 @@ def record() -> dict:
         settings=dict(SETTINGS),
         groups={"site": site, "camera": camera},
         group_train_counts=_train_counts_by_group(),
-        n_bootstrap=100,
     )
 
 
@@ -158,11 +157,11 @@ def test_record_from_info_reads_group_train_counts_when_the_info_has_them(record
     groups = {"site": site, "camera": camera}
     preds = _predictions(labels, site)
     new = record_from_info(
-        preds, labels, info(group_train_counts=_train_counts_by_group()), {}, groups=groups, n_bootstrap=100
+        preds, labels, info(group_train_counts=_train_counts_by_group()), {}, groups=groups
     )
     assert new["student"]["groups"] == record["student"]["groups"]
     assert new["student_minus_baseline_groups"] == record["student_minus_baseline_groups"]
-    old = record_from_info(preds, labels, info(), {}, groups=groups, n_bootstrap=100)  # an info from before
+    old = record_from_info(preds, labels, info(), {}, groups=groups)  # an info from before
     assert old["student"]["groups"]["site"]["by_group"]["A"]["train_count"] is None
     assert "D" not in old["student"]["groups"]["site"]["by_group"]  # no training table: no missing group
 
@@ -284,7 +283,7 @@ def test_long_tables_are_capped_and_say_where_the_rest_is():
     preds = {
         role: np.where(rng.random(n) < 0.8, labels, (labels + 1) % 3) for role in ("baseline", "student")
     }
-    common = dict(class_names=NAMES, train_counts=TRAIN_COUNTS, settings={}, n_bootstrap=10)
+    common = dict(class_names=NAMES, train_counts=TRAIN_COUNTS, settings={})
     text = build_model_card(build_run_record(preds, labels, groups=groups, **common)).text
     for column in ("site", "lab"):
         assert len(_table_after(text, f"#### Groups of {column}")) == 1 + 10

@@ -296,7 +296,7 @@ def test_teacher_sharding_choices_are_checked_before_any_work(tmp_path):
     from accelerate.utils import DistributedType
     from tiny_models import tiny_args
 
-    from hf_fairkd.teacher_placement import prepare_teacher
+    from hf_fairkd.teacher import prepare_teacher
 
     with pytest.raises(ValueError, match="teacher_sharding='sharded' is not one of auto, shard, replicate"):
         tiny_args(tmp_path, teacher_sharding="sharded")
@@ -309,7 +309,7 @@ def test_teacher_deepspeed_config_follows_trl_with_nested_bucket_sizes():
     """DeepSpeed is not installed here: the config its engine would get is checked (TRL's rule, nested keys)."""
     from types import SimpleNamespace
 
-    from hf_fairkd.teacher_placement import teacher_deepspeed_config
+    from hf_fairkd.teacher.placement import teacher_deepspeed_config
 
     student = {
         "train_micro_batch_size_per_gpu": 4,
@@ -336,6 +336,45 @@ def test_teacher_deepspeed_config_follows_trl_with_nested_bucket_sizes():
     }
     replicated = teacher_deepspeed_config(student, SimpleNamespace(hidden_size=16), stage=0)
     assert replicated["zero_optimization"] == {"stage": 0}
+
+
+FSDP1_SCRIPT = """
+import copy, json, os, socket, sys
+import torch
+import torch.distributed as dist
+sock = socket.socket(); sock.bind(("127.0.0.1", 0)); port = sock.getsockname()[1]; sock.close()
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1")
+dist.init_process_group("gloo")
+from torch.distributed.fsdp import FullyShardedDataParallel
+from tiny_models import make_vit
+from hf_fairkd.teacher import teacher_fingerprint
+from hf_fairkd.teacher.model import class_similarity
+from hf_fairkd.teacher.sharding import is_sharded
+plain = make_vit(seed=1, hidden=32)
+wrapped = FullyShardedDataParallel(copy.deepcopy(plain), device_id=torch.device("cpu"))
+print(json.dumps({
+    "sharded": [is_sharded(wrapped), is_sharded(plain)],
+    "names": [name for name, _ in wrapped.named_parameters()],
+    "fingerprints": [teacher_fingerprint(wrapped), teacher_fingerprint(plain)],
+    "similarity": [class_similarity(wrapped, 0.5).tolist(), class_similarity(plain, 0.5).tolist()],
+}))
+dist.destroy_process_group()
+"""
+
+
+def test_an_fsdp1_teacher_is_read_whole_for_its_fingerprint_and_class_similarity():
+    """The FSDP1 wrapper (one process, gloo): its flat shard unsharded for the block, under the plain names."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", FSDP1_SCRIPT], capture_output=True, text=True, env=env, timeout=TIMEOUT_S
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got["sharded"] == [True, False]
+    assert got["names"] == ["_fsdp_wrapped_module._flat_param"]  # what a plain read would see
+    assert got["fingerprints"][0] == got["fingerprints"][1]
+    assert got["similarity"][0] == got["similarity"][1]
+    assert got["similarity"][0] != torch.eye(3).tolist()  # a similarity of the weights, not the identity
 
 
 # ------------------------------------------------------------------------------ the recipes under this config

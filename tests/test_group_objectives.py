@@ -16,7 +16,7 @@ from hf_fairkd import losses as L
 from hf_fairkd.checkpoints import read_objective_state
 from hf_fairkd.groups import GROUP_ID_COLUMN
 from hf_fairkd.objectives import OBJECTIVES, LossOutput, Objective, get_objective
-from hf_fairkd.teacher_source import NON_MODEL_KEYS
+from hf_fairkd.teacher.source import NON_MODEL_KEYS
 from hf_fairkd.trainer import OBJECTIVE_STATE_NAME
 from hf_fairkd.trainer_groups import group_arguments
 

@@ -95,10 +95,12 @@ def test_card_and_metrics_read_back_as_data(pushed):
     assert "knowledge-distillation" in card.data.tags and card.data.library_name == "transformers"
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results["worst_class_accuracy"] == float(f"{metrics['student']['worst_class_accuracy']:.4g}")
-    for name, count, row in zip(
-        metrics["class_names"], metrics["train_counts"], metrics["student"]["per_class"]
+    # one per-class table row per class: its training count, and its count before the holdout (the shot groups')
+    before = metrics["dataset"]["long_tail_counts"]
+    for name, count, shot, row in zip(
+        metrics["class_names"], metrics["train_counts"], before, metrics["student"]["per_class"]
     ):
-        assert f"\n| {name} | {count} | {row['support']} |" in card.text  # one per-class table row per class
+        assert f"\n| {name} | {count} | {shot} | {row['support']} |" in card.text
     remote = hf_fairkd.load_subgroup_metrics(REPO)
     assert remote == json.loads((out / "subgroup_metrics.json").read_text())
 
@@ -141,18 +143,18 @@ def test_failed_push_keeps_the_local_folder_and_a_retry_succeeds(pushed, hub_ser
     trainer = DistillationTrainer(
         model=AutoModelForImageClassification.from_pretrained(out), args=args, class_counts=[1] * 10
     )
-    trainer.subgroup_metrics = json.loads((out / "subgroup_metrics.json").read_text())
+    record = json.loads((out / "subgroup_metrics.json").read_text())
     before_commits = len(hub_server.commits(REPO))
     with pytest.raises(HubPushError) as err:
-        trainer.push_to_hub()
+        trainer.push_to_hub(metrics=record)
     assert "hf_wrongTOKEN999999" not in str(err.value) and REPO in str(err.value)
     hashes = tree_hashes(out)
     for _ in range(3):  # the first try and both retries fail
         hub_server.fail_next_commit(500)
     with pytest.raises(HubPushError, match="intact"):
-        trainer.push_to_hub(token=hub_server.token)
+        trainer.push_to_hub(token=hub_server.token, metrics=record)
     assert tree_hashes(out) == hashes and len(hub_server.commits(REPO)) == before_commits
-    trainer.push_to_hub(token=hub_server.token)
+    trainer.push_to_hub(token=hub_server.token, metrics=record)
     assert HfApi().model_info(REPO).sha == hub_server.commits(REPO)[0].oid
 
 

@@ -54,8 +54,6 @@ def test_module_matches_subgroup_report(metric):
         train_counts=[300, 100, 50, 20, 3],
         groups={"site": (np.arange(len(refs)) % 3).tolist()},
         worst_k=2,
-        n_bootstrap=200,
-        seed=3,
     )
     got = metric.compute(predictions=preds.tolist(), references=refs.tolist(), **options)
     expected = subgroup_report(preds, refs, **options)
@@ -83,13 +81,13 @@ def test_module_flat_output_and_batches(metric):
     preds, refs = _case(seed=1)
     for start in range(0, len(refs), 100):
         metric.add_batch(predictions=preds[start : start + 100], references=refs[start : start + 100])
-    flat = metric.compute(n_bootstrap=0, flat=True)
-    assert flat == flatten_report(subgroup_report(preds, refs, n_bootstrap=0))
+    flat = metric.compute(intervals=False, flat=True)
+    assert flat == flatten_report(subgroup_report(preds, refs, intervals=False))
 
 
 def test_module_reports_missing_classes_with_nan(metric):
     with pytest.warns(UserWarning, match="examples: 2"):
-        report = metric.compute(predictions=[0, 1, 1], references=[0, 1, 0], num_classes=3, n_bootstrap=0)
+        report = metric.compute(predictions=[0, 1, 1], references=[0, 1, 0], num_classes=3, intervals=False)
     assert math.isnan(report["per_class"][2]["accuracy"]) and report["missing_classes"] == ["2"]
 
 
@@ -97,13 +95,13 @@ def test_module_passes_input_errors_through(metric):
     with pytest.raises(ValueError, match="class_names has 1"):
         metric.compute(predictions=[0, 1], references=[0, 1], num_classes=2, class_names=["only"])
     # the metric stays usable after a failed compute
-    assert metric.compute(predictions=[0, 1], references=[0, 1], n_bootstrap=0)["accuracy"] == 1.0
+    assert metric.compute(predictions=[0, 1], references=[0, 1], intervals=False)["accuracy"] == 1.0
 
 
 def test_load_metric_helper_gives_the_same_numbers():
     preds, refs = _case(seed=2)
-    report = load_metric(keep_in_memory=True).compute(predictions=preds, references=refs, n_bootstrap=50)
-    assert _same(report, subgroup_report(preds, refs, n_bootstrap=50))
+    report = load_metric(keep_in_memory=True).compute(predictions=preds, references=refs)
+    assert _same(report, subgroup_report(preds, refs))
 
 
 def test_kwargs_description_examples_pass_doctest():

@@ -79,7 +79,7 @@ def _cp(x: int, n: int, level: float) -> tuple[float, float]:
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_by_group_matches_a_plain_python_recomputation(seed):
     preds, refs, groups = _random_case(seed)
-    report = subgroup_report(preds, refs, class_names=NAMES, groups=groups, n_bootstrap=0)
+    report = subgroup_report(preds, refs, class_names=NAMES, groups=groups, intervals=False)
     expected = _expected_stats(preds, refs, groups)
     assert list(report["groups"]) == list(expected)  # columns, class x column, pairs, all three
     for key, stats in expected.items():
@@ -90,7 +90,7 @@ def test_by_group_matches_a_plain_python_recomputation(seed):
             cell = summary["by_group"][group]
             assert (cell["support"], cell["correct"], cell["train_count"]) == (support, correct, None)
             assert cell["accuracy"] == pytest.approx(correct / support, abs=1e-15)
-            assert math.isnan(cell["ci_low"]) and math.isnan(cell["ci_high"])  # n_bootstrap=0
+            assert math.isnan(cell["ci_low"]) and math.isnan(cell["ci_high"])  # intervals=False
         ordered = sorted(stats)
         assert summary["worst_group"] == min(ordered, key=acc.get)  # min/max: first on ties, as required
         assert summary["best_group"] == max(ordered, key=acc.get)
@@ -203,7 +203,7 @@ def test_missing_group_is_nan_listed_and_never_the_worst():
 
 def test_none_nan_and_empty_values_are_one_missing_group():
     values = [None, float("nan"), "", "  ", np.nan, "a", "a"]
-    report = subgroup_report(np.zeros(7, int), np.zeros(7, int), groups={"g": values}, n_bootstrap=0)
+    report = subgroup_report(np.zeros(7, int), np.zeros(7, int), groups={"g": values}, intervals=False)
     by_group = report["groups"]["g"]["by_group"]
     assert {g: c["support"] for g, c in by_group.items()} == {"(missing)": 5, "a": 2}
 
@@ -216,7 +216,7 @@ def test_int_and_bool_values_become_their_text():
         refs,
         num_classes=2,
         groups={"floor": np.array([1, 1, 2, 10, 2]), "lit": [True, False, True, True, np.bool_(False)]},
-        n_bootstrap=0,
+        intervals=False,
     )
     floor = report["groups"]["floor"]["by_group"]
     assert {g: (c["support"], c["correct"]) for g, c in floor.items()} == {
@@ -315,7 +315,7 @@ def test_paired_group_delta_on_random_data_matches_a_direct_count():
     _, refs, groups = _random_case(seed=11, n=250)
     a = np.where(rng.random(250) < 0.7, refs, (refs + 1) % 4)
     b = np.where(rng.random(250) < 0.6, refs, (refs + 2) % 4)
-    deltas = paired_group_delta(a, b, refs, groups, class_names=NAMES, n_bootstrap=0)
+    deltas = paired_group_delta(a, b, refs, groups, class_names=NAMES, intervals=False)
     expected = _expected_names(refs, groups)
     assert list(deltas) == list(expected)
     for key, names in expected.items():
@@ -388,7 +388,7 @@ def test_subgroup_metrics_with_groups_and_the_cap(mode, cap, per_group):
             class_names=["cat", "dog", "fox"],
             train_counts=[10, 5, 1],
             groups={"site": site},
-            n_bootstrap=0,
+            intervals=False,
         )
     expected = flatten_report(
         report, per_class=mode == "always" or (mode == "auto" and cap >= 3), per_group=per_group

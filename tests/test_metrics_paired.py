@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import binomtest
 
 from hf_fairkd.metrics import delta_verdict, hurt_and_helped_classes, paired_delta, subgroup_report
-from hf_fairkd.results import hurt_and_helped
+from hf_fairkd.results import format_summary
 
 
 def _random_case(n=600, num_classes=7, p_correct=0.6, seed=1):
@@ -65,7 +65,8 @@ def test_paired_delta_counts_p_values_and_verdicts_by_hand():
     # 0 vs 9 discordant: p = 2/512 -> hurt; 12 vs 1: p = 28/8192 -> helped; 1 vs 6: p = 0.125 -> not called
     assert expected_verdicts == ["hurt", "helped", "no clear change", "no clear change", "no clear change"]
     assert hurt_and_helped_classes(rows) == (["v"], ["w"])
-    assert hurt_and_helped({"student_minus_baseline": rows}) == (["v"], ["w"])
+    summary = format_summary({"student_minus_baseline": rows})  # the run summary names them by the same rule
+    assert "p < 0.05): v\n" in summary and "Classes it helped: w" in summary
 
 
 def test_paired_delta_of_a_model_with_itself():
@@ -85,8 +86,8 @@ def test_paired_delta_matches_the_two_reports():
     preds_a, refs = _random_case(n=400, num_classes=3, p_correct=0.7, seed=9)
     preds_b = np.where(rng.random(len(refs)) < 0.2, (preds_a + 1) % 3, preds_a)  # b: a with 20% flips
     rows = paired_delta(preds_a, preds_b, refs, class_names=["x", "y", "z"])
-    rep_a = subgroup_report(preds_a, refs, n_bootstrap=0)
-    rep_b = subgroup_report(preds_b, refs, n_bootstrap=0)
+    rep_a = subgroup_report(preds_a, refs, intervals=False)
+    rep_b = subgroup_report(preds_b, refs, intervals=False)
     for c, row in enumerate(rows):
         assert row["name"] == "xyz"[c]
         expected = rep_a["per_class"][c]["accuracy"] - rep_b["per_class"][c]["accuracy"]
@@ -96,7 +97,7 @@ def test_paired_delta_matches_the_two_reports():
 
 def test_zero_bootstrap_drops_the_interval_but_keeps_the_test():
     a, b, refs = _paired_rows([(5, 0, 9, 6), (3, 0, 0, 0)])
-    row = paired_delta(a, b, refs, n_bootstrap=0)[0]
+    row = paired_delta(a, b, refs, intervals=False)[0]
     assert math.isnan(row["ci_low"]) and math.isnan(row["ci_high"]) and row["interval_method"] == "none"
     assert delta_verdict(row) == "hurt"
 
@@ -110,7 +111,7 @@ def test_rows_without_a_p_value_are_not_judged():
 
 def test_paired_delta_infers_classes_from_both_models_and_checks_lengths():
     with pytest.warns(UserWarning, match="examples: 2"):
-        rows = paired_delta([0, 0], [0, 2], [0, 1], n_bootstrap=0)
+        rows = paired_delta([0, 0], [0, 2], [0, 1], intervals=False)
     assert len(rows) == 3
     with pytest.raises(ValueError, match="one prediction per reference"):
         paired_delta([0, 1], [0, 1, 1], [0, 1])
@@ -200,7 +201,7 @@ def test_delta_interval_coverage(n, p10, p01):
 def test_hurt_and_helped_classes_use_the_given_alpha():
     # 0 vs 9 discordant: p = 2/512 = 0.0039; 1 vs 8: p = 20/512 = 0.039, hurt at 0.05 but not at 0.01
     a, b, refs = _paired_rows([(5, 0, 9, 6), (5, 1, 8, 6), (5, 8, 1, 6)])
-    rows = paired_delta(a, b, refs, class_names=["x", "y", "z"], n_bootstrap=0)
+    rows = paired_delta(a, b, refs, class_names=["x", "y", "z"], intervals=False)
     assert [row["p_value"] for row in rows] == pytest.approx([2 / 512, 20 / 512, 20 / 512], rel=1e-9)
     assert hurt_and_helped_classes(rows) == (["x", "y"], ["z"])
     assert hurt_and_helped_classes(rows, alpha=0.01) == (["x"], [])
@@ -225,8 +226,8 @@ def test_delta_verdict_boundaries_and_rows_without_counts():
 def test_paired_delta_checks_both_models_and_passes_the_level_on():
     with pytest.raises(ValueError, match="different shapes"):
         paired_delta(np.zeros((3, 2)), np.zeros((3, 4)), [0, 1, 0])
-    paired_delta(np.eye(3), [0, 1, 2], [0, 1, 2], n_bootstrap=0)  # one model as scores: no shape check
-    rows = paired_delta(np.eye(3), np.eye(3)[[1, 1, 2]], [0, 1, 2], n_bootstrap=0)  # same shapes: fine
+    paired_delta(np.eye(3), [0, 1, 2], [0, 1, 2], intervals=False)  # one model as scores: no shape check
+    rows = paired_delta(np.eye(3), np.eye(3)[[1, 1, 2]], [0, 1, 2], intervals=False)  # same shapes: fine
     assert [r["n10"] for r in rows] == [1, 0, 0]
     with pytest.raises(ValueError, match="empty"):
         paired_delta([], [], [])
@@ -235,7 +236,7 @@ def test_paired_delta_checks_both_models_and_passes_the_level_on():
     a, b, refs = _paired_rows([(5, 1, 8, 6), (3, 4, 2, 1)])
     from hf_fairkd.metrics.intervals import paired_difference_interval
 
-    rows = paired_delta(a, b, refs, confidence_level=0.8, n_bootstrap=1)  # any positive n_bootstrap
+    rows = paired_delta(a, b, refs, confidence_level=0.8)
     low, high = paired_difference_interval([1, 4], [8, 2], [20, 10], 0.8)
     assert [r["ci_low"] for r in rows] == pytest.approx(low.tolist(), abs=1e-12)
     assert [r["ci_high"] for r in rows] == pytest.approx(high.tolist(), abs=1e-12)

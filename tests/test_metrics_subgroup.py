@@ -35,7 +35,7 @@ def _rows(accuracies_as_fractions):
 
 def test_per_class_accuracy_matches_sklearn_recall():
     preds, refs = _random_case()
-    report = subgroup_report(preds, refs, num_classes=7, n_bootstrap=0)
+    report = subgroup_report(preds, refs, num_classes=7, intervals=False)
     expected = recall_score(refs, preds, average=None, labels=list(range(7)))
     got = [row["accuracy"] for row in report["per_class"]]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
@@ -49,7 +49,7 @@ def test_per_class_accuracy_matches_sklearn_recall():
 
 def test_balanced_accuracy_matches_sklearn():
     preds, refs = _random_case(seed=5)
-    report = subgroup_report(preds, refs, n_bootstrap=0)
+    report = subgroup_report(preds, refs, intervals=False)
     assert report["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(refs, preds), abs=1e-12)
 
 
@@ -58,9 +58,9 @@ def test_scores_are_argmaxed_and_width_sets_num_classes():
     scores = rng.normal(size=(50, 5))
     refs = rng.integers(0, 4, 50)  # class 4 never appears as a reference
     with pytest.warns(UserWarning, match=r"examples: 4\."):
-        from_scores = subgroup_report(scores, refs, n_bootstrap=0)
+        from_scores = subgroup_report(scores, refs, intervals=False)
     with pytest.warns(UserWarning):
-        from_ids = subgroup_report(scores.argmax(axis=1), refs, num_classes=5, n_bootstrap=0)
+        from_ids = subgroup_report(scores.argmax(axis=1), refs, num_classes=5, intervals=False)
     assert from_scores["num_classes"] == 5
     assert json.dumps(report_to_jsonable(from_scores)) == json.dumps(report_to_jsonable(from_ids))
 
@@ -69,7 +69,7 @@ def test_worst_class_and_worst_k_break_ties_by_lowest_class_id():
     # accuracies: 0 -> 1/2, 1 -> 1/4, 2 -> 1/4, 3 -> 1/1, 4 -> 1/2
     preds, refs = _rows([(1, 2), (1, 4), (1, 4), (1, 1), (1, 2)])
     names = ["a", "b", "c", "d", "e"]
-    report = subgroup_report(preds, refs, class_names=names, worst_k=3, n_bootstrap=0)
+    report = subgroup_report(preds, refs, class_names=names, worst_k=3, intervals=False)
     assert report["worst_class_accuracy"] == 0.25
     assert (report["worst_class"], report["worst_class_id"]) == ("b", 1)
     assert report["worst_k_classes"] == ["b", "c", "a"]  # 0 beats 4 on the tie at 1/2
@@ -79,7 +79,7 @@ def test_worst_class_and_worst_k_break_ties_by_lowest_class_id():
 
 def test_worst_k_is_capped_at_number_of_supported_classes():
     preds, refs = _rows([(1, 2), (2, 2)])
-    report = subgroup_report(preds, refs, worst_k=5, n_bootstrap=0)
+    report = subgroup_report(preds, refs, worst_k=5, intervals=False)
     assert report["worst_k"] == 2
     assert report["worst_k_accuracy"] == pytest.approx(0.75)
 
@@ -110,7 +110,7 @@ def test_no_warning_when_every_class_is_present():
     preds, refs = _random_case()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        report = subgroup_report(preds, refs, num_classes=7, n_bootstrap=10)
+        report = subgroup_report(preds, refs, num_classes=7)
     assert report["missing_classes"] == []
 
 
@@ -121,7 +121,7 @@ def test_shot_groups_use_strict_outer_and_inclusive_medium_bounds():
     train_counts = [101, 100, 20, 19, 500, 0]
     # per-class accuracies 1, 1/2, 0, 1/4, 1/2, 1
     preds, refs = _rows([(2, 2), (1, 2), (0, 3), (1, 4), (2, 4), (1, 1)])
-    report = subgroup_report(preds, refs, train_counts=train_counts, n_bootstrap=0)
+    report = subgroup_report(preds, refs, train_counts=train_counts, intervals=False)
     groups = report["shot_groups"]
     assert report["shot_thresholds"] == {"many_above": 100, "few_below": 20}
     assert groups["many"]["classes"] == ["0", "4"]
@@ -137,7 +137,7 @@ def test_shot_groups_use_strict_outer_and_inclusive_medium_bounds():
 
 def test_custom_shot_thresholds_and_empty_group():
     preds, refs = _rows([(1, 1), (1, 2)])
-    report = subgroup_report(preds, refs, train_counts=[60, 8], shot_thresholds=(50, 10), n_bootstrap=0)
+    report = subgroup_report(preds, refs, train_counts=[60, 8], shot_thresholds=(50, 10), intervals=False)
     assert report["shot_groups"]["many"]["classes"] == ["0"]
     assert report["shot_groups"]["few"]["classes"] == ["1"]
     medium = report["shot_groups"]["medium"]
@@ -164,7 +164,7 @@ def test_shot_groups_follow_shot_counts_not_train_counts():
 
 def test_no_train_counts_gives_no_shot_groups():
     preds, refs = _rows([(1, 1), (1, 2)])
-    report = subgroup_report(preds, refs, n_bootstrap=0)
+    report = subgroup_report(preds, refs, intervals=False)
     assert report["shot_groups"] == {} and report["groups"] == {}
     assert all(row["train_count"] is None for row in report["per_class"])
 
@@ -179,7 +179,7 @@ SITE = [1, 1, 2, 2, 1, 1, 2, 2]
 
 
 def test_group_column_summary_by_hand():
-    report = subgroup_report(PREDS, REFS, groups={"sex": SEX}, n_bootstrap=0)
+    report = subgroup_report(PREDS, REFS, groups={"sex": SEX}, intervals=False)
     sex = report["groups"]["sex"]
     # f rows 0,1,2,7 -> correct 1,1,0,0; m rows 3,4,5,6 -> correct 1,1,0,1
     assert {g: (c["accuracy"], c["support"], c["correct"]) for g, c in sex["by_group"].items()} == {
@@ -193,7 +193,7 @@ def test_group_column_summary_by_hand():
 
 
 def test_group_intersections_by_hand():
-    report = subgroup_report(PREDS, REFS, groups={"sex": SEX, "age": AGE}, n_bootstrap=0)
+    report = subgroup_report(PREDS, REFS, groups={"sex": SEX, "age": AGE}, intervals=False)
     assert list(report["groups"]) == ["sex", "age", "class&sex", "class&age", "sex&age"]
     cross = report["groups"]["sex&age"]["by_group"]
     # f&old rows 0,7 -> 1,0; f&young rows 1,2 -> 1,0; m&old rows 3,6 -> 1,1; m&young rows 4,5 -> 1,0
@@ -209,7 +209,7 @@ def test_group_intersections_by_hand():
 
 def test_three_columns_give_pairs_and_the_full_intersection():
     groups = {"sex": SEX, "age": AGE, "site": SITE}
-    report = subgroup_report(PREDS, REFS, groups=groups, n_bootstrap=0)
+    report = subgroup_report(PREDS, REFS, groups=groups, intervals=False)
     assert list(report["groups"]) == [
         "sex",
         "age",
@@ -244,7 +244,9 @@ def test_groups_match_pandas_groupby():
             "hit": (preds == refs).astype(float),
         }
     )
-    report = subgroup_report(preds, refs, groups={"a": frame["a"], "b": frame["b"].to_numpy()}, n_bootstrap=0)
+    report = subgroup_report(
+        preds, refs, groups={"a": frame["a"], "b": frame["b"].to_numpy()}, intervals=False
+    )
     for cols, name in ((["a"], "a"), (["b"], "b"), (["a", "b"], "a&b")):
         stats = frame.groupby(cols)["hit"].agg(["mean", "size"])
         got = report["groups"][name]
@@ -260,7 +262,7 @@ def test_groups_match_pandas_groupby():
 
 def test_mixed_group_values_become_their_text_and_none_is_the_missing_group():
     preds, refs = np.array([0, 1, 0, 1]), np.array([0, 1, 1, 1])
-    report = subgroup_report(preds, refs, groups={"g": [None, "a", 1, None]}, n_bootstrap=0)
+    report = subgroup_report(preds, refs, groups={"g": [None, "a", 1, None]}, intervals=False)
     by_group = report["groups"]["g"]["by_group"]
     assert list(by_group) == sorted(["(missing)", "a", "1"])  # text order, as hf_fairkd.groups sorts
     assert (by_group["(missing)"]["accuracy"], by_group["(missing)"]["support"]) == (1.0, 2)
@@ -292,13 +294,26 @@ def test_perfect_and_zero_classes_get_intervals_of_positive_width():
     assert zero["ci_low"] == 0.0 and zero["ci_high"] > 0.25
 
 
-def test_intervals_do_not_depend_on_the_seed_or_replicate_count():
+def test_the_resampling_arguments_are_gone():
+    """Nothing is resampled: `n_bootstrap` and `seed` are refused, `intervals` says what is computed."""
+    from hf_fairkd.metrics import paired_delta, paired_group_delta
+    from hf_fairkd.results.schema import build_run_record, record_from_info
+
     preds, refs = _random_case(n=200, seed=2)
-    a = subgroup_report(preds, refs, n_bootstrap=200, seed=11)
-    b = subgroup_report(preds, refs, n_bootstrap=200, seed=12)
-    c = subgroup_report(preds, refs, n_bootstrap=5000, seed=11)
-    assert a["per_class"] == b["per_class"] == c["per_class"]
-    assert a["worst_class_accuracy_ci"] == b["worst_class_accuracy_ci"] == c["worst_class_accuracy_ci"]
+    calls = {
+        "subgroup_report": lambda **kw: subgroup_report(preds, refs, **kw),
+        "paired_delta": lambda **kw: paired_delta(preds, refs, refs, **kw),
+        "paired_group_delta": lambda **kw: paired_group_delta(preds, refs, refs, {"g": refs % 2}, **kw),
+        "build_run_record": lambda **kw: build_run_record(
+            {"student": preds}, refs, class_names=list("abcdefg"), train_counts=[1] * 7, settings={}, **kw
+        ),
+        "record_from_info": lambda **kw: record_from_info({"student": preds}, refs, None, {}, **kw),
+    }
+    for call in calls.values():
+        for gone in ({"n_bootstrap": 100}, {"seed": 1}):
+            with pytest.raises(TypeError, match=next(iter(gone))):
+                call(**gone)
+    assert "n_bootstrap" not in subgroup_report(preds, refs)
 
 
 def test_report_names_the_interval_methods():
@@ -310,13 +325,13 @@ def test_report_names_the_interval_methods():
     assert report["worst_class_interval_classes"] == 7
 
 
-def test_zero_bootstrap_gives_nan_intervals_and_level_is_reported():
-    # n_bootstrap=0 keeps its old meaning for callers that want point estimates only: no intervals.
+def test_no_intervals_gives_nan_bounds_and_level_is_reported():
+    # intervals=False: point estimates only.
     preds, refs = _rows([(1, 2), (2, 2)])
-    report = subgroup_report(preds, refs, n_bootstrap=0, confidence_level=0.9)
+    report = subgroup_report(preds, refs, intervals=False, confidence_level=0.9)
     assert all(math.isnan(r["ci_low"]) and math.isnan(r["ci_high"]) for r in report["per_class"])
     assert all(math.isnan(v) for v in report["worst_class_accuracy_ci"])
-    assert (report["n_bootstrap"], report["confidence_level"]) == (0, 0.9)
+    assert report["confidence_level"] == 0.9
     assert report["interval_method"] == report["worst_class_interval_method"] == "none"
 
 
@@ -339,7 +354,6 @@ GOOD = {"predictions": [0, 1, 1], "references": [0, 1, 0]}
         ({**GOOD, "shot_counts": [10, 10, 10]}, "shot_counts has 3"),
         ({**GOOD, "shot_counts": [10, -1]}, "shot_counts must be non-negative"),
         ({**GOOD, "groups": {"age": ["a", "b"]}}, "'age'"),
-        ({**GOOD, "n_bootstrap": -1}, "n_bootstrap"),
         ({**GOOD, "confidence_level": 1.5}, "confidence_level"),
         ({**GOOD, "confidence_level": 1.0}, "confidence_level"),
         ({**GOOD, "confidence_level": 0.0}, "confidence_level"),
@@ -379,7 +393,7 @@ def test_flatten_keys_and_values():
             class_names=["cat", "dog", "fox"],
             train_counts=[200, 50, 5],
             groups={"sex": SEX, "age": AGE},
-            n_bootstrap=0,
+            intervals=False,
         )
     flat = flatten_report(report, prefix="test_")
     expected_keys = {"accuracy", "balanced_accuracy", "worst_class_accuracy", "worst_k_accuracy"}
@@ -404,7 +418,7 @@ def test_flatten_keys_and_values():
 
 
 def test_flatten_without_train_counts_or_groups():
-    flat = flatten_report(subgroup_report(PREDS, REFS, n_bootstrap=0))
+    flat = flatten_report(subgroup_report(PREDS, REFS, intervals=False))
     assert set(flat) == {
         "accuracy",
         "balanced_accuracy",
@@ -440,7 +454,7 @@ def test_group_keys_are_sorted_and_the_worst_group_need_not_come_first():
     # values appear as z, y, x; accuracies z 0.5, y 0.0, x 1.0
     refs = np.array([0, 1, 0, 1, 0, 1])
     preds = np.array([0, 0, 1, 0, 0, 1])  # right on rows 0, 4, 5
-    report = subgroup_report(preds, refs, groups={"g": ["z", "z", "y", "y", "x", "x"]}, n_bootstrap=0)
+    report = subgroup_report(preds, refs, groups={"g": ["z", "z", "y", "y", "x", "x"]}, intervals=False)
     g = report["groups"]["g"]
     assert list(g["by_group"]) == ["x", "y", "z"]  # sorted, not first-appearance order
     assert [g["by_group"][k]["accuracy"] for k in "xyz"] == [1.0, 0.0, 0.5]
@@ -448,7 +462,7 @@ def test_group_keys_are_sorted_and_the_worst_group_need_not_come_first():
     # numbers become their text and sort as text ("1" < "10" < "2", as in hf_fairkd.groups), and a tie
     # goes to the first key in that order
     report = subgroup_report(
-        np.array([0, 0, 1, 1, 0, 1]), refs, groups={"site": [10, 10, 2, 2, 1, 1]}, n_bootstrap=0
+        np.array([0, 0, 1, 1, 0, 1]), refs, groups={"site": [10, 10, 2, 2, 1, 1]}, intervals=False
     )
     site = report["groups"]["site"]
     assert list(site["by_group"]) == ["1", "10", "2"]
@@ -457,7 +471,7 @@ def test_group_keys_are_sorted_and_the_worst_group_need_not_come_first():
 
 def test_groups_all_at_zero_accuracy_have_an_undefined_ratio():
     preds, refs = np.array([1, 0, 1, 0]), np.array([0, 1, 0, 1])
-    report = subgroup_report(preds, refs, groups={"g": ["a", "b", "a", "b"]}, n_bootstrap=0)
+    report = subgroup_report(preds, refs, groups={"g": ["a", "b", "a", "b"]}, intervals=False)
     g = report["groups"]["g"]
     assert (g["min"], g["max"], g["difference"]) == (0.0, 0.0, 0.0)
     assert math.isnan(g["ratio"])
@@ -467,7 +481,7 @@ def test_groups_all_at_zero_accuracy_have_an_undefined_ratio():
 def test_missing_class_warning_lists_twenty_names_and_counts_the_rest(num_missing, tail):
     names = [f"c{i}" for i in range(num_missing + 1)]  # c0 has the only rows
     with pytest.warns(UserWarning) as record:
-        subgroup_report([0, 0], [0, 0], class_names=names, n_bootstrap=0)
+        subgroup_report([0, 0], [0, 0], class_names=names, intervals=False)
     (warning,) = record
     shown = ", ".join(names[1:21])
     expected = f"{num_missing} class(es) have no evaluation examples: {shown}{tail}. "
@@ -482,7 +496,7 @@ def test_jsonable_converts_numpy_keys():
 
 
 def test_flatten_accepts_a_report_without_shot_groups_or_groups():
-    report = subgroup_report(PREDS, REFS, n_bootstrap=0)
+    report = subgroup_report(PREDS, REFS, intervals=False)
     del report["shot_groups"], report["groups"]
     assert set(flatten_report(report)) == {
         "accuracy",
@@ -523,11 +537,11 @@ def test_equal_shot_thresholds_leave_a_medium_group_of_one_count():
     assert math.isnan(report["shot_groups"]["few"]["accuracy"])
 
 
-def test_any_positive_n_bootstrap_gives_intervals_at_the_given_level():
+def test_intervals_are_exact_at_the_given_level():
     from hf_fairkd.metrics.intervals import clopper_pearson, worst_class_interval
 
     preds, refs = _rows([(7, 10), (3, 4), (9, 9)])
-    report = subgroup_report(preds, refs, n_bootstrap=1, confidence_level=0.8)
+    report = subgroup_report(preds, refs, confidence_level=0.8)
     correct, support = np.array([7, 3, 9]), np.array([10, 4, 9])
     low, high = clopper_pearson(correct, support, 0.8)
     assert [r["ci_low"] for r in report["per_class"]] == low.tolist()
@@ -576,7 +590,7 @@ def test_trainer_metrics_per_class_scalars_opt_in_past_a_threshold(num_classes, 
     # the summary scalars are always there, and agree with the full report
     assert SUMMARY_KEYS | {"accuracy_many", "accuracy_medium", "accuracy_few"} <= set(flat)
     full = flatten_report(
-        subgroup_report(prediction.predictions, prediction.label_ids, train_counts=counts, n_bootstrap=0)
+        subgroup_report(prediction.predictions, prediction.label_ids, train_counts=counts, intervals=False)
     )
     assert {k: flat[k] for k in SUMMARY_KEYS} == pytest.approx({k: full[k] for k in SUMMARY_KEYS})
 
@@ -600,7 +614,7 @@ def test_trainer_metrics_threshold_is_configurable_and_checked():
 
 
 def test_flatten_report_without_per_class_keeps_the_summary():
-    report = subgroup_report(PREDS, REFS, n_bootstrap=0)
+    report = subgroup_report(PREDS, REFS, intervals=False)
     assert set(flatten_report(report, per_class=False)) == set(flatten_report(report)) - {
         "accuracy_class/0",
         "accuracy_class/1",

@@ -38,7 +38,7 @@ from transformers import AutoModelForImageClassification, TrainerCallback
 
 from hf_fairkd import DistillationArguments, DistillationTrainer
 from hf_fairkd.objectives import OBJECTIVES
-from hf_fairkd.teacher_cache import build_teacher_cache, teacher_cache_info
+from hf_fairkd.teacher import build_teacher_cache, teacher_cache_info
 
 LOSS_RTOL, GRAD_RTOL, LOGIT_RTOL, STEPPED_LOGIT_RTOL = 1e-3, 3e-2, 3e-2, 7e-2
 ERROR_ATOL, MULTIPLIER_ATOL, EVAL_LOSS_RTOL = 5e-4, 1e-5, 2e-3

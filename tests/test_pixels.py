@@ -218,12 +218,12 @@ class ChannelMeans(torch.nn.Module):
 
 @pytest.mark.parametrize("prepare", [prepare_splits, prepare_splits_on_the_fly], ids=["fast", "on_the_fly"])
 def test_cache_columns_reach_the_trainers_batches_through_both_transforms(prepare, tmp_path):
-    """A dense cache (format 3: binary rows) and the same cache as format 2 (list rows) give the trainer's
-    batches the teacher's logits, through `with_pixel_transform` and `with_image_transform`."""
-    from tiny_models import format_2_dense_cache, tiny_args
+    """A dense cache (binary rows) gives the trainer's batches the teacher's logits, through
+    `with_pixel_transform` and `with_image_transform`."""
+    from tiny_models import tiny_args
 
     from hf_fairkd import DistillationTrainer
-    from hf_fairkd import teacher_cache as tc
+    from hf_fairkd import teacher as tc
     from hf_fairkd.run.models import build_vit
 
     splits = image_splits()
@@ -234,17 +234,12 @@ def test_cache_columns_reach_the_trainers_batches_through_both_transforms(prepar
     rows = binary[:5][tc.DENSE_COLUMN]  # through the transform: already the logits
     assert rows.dtype == torch.float32 and rows.shape == (5, 3)
     sizes = dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, image_size=16, patch_size=8)
-    for cache in (binary, format_2_dense_cache(binary)):
-        student = build_vit(["a", "b", "c"], num_channels=3, seed=0, **sizes)
-        trainer = DistillationTrainer(
-            model=student, args=tiny_args(tmp_path, objective="kd"), train_dataset=cache
-        )
-        batch = next(iter(trainer.get_train_dataloader()))
-        with torch.no_grad():
-            expected = teacher(pixel_values=batch["pixel_values"]).logits
-        torch.testing.assert_close(
-            trainer.teacher_source.split_batch(batch)[2], expected, rtol=1e-6, atol=1e-5
-        )
+    student = build_vit(["a", "b", "c"], num_channels=3, seed=0, **sizes)
+    trainer = DistillationTrainer(model=student, args=tiny_args(tmp_path, objective="kd"), train_dataset=binary)
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        expected = teacher(pixel_values=batch["pixel_values"]).logits
+    torch.testing.assert_close(trainer.teacher_source.split_batch(batch)[2], expected, rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize(("width", "pad"), [(16, 2), (32, 4), (4, 1)])

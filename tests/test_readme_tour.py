@@ -26,7 +26,7 @@ def test_the_tour_imports_run():
 def test_the_names_the_tour_mentions_exist():
     from hf_fairkd.metrics import load_metric
     from hf_fairkd.run.preprocessing import prepare_splits
-    from hf_fairkd.teacher_cache import build_teacher_cache
+    from hf_fairkd.teacher import build_teacher_cache
 
     assert callable(load_metric) and callable(prepare_splits) and callable(build_teacher_cache)
     assert "robust_kd" in hf_fairkd.available_objectives()

@@ -139,7 +139,12 @@ def test_yaml_config_with_cli_override_and_given_teacher(tmp_path, distilled):
     metrics = load_recipe("distill_vit").main([str(config), "--output_dir", str(out), "--alpha", "0.3"])
     assert metrics["settings"]["objective"] == "ada_alpha"
     assert metrics["settings"]["objective_params"]["alpha"] == 0.3
-    assert metrics["settings"]["teacher_objective"] == "given"
+    # the teacher/ folder of a run: its objective comes from its stage marker, and it is named by its folder's name
+    settings = metrics["settings"]
+    assert (settings["teacher_objective"], settings["teacher_model"]) == ("erm", "teacher")
+    card = (out / "README.md").read_text()
+    assert "not known" not in card
+    assert str(run) not in card and str(run) not in (out / "subgroup_metrics.json").read_text()
     resolved = json.loads((out / "run_config.json").read_text())
     assert resolved["DistillationArguments"]["alpha"] == 0.3
     assert not (out / "teacher").exists()
@@ -266,9 +271,9 @@ def test_reused_baseline_is_not_trained_again_and_reports_the_same(tmp_path, dis
     first = json.loads((run / "subgroup_metrics.json").read_text())
     again = json.loads((out / "subgroup_metrics.json").read_text())
     assert again["baseline"] == first["baseline"]
-    assert metrics["settings"]["baseline_model"] == f"reused: {run / 'baseline'}"
+    assert metrics["settings"]["baseline_model"] == "reused: baseline"  # its folder's name, not its path
     assert first["settings"]["baseline_model"] == "trained here (objective ce)"
-    assert f"**One-hot baseline:** reused: {run / 'baseline'}" in (out / "README.md").read_text()
+    assert "**One-hot baseline:** reused: baseline." in (out / "README.md").read_text()
 
 
 def stage_marker(recipe, argv: list[str], stage: str) -> dict:
@@ -361,9 +366,9 @@ def test_fresh_cnn_student_from_a_config_end_to_end(tmp_path):
         type(AutoModelForImageClassification.from_pretrained(out / "teacher")).__name__
         == "ViTForImageClassification"
     )
-    assert (
-        metrics["settings"]["student_model"] == f'fresh from config {config} with {{"hidden_sizes": [8, 12]}}'
-    )
+    # the config file by its own name, not its path
+    expected = 'fresh from config resnet.json with {"hidden_sizes": [8, 12]}'
+    assert metrics["settings"]["student_model"] == expected
 
 
 @pytest.mark.parametrize(
@@ -423,7 +428,7 @@ def test_teacher_with_its_own_processor_and_resolution_is_evaluated_cached_and_d
 ):
     from hf_fairkd.data import load_long_tailed
     from hf_fairkd.run import stages
-    from hf_fairkd.teacher_cache import teacher_cache_info
+    from hf_fairkd.teacher import teacher_cache_info
 
     folder = save_teacher_with_own_processor(tmp_path / "teacher")
     records, cache_signal = [], stages.cache_teacher_signal
@@ -455,7 +460,7 @@ def test_teacher_with_its_own_processor_and_resolution_is_evaluated_cached_and_d
     # the student keeps its own preprocessing
     saved = AutoImageProcessor.from_pretrained(out)
     assert saved.size == {"height": 8, "width": 8} and list(saved.image_mean) == [0.5] * 3
-    assert metrics["settings"]["teacher_objective"] == "given"
+    assert metrics["settings"]["teacher_objective"] is None  # a folder without an hf-fairkd record
 
 
 def test_online_teacher_receives_its_own_pixel_values_and_the_student_its_own(tmp_path):
@@ -695,7 +700,6 @@ def test_train_teacher_refuses_teacher_image_size(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
-
 @pytest.mark.parametrize(
     "flag, folder, message",
     [
@@ -715,3 +719,17 @@ def test_a_model_folder_that_is_missing_or_empty_is_named_as_such(tmp_path, flag
     with pytest.raises(ValueError, match=message):
         load_recipe("distill_vit").main(argv)
     assert not (tmp_path / "o" / "teacher").exists()
+
+
+def test_overwrite_with_a_given_teacher_removes_the_earlier_runs_teacher_folder(tmp_path, distilled):
+    run, _ = distilled
+    out = tmp_path / "out"
+    (out / "teacher").mkdir(parents=True)
+    (out / "teacher" / "config.json").write_text("{}")  # an earlier run's teacher, not this run's
+    (out / "notes.txt").write_text("mine")
+    argv = [*TINY, "--output_dir", str(out), "--overwrite_output_dir", "true",
+            "--teacher_model_name_or_path", str(run / "teacher")]  # fmt: skip
+    load_recipe("distill_vit").main(argv)
+    assert not (out / "teacher").exists()  # the card names the given teacher: no other teacher/ beside it
+    assert (out / "notes.txt").read_text() == "mine"  # nothing but the stage folder is removed
+    assert (out / "baseline" / "stage_complete.json").exists()

@@ -71,7 +71,7 @@ def results(tmp_path_factory):
         "--imbalance_factor", str(RHO), "--holdout_per_class", "1", "--seeds", "0", "--tradeoffs", "0", "1",
         "--robust_tradeoff", "1", "--student_epochs", "1", "--teacher_epochs", "1",
         "--student_config", str(configs["student"]), "--teacher_config", str(configs["teacher"]),
-        "--image_size", "16", "--teacher_image_size", "24", "--batch_size", "32", "--n_bootstrap", "50",
+        "--image_size", "16", "--teacher_image_size", "24", "--batch_size", "32",
     ]
     # fmt: on
     _load("reproduce_cifar10_lt").main(argv)

@@ -130,7 +130,7 @@ def _tiny_record() -> dict:
         class_names=["a", "b$c", "d"],
         train_counts=[300, 40, 5],
         settings={"objective": "kd", "seed": 0, "dataset_name": "user/data"},
-        n_bootstrap=0,
+        intervals=False,
     )
 
 
@@ -229,9 +229,9 @@ def test_the_reproduction_script_builds_its_runs_from_build_run_record(built):
         class_names=["a", "b", "c"], train_counts=[30, 8, 2], long_tail_counts=[31, 9, 3], to_dict=lambda: {}
     )
     logits = np.eye(3)[labels]
-    teacher = repro.evaluate_run({"objective": "teacher", "seed": 0}, logits, labels, info, {}, 0)
+    teacher = repro.evaluate_run({"objective": "teacher", "seed": 0}, logits, labels, info, {}, False)
     student = repro.evaluate_run(
-        {"objective": "kd", "seed": 0}, logits, labels, info, {0: np.zeros_like(labels)}, 0
+        {"objective": "kd", "seed": 0}, logits, labels, info, {0: np.zeros_like(labels)}, False
     )
     assert len(built) == 2
     for record in built:
@@ -275,12 +275,49 @@ def test_records_and_settings_are_built_in_one_place():
 
 
 def test_hurt_and_helped_is_the_one_rule_over_a_record():
+    from hf_fairkd.metrics import hurt_and_helped_classes
+
     record = _tiny_record()
     verdicts = schema.class_verdicts(record)
-    hurt, helped = schema.hurt_and_helped(record)
+    hurt, helped = hurt_and_helped_classes(record["student_minus_baseline"])
+    assert not hasattr(schema, "hurt_and_helped")  # one function names them, for rows and for a record
     assert sorted(hurt + helped) == sorted(
         row["name"]
         for row in record["student_minus_baseline"]
         if verdicts[row["class_id"]] in ("hurt", "helped")
     )
     assert "Classes it helped" in schema.format_summary(record)
+
+
+def test_the_trainer_takes_its_card_inputs_as_arguments(tmp_path, monkeypatch):
+    """The recipes hand the record and the card's arguments to push_to_hub; no trainer attribute (a class
+    attribute shared by every trainer) carries them."""
+    from hf_fairkd.results import hub
+    from hf_fairkd.results.publishing import PublishingMixin
+
+    class Trainer(PublishingMixin):  # what push_to_hub reads of a transformers.Trainer
+        def __init__(self, folder):
+            self.args = SimpleNamespace(output_dir=str(folder), hub_model_id="you/student", hub_token="t",
+                                        hub_revision=None, hub_private_repo=None)  # fmt: skip
+            self.eval_dataset = None
+
+        def save_model(self, output_dir=None, _internal_call=False):
+            pass
+
+        def is_world_process_zero(self):
+            return True
+
+    pushed = []
+    monkeypatch.setattr(
+        hub, "push_output_dir", lambda folder, repo_id, **kw: pushed.append((folder, repo_id))
+    )
+    record = _tiny_record()
+    first, second = Trainer(tmp_path / "first"), Trainer(tmp_path / "second")
+    first.push_to_hub(metrics=record, card_kwargs={"datasets": ["user/data"], "license": "mit"})
+    card = (tmp_path / "first" / "README.md").read_text()
+    assert "- user/data" in card and "license: mit" in card and 'load_subgroup_metrics("you/student")' in card
+    assert json.loads((tmp_path / "first" / schema.METRICS_FILE).read_text()) == record
+    assert pushed == [(str(tmp_path / "first"), "you/student")]
+    second.create_model_card(metrics=record)  # nothing of the first trainer's card arguments
+    assert "license: apache-2.0" in (tmp_path / "second" / "README.md").read_text()
+    assert not {"subgroup_metrics", "card_kwargs"} & set(vars(PublishingMixin))

@@ -105,11 +105,12 @@ def test_every_variant_really_ran(results):
     assert check["pixel_values_shape"] == [3, 8, 8] and "pixels" in check["columns"]
     dense, topk = stages["teacher_cache_dense"], stages["teacher_cache_topk"]
     assert written["cache_file_backed"] is True and dense["file_backed"] and topk["file_backed"]
-    assert dense["cache_columns"] == ["teacher_logits"] and dense["record_kind"] == "dense"
+    assert dense["cache_columns"] == ["teacher_logits", "teacher_input_digest"] and dense["record_kind"] == "dense"
     assert set(topk["cache_columns"]) == {
         "teacher_topk_logits",
         "teacher_topk_indices",
         "teacher_tail_logsumexp",
+        "teacher_input_digest",
     }
     assert topk["top_k"] == 10 and dense["num_classes"] == topk["num_classes"] == CLASSES
     assert dense["rows"] == topk["rows"] == written["rows"] and dense["bytes_on_disk"] > 0

@@ -13,13 +13,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, Features, Value
-from tiny_models import format_2_dense_cache, image_dataset, make_vit, tiny_args
+from datasets import ClassLabel, Dataset, Features, List, Value
+from tiny_models import image_dataset, make_vit, tiny_args
 from transformers import AutoModelForImageClassification
 
 from hf_fairkd import DistillationTrainer
-from hf_fairkd import teacher_cache as tc
-from hf_fairkd.teacher import label_permutation
+from hf_fairkd import teacher as tc
+from hf_fairkd.teacher import cache_format, label_permutation
+from hf_fairkd.teacher.cache_record import attach_record
 
 TESTS = Path(__file__).resolve().parent
 
@@ -86,25 +87,18 @@ def test_topk_columns_hold_the_largest_logits_and_the_tail_mass(train, teacher):
     logits = online_logits(teacher, train)
     rows = cached[:]
     values, indices = logits.topk(2, dim=-1)
-    torch.testing.assert_close(rows[tc.TOPK_LOGITS_COLUMN], values, rtol=1e-6, atol=1e-5)
-    assert torch.equal(rows[tc.TOPK_INDICES_COLUMN].long(), indices)
+    torch.testing.assert_close(rows[cache_format.TOPK_LOGITS_COLUMN], values, rtol=1e-6, atol=1e-5)
+    assert torch.equal(rows[cache_format.TOPK_INDICES_COLUMN].long(), indices)
     tail = torch.logsumexp(logits.scatter(1, indices, -torch.inf), -1)  # the one class outside the top 2
-    torch.testing.assert_close(rows[tc.TAIL_LOGSUMEXP_COLUMN], tail, rtol=1e-6, atol=1e-5)
-    assert cached.features[tc.TOPK_INDICES_COLUMN].feature.dtype == "uint8"
-    assert tc.teacher_cache_info(cached)["format_version"] == tc.FORMAT_VERSION == 3  # top-k as in format 2
-    # a format-1 batch (full log-normaliser) is still read, to the same distribution up to its float32 lse
-    legacy = {k: v for k, v in rows.items() if k != tc.TAIL_LOGSUMEXP_COLUMN}
-    legacy[tc.LOGSUMEXP_COLUMN] = torch.logsumexp(logits, -1)
-    for fill in tc.TOPK_FILLS:
-        expected = torch.softmax(tc.cached_logits_from_batch(rows, 3, fill), -1)
-        got = torch.softmax(tc.cached_logits_from_batch(legacy, 3, fill), -1)
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(rows[cache_format.TAIL_LOGSUMEXP_COLUMN], tail, rtol=1e-6, atol=1e-5)
+    assert cached.features[cache_format.TOPK_INDICES_COLUMN].feature.dtype == "uint8"
+    assert tc.teacher_cache_info(cached)["format_version"] == 4
 
 
 # ------------------------------------------------------------------------------------------ storage
 DAMAGED = (
     r"teacher cache column 'teacher_logits' has rows .*damaged.*"
-    r"Rebuild the cache with hf_fairkd\.teacher_cache\.build_teacher_cache"
+    r"Rebuild the cache with hf_fairkd\.teacher\.build_teacher_cache"
 )
 
 
@@ -113,7 +107,7 @@ def test_dense_rows_are_one_binary_value_of_the_teachers_logits(dtype, size, rel
     cached = tc.build_teacher_cache(train, teacher, dtype=dtype, batch_size=5)
     assert pa.types.is_binary(cached.data.table.column(tc.DENSE_COLUMN).type)  # the Arrow column itself
     record = tc.teacher_cache_info(cached)
-    assert record["format_version"] == 3 and record["dense_encoding"] == tc.DENSE_ENCODING
+    assert record["format_version"] == 4 and record["dense_encoding"] == cache_format.DENSE_ENCODING
     rows = cached.with_format(None)[:][tc.DENSE_COLUMN]
     # decoded independently: m little-endian values of the cache dtype per row, in class order, then the
     # byte giving their size
@@ -141,20 +135,32 @@ def test_dense_rows_are_one_binary_value_of_the_teachers_logits(dtype, size, rel
     assert all(pa.types.is_fixed_size_list(topk.data.table.column(c).type) for c in tc.TOPK_COLUMNS[:2])
 
 
-def test_a_format_2_list_cache_is_still_read(train, teacher, tmp_path):
+OLD_FORMAT = r"This teacher cache is of format {}, .* reads format 4 only: rebuild it\..*build_teacher_cache"
+
+
+def test_an_older_format_cache_is_refused_with_rebuild_it(train, teacher, tmp_path):
     cached = tc.build_teacher_cache(train, teacher)
-    legacy = format_2_dense_cache(cached)
-    assert pa.types.is_fixed_size_list(legacy.data.table.column(tc.DENSE_COLUMN).type)
-    assert tc.teacher_cache_info(legacy)["format_version"] == 2
-    assert tc.check_cache(legacy, teacher=teacher, num_classes=3)["kind"] == "dense"
-    for fmt in (None, "numpy", "torch"):
-        assert torch.equal(dense(legacy.with_format(fmt)), dense(cached))
-    torch.testing.assert_close(dense(legacy), online_logits(teacher, train), rtol=1e-3, atol=1e-3)
-    tc.save_teacher_cache(legacy, tmp_path / "old")
-    assert torch.equal(dense(tc.load_teacher_cache(tmp_path / "old").with_format("torch")), dense(cached))
-    assert batch_loss(legacy, tmp_path) == batch_loss(cached, tmp_path)
-    trainer = DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path), train_dataset=legacy)
-    assert trainer.evaluate(legacy)["eval_loss"] == trainer.evaluate(cached)["eval_loss"]
+    record = tc.teacher_cache_info(cached)
+    # format 3: the same binary rows, no input digests; format 2: a list of floats per row
+    three = cached.remove_columns([tc.INPUT_DIGEST_COLUMN])
+    attach_record(three, {k: v for k, v in record.items() if k != "input_columns"} | {"format_version": 3})
+    logits = tc.cached_logits_from_batch(cached.with_format(None)[:], 3).numpy().astype("float16")
+    two = three.remove_columns([tc.DENSE_COLUMN]).add_column(
+        tc.DENSE_COLUMN, logits.tolist(), feature=List(Value("float16"), length=3)
+    )
+    attach_record(two, {k: v for k, v in record.items() if k != "dense_encoding"} | {"format_version": 2})
+    for version, old in ((3, three), (2, two)):
+        with pytest.raises(ValueError, match=OLD_FORMAT.format(version)):
+            DistillationTrainer(
+                model=make_vit(), args=tiny_args(tmp_path), teacher=teacher, train_dataset=old
+            )
+        with pytest.raises(ValueError, match=OLD_FORMAT.format(version)):
+            DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path), train_dataset=old)
+        old.save_to_disk(tmp_path / f"format{version}")
+        with pytest.raises(ValueError, match=OLD_FORMAT.format(version)):
+            tc.load_teacher_cache(tmp_path / f"format{version}")
+    # the same cache with its own record is read
+    assert DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path), train_dataset=cached) is not None
 
 
 def test_rows_keep_their_length_in_every_format():
@@ -167,6 +173,7 @@ def test_rows_keep_their_length_in_every_format():
         data = cached.with_format(fmt)
         assert {len(data[i][tc.DENSE_COLUMN]) for i in range(3)} == {7}
         assert torch.equal(tc.cached_logits_from_batch(data[:], 3), logits)
+        assert torch.equal(tc.cached_logits_from_batch(data[1:2], 3), logits[1:2])  # one row alone
         assert torch.equal(collate([data[i] for i in range(3)])[tc.DENSE_COLUMN].float(), logits)
     raw = Dataset.from_dict({"x": [b"\x01\x00"]}, features=Features({"x": Value("binary")}))
     assert raw.with_format("torch")[0]["x"] == b"\x01"  # what the marker byte protects against
@@ -207,17 +214,17 @@ def test_renormalize_and_spread_give_the_intended_distributions():
     logits = torch.randn(6, 10, dtype=torch.float64) * 3
     k = 4
     values, indices = logits.topk(k, dim=-1)
-    lse = torch.logsumexp(logits, -1)
+    tail = torch.logsumexp(logits.scatter(1, indices, -torch.inf), -1)  # the mass outside the top k
     probs = torch.softmax(logits, -1)
     top = probs.gather(1, indices)
     in_top = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, indices, True)
 
-    renorm = torch.softmax(tc.topk_to_dense(values, indices, lse, 10, "renormalize").double(), -1)
+    renorm = torch.softmax(tc.topk_to_dense(values, indices, tail, 10, "renormalize").double(), -1)
     expected = torch.zeros_like(probs).scatter_(1, indices, top / top.sum(-1, keepdim=True))
     torch.testing.assert_close(renorm, expected, rtol=1e-5, atol=0)
     assert (renorm[~in_top] == 0).all()  # exactly: the fill underflows
 
-    spread = torch.softmax(tc.topk_to_dense(values, indices, lse, 10, "spread").double(), -1)
+    spread = torch.softmax(tc.topk_to_dense(values, indices, tail, 10, "spread").double(), -1)
     rest = (1 - top.sum(-1, keepdim=True)) / (10 - k)
     expected = rest.expand(-1, 10).clone().scatter_(1, indices, top)
     torch.testing.assert_close(spread, expected, rtol=1e-5, atol=1e-7)
@@ -226,8 +233,8 @@ def test_renormalize_and_spread_give_the_intended_distributions():
 def test_spread_with_no_remaining_mass_stays_finite():
     values = torch.tensor([[200.0, 0.0]])
     indices = torch.tensor([[3, 1]])
-    lse = torch.logsumexp(torch.tensor([[200.0, 0.0, -300.0, -300.0]]), -1)  # remaining mass ~ e^-500
-    dense = tc.topk_to_dense(values, indices, lse, 4, "spread")
+    tail = torch.tensor([-math.inf])  # no mass outside the top 2 (e.g. underflowed)
+    dense = tc.topk_to_dense(values, indices, tail, 4, "spread")
     assert torch.isfinite(dense).all()
     probs = torch.softmax(dense, -1)
     assert probs[0, 3] == pytest.approx(1.0) and probs[0, [0, 2]].sum() == 0
@@ -296,9 +303,9 @@ def test_spread_at_t2_matches_a_hand_computation_through_the_trainer(tmp_path):
 
 def test_spread_is_clamped_below_the_kth_logit():
     values, indices = torch.tensor([[2.0, 1.0]]), torch.tensor([[0, 1]])
-    # an inconsistent normaliser (e.g. rounded top-k logits): the 3 missing classes would get logit 1.5 > 1.0
-    lse = torch.log(torch.exp(values).sum() + 3 * math.exp(1.5)).reshape(1)
-    dense = tc.topk_to_dense(values, indices, lse, 5, "spread")
+    # a tail heavier than the k-th logit allows: the 3 missing classes would get logit 1.5 > 1.0
+    tail = torch.tensor([math.log(3) + 1.5])
+    dense = tc.topk_to_dense(values, indices, tail, 5, "spread")
     assert torch.equal(dense, torch.tensor([[2.0, 1.0, 1.0, 1.0, 1.0]]))
 
 
@@ -311,14 +318,15 @@ def test_class_ids_use_the_smallest_integer_type_and_round_trip(num_classes, dty
     logits[:, top_ids[0]], logits[:, top_ids[1]] = 5.0, 4.0
     logits[1, 3] = 4.5
     cached = logits_cache(logits, top_k=3, dtype="float32")
-    assert cached.features[tc.TOPK_INDICES_COLUMN].feature.dtype == dtype
-    table = cached.data.table.column(tc.TOPK_INDICES_COLUMN).combine_chunks()
+    assert cached.features[cache_format.TOPK_INDICES_COLUMN].feature.dtype == dtype
+    table = cached.data.table.column(cache_format.TOPK_INDICES_COLUMN).combine_chunks()
     assert str(table.type.value_type) == dtype  # the Arrow column itself, not only the declared feature
     expected = logits.topk(3, -1).indices
-    stored = np.asarray(cached.with_format("numpy")[:][tc.TOPK_INDICES_COLUMN])
+    stored = np.asarray(cached.with_format("numpy")[:][cache_format.TOPK_INDICES_COLUMN])
     assert np.array_equal(stored, expected.numpy())
-    for indices in (torch.as_tensor(stored.astype(dtype)), cached[:][tc.TOPK_INDICES_COLUMN]):
-        batch = {**cached[:], tc.TOPK_INDICES_COLUMN: indices}  # raw narrow ids or the torch format's int64
+    for indices in (torch.as_tensor(stored.astype(dtype)), cached[:][cache_format.TOPK_INDICES_COLUMN]):
+        # raw narrow ids or the torch format's int64
+        batch = {**cached[:], cache_format.TOPK_INDICES_COLUMN: indices}
         torch.testing.assert_close(
             tc.cached_logits_from_batch(batch, num_classes).gather(1, expected), logits.gather(1, expected)
         )
@@ -327,16 +335,14 @@ def test_class_ids_use_the_smallest_integer_type_and_round_trip(num_classes, dty
 def test_renormalize_warns_once_where_it_was_measured_to_cost_accuracy(
     train, teacher, tmp_path, caplog, monkeypatch
 ):
-    from hf_fairkd import teacher_signal
-
-    monkeypatch.setattr(teacher_signal, "_warned", set())
+    monkeypatch.setattr(cache_format, "_warned", set())
     cached = tc.build_teacher_cache(train, teacher, top_k=2)
-    caplog.set_level("WARNING", logger="hf_fairkd.teacher_signal")
+    caplog.set_level("WARNING", logger="hf_fairkd.teacher.cache_format")
     hot = dict(objective="kd", temperature=4.0, teacher_topk_fill="renormalize")
     for _ in range(2):
         DistillationTrainer(model=make_vit(), args=tiny_args(tmp_path, **hot), train_dataset=cached)
     warnings = [r.getMessage() for r in caplog.records if "teacher_topk_fill='renormalize'" in r.getMessage()]
-    gap = teacher_signal.MEASURED_TOPK_GAPS["renormalize"][4.0]
+    gap = cache_format.MEASURED_TOPK_GAPS["renormalize"][4.0]
     assert len(warnings) == 1 and f"{gap:.1f} points" in warnings[0]
     assert "larger top_k" in warnings[0] and "dense cache" in warnings[0]
     caplog.clear()
@@ -347,11 +353,9 @@ def test_renormalize_warns_once_where_it_was_measured_to_cost_accuracy(
 
 
 def test_the_measured_gaps_are_the_benchmarks():
-    from hf_fairkd import teacher_signal
-
     results = json.loads((TESTS.parent / "benchmarks" / "results" / "teacher_cache.json").read_text())
     measured = results["accuracy"]["gap_points_dense_minus_topk"]
-    for fill, gaps in teacher_signal.MEASURED_TOPK_GAPS.items():
+    for fill, gaps in cache_format.MEASURED_TOPK_GAPS.items():
         assert {float(t): round(g, 1) for t, g in measured[fill].items()} == gaps
 
 
@@ -534,7 +538,7 @@ sys.path.insert(0, {tests!r})
 from accelerate import Accelerator
 from tiny_models import image_dataset
 from test_teacher_cache import sharp_teacher
-from hf_fairkd import teacher_cache as tc
+from hf_fairkd import teacher as tc
 acc = Accelerator(cpu=True)
 ds = image_dataset((6, 4, 3), seed=0)
 out = tc.build_teacher_cache(ds, sharp_teacher(), accelerator=acc, batch_size=2, top_k=2, dtype="float32")
@@ -580,9 +584,9 @@ def test_two_processes_build_the_same_cache(train, tmp_path):
         got = json.loads(Path(f"{tmp_path / 'rank'}{rank}").read_text())
         assert got["record"] == tc.teacher_cache_info(single)
         assert (got["format"], got["columns"]) == ("torch", single.column_names)
-        assert got["rows"][tc.TOPK_INDICES_COLUMN] == expected[tc.TOPK_INDICES_COLUMN]
+        assert got["rows"][cache_format.TOPK_INDICES_COLUMN] == expected[cache_format.TOPK_INDICES_COLUMN]
         np.testing.assert_allclose(
-            got["rows"][tc.TOPK_LOGITS_COLUMN], expected[tc.TOPK_LOGITS_COLUMN], rtol=1e-5
+            got["rows"][cache_format.TOPK_LOGITS_COLUMN], expected[cache_format.TOPK_LOGITS_COLUMN], rtol=1e-5
         )
         assert got["dense_type"] == "binary"  # gathered as Arrow: the rows stay binary
         np.testing.assert_allclose(got["dense"], dense(single_dense).numpy(), rtol=1e-3, atol=1e-3)

@@ -27,7 +27,6 @@ def teacher_record(names=NAMES, train_counts=TRAIN_COUNTS, support=20, seed=0, d
         dataset={"source": dataset_name, "profile": "natural", "imbalance_factor": 100.0, "seed": 0},
         settings={"objective": "balanced", "seed": 0, "teacher_model": "fresh from config resnet.json",
                   "dataset_name": dataset_name},
-        n_bootstrap=50,
     )  # fmt: skip
     return record, logits, labels
 
@@ -146,3 +145,69 @@ def test_every_section_of_the_teacher_card_carries_the_record(tmp_path):
     assert [row[1:3] + row[4:] for row in rows] == [["n/a", "n/a", "n/a", "n/a"]] * 3
     names = {r.dataset_name for r in ModelCard(text).data.eval_results}
     assert names == {"someone/data"}  # no settings: the dataset named by the record's dataset source
+
+
+def _distillation_settings(tmp_path, **model):
+    """The distillation recipe's record settings for these model arguments (the default data)."""
+    from test_recipes import load_recipe
+
+    from hf_fairkd.config import DistillationArguments
+    from hf_fairkd.run.arguments import DataArguments, ModelArguments
+
+    args = DistillationArguments(output_dir=str(tmp_path / "out"), objective="kd", report_to="none")
+    return load_recipe("distill_vit").distillation_settings(ModelArguments(**model), DataArguments(), args, 1)
+
+
+def test_a_given_teachers_objective_comes_from_its_own_record(tmp_path):
+    """A teacher trained by train_teacher.py (objective erm) and given with --teacher_model_name_or_path: the
+    student's record and card say erm, read from the teacher's subgroup_metrics.json; a teacher folder without a
+    record is said to be of an unknown objective, never "given"."""
+    from test_cards import make_metrics
+
+    from hf_fairkd.results import build_model_card
+
+    record, *_ = teacher_record()
+    record["settings"]["objective"] = "erm"
+    folder = tmp_path / "teacher_erm"
+    save_card_and_metrics(folder, record)
+
+    def card_of(settings):
+        return " ".join(build_model_card({**make_metrics(), "settings": settings}).text.split())
+
+    settings = _distillation_settings(tmp_path, teacher_model_name_or_path=str(folder))
+    assert settings["teacher_objective"] == "erm" and settings["teacher_given"] is True
+    assert "**Teacher:** teacher\\_erm (not on the Hub), trained with the erm objective." in card_of(settings)
+
+    bare = tmp_path / "bare_teacher"
+    bare.mkdir()
+    settings = _distillation_settings(tmp_path, teacher_model_name_or_path=str(bare))
+    assert settings["teacher_objective"] is None
+    text = card_of(settings)
+    assert (
+        "bare\\_teacher (not on the Hub), training objective not known (a given teacher without a record)."
+        in text
+    )
+    assert "given objective" not in text
+    trained_here = _distillation_settings(tmp_path, teacher_objective="dro")
+    assert (trained_here["teacher_objective"], trained_here["teacher_given"]) == ("dro", False)
+
+
+def test_the_teacher_card_describes_any_registered_objective(tmp_path):
+    """The teacher card's objective line comes from the objective's own description, a custom one's too."""
+    from hf_fairkd.objectives import OBJECTIVES, TeacherERM, register_objective
+
+    @register_objective("test_only_teacher")
+    class TestOnlyTeacher(TeacherERM):
+        """Cross-entropy on a made-up schedule, for this test only."""
+
+    try:
+        record, *_ = teacher_record()
+        for name, description in (
+            ("erm", "empirical risk minimisation: plain cross-entropy on the long-tailed data"),
+            ("test_only_teacher", "Cross-entropy on a made-up schedule, for this test only."),
+        ):
+            record["settings"]["objective"] = name
+            line = build_teacher_card(record).text.split("**Training objective:** ")[1].splitlines()[0]
+            assert line == f"{name.replace('_', chr(92) + '_')} — {description}."
+    finally:
+        del OBJECTIVES["test_only_teacher"]

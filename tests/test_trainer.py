@@ -444,7 +444,7 @@ def test_bad_setups_fail_before_training(data, teacher, tmp_path):
 
 
 def test_cached_teacher_column_checks(data, tmp_path):
-    from hf_fairkd.teacher_cache import build_teacher_cache
+    from hf_fairkd.teacher import build_teacher_cache
 
     train, _, _ = data
     plain = train.with_format(None)

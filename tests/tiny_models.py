@@ -93,22 +93,3 @@ def tiny_args(tmp_path, **overrides) -> DistillationArguments:
     )
     defaults.update(overrides)
     return DistillationArguments(**defaults)
-
-
-def format_2_dense_cache(cached):
-    """A dense teacher cache as format 2 stored it: the same logits as a fixed-length list column, with a
-    format-2 record (built by hand from a format-3 cache, which stores each row as one binary value)."""
-    from datasets import List
-
-    from hf_fairkd import teacher_cache as tc
-    from hf_fairkd.teacher_record import _attach_record, _cache_fingerprint
-
-    record = tc.teacher_cache_info(cached)
-    dtype, m = record["dtype"], record["num_classes"]
-    logits = tc.cached_logits_from_batch(cached.with_format(None)[:], m).numpy().astype(dtype)
-    legacy = cached.remove_columns([tc.DENSE_COLUMN])
-    legacy = legacy.add_column(tc.DENSE_COLUMN, logits.tolist(), feature=List(Value(dtype), length=m))
-    old = {k: v for k, v in record.items() if k != "dense_encoding"} | {"format_version": 2}
-    old["cache_fingerprint"] = _cache_fingerprint(old)
-    _attach_record(legacy, old)
-    return legacy

@@ -189,20 +189,20 @@ def paired_group_delta(
     groups: Mapping[str, Sequence],
     *,
     class_names: Sequence[str] | None = None,
+    intervals: bool = True,
     confidence_level: float = 0.95,
-    n_bootstrap: int = 1000,
 ) -> dict[str, list[dict]]:
     """Per-group accuracy difference a - b on the same rows, for every report key of the groups.
 
     {report key: rows of the groups with evaluation rows, sorted by group name}; a row is {"group",
     "support", "delta", "n10", "n01", "p_value", "ci_low", "ci_high", "interval_method"} with the maths of
     :func:`hf_fairkd.metrics.paired_delta` (exact McNemar p-value, interval with coverage >=
-    confidence_level; n_bootstrap=0 gives NaN bounds). :func:`delta_verdict` judges a row.
+    confidence_level; ``intervals=False`` gives NaN bounds). :func:`delta_verdict` judges a row.
     """
     preds_a, preds_b, refs, _, class_names = _prepare_pair(
         predictions_a, predictions_b, references, None, class_names
     )
-    _check_options(n_bootstrap, confidence_level)
+    _check_options(confidence_level)
     check_group_inputs(groups, None, len(refs))
     if not groups:
         return {}
@@ -218,7 +218,7 @@ def paired_group_delta(
         columns = {
             "group": names.tolist(),
             "support": support.tolist(),
-            **_paired_columns(n10, n01, support, n_bootstrap, confidence_level),
+            **_paired_columns(n10, n01, support, intervals, confidence_level),
         }
         out[key] = [dict(zip(columns, row)) for row in zip(*columns.values())]
     return out

@@ -90,9 +90,7 @@ def _check_counts(counts, num_classes: int, name: str) -> np.ndarray | None:
     return counts
 
 
-def _check_options(n_bootstrap: int, confidence_level: float, worst_k: int = 1) -> None:
-    if int(n_bootstrap) < 0:
-        raise ValueError(f"n_bootstrap must be >= 0 (0 disables intervals), got {n_bootstrap}.")
+def _check_options(confidence_level: float, worst_k: int = 1) -> None:
     if not 0.0 < float(confidence_level) < 1.0:
         raise ValueError(f"confidence_level must be in (0, 1), e.g. 0.95; got {confidence_level}.")
     if int(worst_k) < 1:

@@ -32,23 +32,22 @@ def paired_delta(
     *,
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
-    n_bootstrap: int = 1000,
+    intervals: bool = True,
     confidence_level: float = 0.95,
-    seed: int = 0,
 ) -> list[dict]:
     """Per-class accuracy difference a - b on the same rows, with an exact test and a valid interval.
 
     Rows: {"class_id", "name", "delta", "n10", "n01", "p_value", "ci_low", "ci_high", "interval_method"}.
     ``p_value`` is the two-sided exact McNemar p-value of class c (binomial test of n10 against n01 at 1/2);
     ``ci_low``/``ci_high`` bound delta with coverage >= confidence_level
-    (:func:`hf_fairkd.metrics.intervals.paired_difference_interval`, conservative). ``n_bootstrap`` is
-    kept for compatibility: 0 disables the interval (NaN bounds; the p-value is still given), other values
-    are unused, as is ``seed``. Classes without examples get NaN (and a warning).
+    (:func:`hf_fairkd.metrics.intervals.paired_difference_interval`, conservative); ``intervals=False``
+    leaves the interval out (NaN bounds; the p-value is still given). Classes without examples get NaN (and a
+    warning).
     """
     preds_a, preds_b, refs, num_classes, class_names = _prepare_pair(
         predictions_a, predictions_b, references, num_classes, class_names
     )
-    _check_options(n_bootstrap, confidence_level)
+    _check_options(confidence_level)
 
     right_a, right_b = preds_a == refs, preds_b == refs
     support = np.bincount(refs, minlength=num_classes)
@@ -59,7 +58,7 @@ def paired_delta(
     columns = {
         "class_id": list(range(num_classes)),
         "name": class_names,
-        **_paired_columns(n10, n01, support, n_bootstrap, confidence_level),
+        **_paired_columns(n10, n01, support, intervals, confidence_level),
     }
     return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
@@ -90,7 +89,7 @@ def _prepare_pair(predictions_a, predictions_b, references, num_classes, class_n
     return preds_a, preds_b, refs, num_classes, class_names
 
 
-def _paired_columns(n10, n01, support, n_bootstrap: int, confidence_level: float) -> dict[str, list]:
+def _paired_columns(n10, n01, support, intervals: bool, confidence_level: float) -> dict[str, list]:
     """The delta, n10, n01, p_value, ci_low, ci_high and interval_method columns from discordant counts.
 
     Shared by the per-class and the per-group comparison, so both use the same test and interval; entries
@@ -103,7 +102,7 @@ def _paired_columns(n10, n01, support, n_bootstrap: int, confidence_level: float
     ci_low = np.full(len(support), math.nan)
     ci_high = np.full(len(support), math.nan)
     method = "none"
-    if int(n_bootstrap) > 0:
+    if intervals:
         ci_low, ci_high = paired_difference_interval(n10, n01, support, confidence_level)
         method = PAIRED_INTERVAL_METHOD
     return {

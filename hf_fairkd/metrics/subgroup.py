@@ -57,9 +57,8 @@ def subgroup_report(
     group_train_counts: Mapping[str, Mapping[str, int]] | None = None,
     shot_thresholds: tuple[int, int] = (100, 20),
     worst_k: int = 3,
-    n_bootstrap: int = 1000,
+    intervals: bool = True,
     confidence_level: float = 0.95,
-    seed: int = 0,
 ) -> dict:
     """Per-class, shot-group and subgroup accuracy report (format: hf_fairkd spec, "Subgroup report").
 
@@ -75,9 +74,8 @@ def subgroup_report(
     Intervals (at ``confidence_level``): per class, Clopper-Pearson (exact, coverage >= the level for any
     support); ``worst_class_accuracy_ci`` = [min_c low_c, min_c high_c] of Clopper-Pearson intervals at
     level 1 - alpha/K (Bonferroni over the K classes with examples), which covers the true worst-class
-    accuracy with probability >= the level. ``n_bootstrap`` is kept for compatibility: nothing is
-    resampled any more; 0 still disables intervals (NaN bounds, ``interval_method`` "none"), any positive
-    value gives the exact intervals. ``seed`` is accepted and unused.
+    accuracy with probability >= the level. ``intervals=False`` leaves them out (NaN bounds,
+    ``interval_method`` "none").
 
     Groups: ``groups`` = {column: one value per example} (values of any type; None, NaN and "" are the group
     :data:`hf_fairkd.groups.MISSING`). "groups" holds a summary per key of
@@ -98,9 +96,9 @@ def subgroup_report(
         raise ValueError(
             f"shot_thresholds=(many_above, few_below) needs few_below <= many_above; got {shot_thresholds}."
         )
-    _check_options(n_bootstrap, confidence_level, worst_k)
+    _check_options(confidence_level, worst_k)
     group_train_counts = check_group_inputs(groups, group_train_counts, len(refs))
-    n_bootstrap = int(n_bootstrap)
+    intervals = bool(intervals)
 
     correct_rows = preds == refs
     support = np.bincount(refs, minlength=num_classes)
@@ -122,7 +120,6 @@ def subgroup_report(
     ci_low = np.full(num_classes, math.nan)
     ci_high = np.full(num_classes, math.nan)
     worst_ci = [math.nan, math.nan]
-    intervals = n_bootstrap > 0
     if intervals:
         ci_low, ci_high = clopper_pearson(correct, support, confidence_level)
         w_low, w_high = worst_class_interval(correct, support, confidence_level)
@@ -155,7 +152,6 @@ def subgroup_report(
         "interval_method": INTERVAL_METHOD if intervals else "none",
         "worst_class_interval_method": WORST_CLASS_INTERVAL_METHOD if intervals else "none",
         "worst_class_interval_classes": int(len(seen_ids)),  # K of the Bonferroni correction
-        "n_bootstrap": n_bootstrap,
         "missing_classes": missing,
         "per_class": per_class,
         "shot_thresholds": {"many_above": many_above, "few_below": few_below},

@@ -91,6 +91,6 @@ class SubgroupMetrics:
                 groups=self.groups or None,
                 group_train_counts=self.group_train_counts or None,
                 worst_k=min(self.worst_k, len(self.class_names)),
-                n_bootstrap=0,
+                intervals=False,
             )
         return flatten_report(report, per_class=self.logs_per_class, per_group=self.logs_per_group(report))

@@ -91,13 +91,20 @@ class Objective:
 
     ``role`` is "student" or "teacher" (the lists `student_objectives()` / `teacher_objectives()`);
     ``uses_teacher`` says whether `compute` reads teacher logits; ``needs_holdout`` whether the hooks read the
-    holdout split (the trainer refuses to start without one).
+    holdout split (the trainer refuses to start without one). ``description`` is one line for cards and listings;
+    a subclass without one gets the first line of its docstring.
     """
 
     name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
     role: ClassVar[str] = "student"
     uses_teacher: ClassVar[bool] = True
     param_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "description" not in vars(cls):
+            cls.description = (cls.__doc__ or "").strip().split("\n")[0]
 
     def __init__(self, args, class_counts: torch.Tensor):
         self.args = args
@@ -259,6 +266,7 @@ class Objective:
 class OneHot(Objective):
     """CE(e_y, s): the one-hot baseline every distilled student is compared with."""
 
+    description = "one-hot cross-entropy, no teacher: the baseline every distilled student is compared with"
     uses_teacher = False
 
     def compute(self, student_logits, labels, teacher_logits=None):
@@ -270,6 +278,7 @@ class OneHot(Objective):
 class TeacherERM(OneHot):
     """Teacher objective: plain empirical risk minimisation, CE(e_y, t)."""
 
+    description = "empirical risk minimisation: plain cross-entropy on the long-tailed data"
     role = "teacher"
 
 
@@ -277,6 +286,7 @@ class TeacherERM(OneHot):
 class LabelSmoothing(Objective):
     """CE((1-eps) e_y + eps/m, s): Tang et al.'s teacher-free control."""
 
+    description = "cross-entropy with label smoothing and no teacher (Tang et al.'s teacher-free control)"
     uses_teacher = False
     param_names = ("label_smoothing_epsilon",)
 

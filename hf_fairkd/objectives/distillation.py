@@ -8,7 +8,7 @@ import logging
 import torch
 
 from .. import losses
-from ..teacher import shift_classifier_bias
+from ..teacher.model import shift_classifier_bias
 from .base import LossOutput, Objective, register_objective
 
 logger = logging.getLogger(__name__)
@@ -176,10 +176,14 @@ class _ClassReliability(_Distillation):
 class KD(_Distillation):
     """Plain knowledge distillation (Hinton or target-mixing convention)."""
 
+    description = "distillation: one-hot cross-entropy mixed with the teacher's tempered probabilities"
+
 
 @register_objective("kd_pt")
 class KDTrueClassProbability(_Distillation):
     """KD-pt (Tang et al.): keep the teacher's mass on the true class, spread the rest uniformly."""
+
+    description = "the teacher's probability of the true class kept, the rest spread uniformly (Tang et al.)"
 
     def targets_for(self, labels, teacher_logits):
         return losses.kd_pt_targets(self.teacher_probs(teacher_logits), labels)
@@ -193,6 +197,8 @@ class KDClassSimilarity(_Distillation):
     probabilities, so ``temperature`` does not apply: the Hinton term is KL(sim_y || softmax(s)) (T = 1, no
     T^2), and differs from the 'mix' form CE(sim_y, s) only by the targets' entropy, a constant.
     """
+
+    description = "targets from the similarities of the teacher's last-layer class weights (Tang et al.)"
 
     param_names = ("alpha", "kd_convention", "kd_sim_rho")
 
@@ -226,6 +232,8 @@ class AdaptiveAlpha(_ClassReliability):
     level 'prob' a(x) = alpha * p(y|x) at T = 1, 'correct' a(x) = alpha * 1[argmax = y]; class level from
     the holdout recall of that same argmax (see `Objective.teacher_reliability_signals`).
     """
+
+    description = "a teacher weight that follows its reliability per class or per example (Lukasik et al.)"
 
     param_names = _Distillation.param_names + (
         "ada_alpha_level",
@@ -278,6 +286,8 @@ class AdaptiveMargin(_ClassReliability):
     with D_yy = 0, and margins from the teacher's reliability (class level: holdout recall; instance level:
     D_yj(x) = g (t_j - t_y) on the teacher as the student sees it, after ``teacher_logit_mode``)."""
 
+    description = "a margin softmax loss with margins from the teacher's reliability (Lukasik et al.)"
+
     param_names = _Distillation.param_names + (
         "margin_level",
         "margin_scale",
@@ -318,6 +328,8 @@ class AdaptiveMargin(_ClassReliability):
 class BalancedKD(_Distillation):
     """Wang et al.: CE(q, s + tau log pi) (logit adjusted), or CE(q, s) re-weighted by 1/(m pi_y)."""
 
+    description = "distillation with the class prior's logit adjustment or reweighting (Wang et al.)"
+
     param_names = _Distillation.param_names + ("balanced_form", "logit_adjustment_tau")
 
     def prior_uses(self) -> list[str]:
@@ -340,6 +352,10 @@ class TeacherBalanced(BalancedKD):
     """Teacher objective: logit adjustment CE(e_y, t + tau log pi); 'posthoc' trains plain CE and then, after
     training, shifts the classifier bias by -tau log pi (so the saved model predicts with the adjustment)."""
 
+    description = (
+        "logit adjustment: cross-entropy with the log class priors added to the logits in training, so that "
+        "the rare classes are not crowded out"
+    )
     role = "teacher"
     uses_teacher = False
     param_names = ("balanced_form", "logit_adjustment_tau")

@@ -30,6 +30,7 @@ class RobustKD(_Distillation):
     error plus C / sqrt(n_k) (n_k its training count; none for n_k = 0).
     """
 
+    description = "distillation with class-DRO weights on the classes of highest holdout error (Wang et al.)"
     param_names = _Distillation.param_names + (
         "dro_tradeoff",
         "dro_base",
@@ -223,6 +224,7 @@ class TeacherDRO(RobustKD):
     """Teacher objective: class-DRO (or group DRO) with one-hot targets (the same machinery as `robust_kd`). Its
     holdout errors are label-weighted: a teacher has no teacher, so ``dro_error_weighting='teacher'`` is refused."""
 
+    description = "class-DRO: cross-entropy reweighted towards the classes with the highest loss"
     role = "teacher"
     uses_teacher = False
     param_names = tuple(n for n in RobustKD.param_names if n.startswith("dro_"))

@@ -46,7 +46,7 @@ class ObjectiveContext:
 
     @property
     def teacher(self):
-        """The run's `hf_fairkd.teacher_source.TeacherSource` (its model is None with a cached teacher)."""
+        """The run's `hf_fairkd.teacher.TeacherSource` (its model is None with a cached teacher)."""
         return self._trainer.teacher_source
 
     def holdout_batches(self, indices=None) -> Iterator[dict]:

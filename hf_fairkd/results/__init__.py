@@ -15,7 +15,7 @@ _LAZY = {
     "build_run_record": "schema",
     "format_summary": "schema",
     "groups_hurt_and_helped": "schema",
-    "hurt_and_helped": "schema",
+    "public_name": "schema",
     "run_settings": "schema",
     "build_model_card": "card",
     "save_card_and_metrics": "card",
@@ -25,6 +25,7 @@ _LAZY = {
     "load_subgroup_metrics": "hub",
     "preflight": "hub",
     "push_output_dir": "hub",
+    "recorded_objective": "hub",
 }
 
 __all__ = sorted(_LAZY)

@@ -18,7 +18,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from hf_fairkd.io_utils import atomic_write_json, atomic_write_text
 from hf_fairkd.results.card_block import CARD_BLOCK_KEY, card_block, check_card_record
 from hf_fairkd.results.card_groups import groups_body
-from hf_fairkd.results.card_metadata import eval_results_of
+from hf_fairkd.results.card_metadata import dataset_name_of, eval_results_of
 from hf_fairkd.results.card_text import card_body, escape_markdown_cell
 from hf_fairkd.results.hub import is_repo_id
 from hf_fairkd.results.plots import plot_per_class_accuracy
@@ -54,9 +54,7 @@ def build_model_card(
     """
     check_card_record(metrics)
     settings = metrics.get("settings") or {}
-    dataset_name = str(
-        settings.get("dataset_name") or (metrics.get("dataset") or {}).get("source") or "unknown"
-    )
+    dataset_name = dataset_name_of(metrics)
     model_name = model_id or "hf-fairkd-distilled-student"
     card_data = ModelCardData(
         model_name=model_name,

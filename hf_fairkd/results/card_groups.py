@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hf_fairkd.results.card_text import _names_list, _p_text, escape_markdown_cell, fmt, num
+from hf_fairkd.results.card_text import escape_markdown_cell, fmt, names_list, num, p_text
 from hf_fairkd.results.schema import ROLES, group_columns_of, group_key_label, group_verdicts_of
 
 __all__ = ["MAX_GROUP_ROWS", "MAX_CELL_ROWS", "groups_body"]
@@ -106,7 +106,7 @@ def _group_rows(metrics: dict, key: str, names: list[str], deltas: dict, verdict
                 _count(row.get("support")),
                 *[_acc(_summary(metrics, role, key).get("by_group", {}).get(name) or {}) for role in ROLES],
                 "n/a" if missing else fmt(d.get("delta"), True),
-                "n/a" if missing else _p_text(d, verdicts.get(name)),
+                "n/a" if missing else p_text(d, verdicts.get(name)),
             ]
         )
     return rows
@@ -129,11 +129,11 @@ def _worst_rows(metrics: dict, key: str) -> list[list[str]]:
 
 
 def _cells(metrics: dict, column: str, deltas: dict, verdicts: dict) -> dict[str, Any]:
-    """The lowest class x column cells of the student, and a sentence on the cells as a whole."""
+    """The lowest class x column cells of the student, and the counts of cells for the sentence on them all."""
     key = f"class&{column}"
     by_group = _summary(metrics, "student", key).get("by_group") or {}
     if not by_group:
-        return {"cell_rows": [], "cell_sentence": ""}
+        return {"cell_rows": []}
     baseline = _summary(metrics, "baseline", key).get("by_group") or {}
     cell_deltas = {row["group"]: row for row in deltas.get(key) or []}
     cell_verdicts = verdicts.get(key) or {}
@@ -149,22 +149,16 @@ def _cells(metrics: dict, column: str, deltas: dict, verdicts: dict) -> dict[str
                 fmt((baseline.get(name) or {}).get("accuracy")) if baseline else "n/a",
                 _acc(row),
                 fmt(d.get("delta"), True),
-                _p_text(d, cell_verdicts.get(name)),
+                p_text(d, cell_verdicts.get(name)),
             ]
         )
-    missing = [g for g, row in by_group.items() if row.get("support") == 0]
     hurt = [g for g, v in cell_verdicts.items() if v == "hurt"]
-    cells = f"class × {escape_markdown_cell(column)} cells with test rows"
-    if len(rows) < len(order):
-        sentence = f"The {len(rows)} lowest of the {len(order)} {cells}, lowest student accuracy first"
-    else:
-        sentence = f"The {len(order)} {cells}, lowest student accuracy first"
-    if missing:
-        more = "1 more cell has" if len(missing) == 1 else f"{len(missing)} more cells have"
-        sentence += f" ({more} training rows but no test rows)"
-    if verdicts:
-        sentence += f"; cells distillation hurt: {_names_list(hurt, 10) if hurt else 'none'}"
-    return {"cell_rows": rows, "cell_sentence": sentence + "."}
+    return {
+        "cell_rows": rows,
+        "cells_seen": len(order),
+        "cells_missing": sum(1 for row in by_group.values() if row.get("support") == 0),
+        "cells_hurt": (names_list(hurt, 10) or "none") if verdicts else None,
+    }
 
 
 def _column_section(metrics: dict, column: str, deltas: dict, verdicts: dict) -> dict[str, Any]:
@@ -172,19 +166,13 @@ def _column_section(metrics: dict, column: str, deltas: dict, verdicts: dict) ->
     by_group = student.get("by_group") or {}
     names, left_out = _shown_groups(by_group)
     column_deltas = {row["group"]: row for row in deltas.get(column) or []}
-    note = ""
-    if left_out:
-        note = (
-            f"{len(names)} of {len(by_group)} groups are shown (the lowest student accuracy first, then those "
-            f"without test rows); {left_out} more are left out. Every group is in `subgroup_metrics.json`."
-        )
-    spread = ", ".join(f"{k} {fmt(student.get(k))}" for k in ("min", "max", "difference", "ratio"))
     return {
         "column": escape_markdown_cell(column),
         "rows": _group_rows(metrics, column, names, column_deltas, verdicts.get(column) or {}),
-        "left_out": note,
+        "num_groups": len(by_group),
+        "left_out": left_out,
         "worst_rows": _worst_rows(metrics, column),
-        "spread": f"Student over the groups with test rows: {spread}.",
+        "spread": {k: fmt(student.get(k)) for k in ("min", "max", "difference", "ratio")},
         **_cells(metrics, column, deltas, verdicts),
     }
 
@@ -211,8 +199,8 @@ def _intersection_rows(metrics: dict, columns: list[str], deltas: dict, verdicts
                 fmt(student.get("worst_group_accuracy", student.get("min"))),
                 _interval(low, high),
                 fmt((baseline.get(worst) or {}).get("accuracy")) if baseline else "n/a",
-                (_names_list(hurt, 10) or "none") if key in deltas else "n/a",
-                (_names_list(helped, 10) or "none") if key in deltas else "n/a",
+                (names_list(hurt, 10) or "none") if key in deltas else "n/a",
+                (names_list(helped, 10) or "none") if key in deltas else "n/a",
             ]
         )
     return rows
@@ -220,34 +208,16 @@ def _intersection_rows(metrics: dict, columns: list[str], deltas: dict, verdicts
 
 def groups_body(metrics: dict) -> dict[str, Any]:
     """Template values of the Subgroups section and of the Factors line ("subgroups": [] without groups)."""
-    headers = {
+    columns = [c for c in group_columns_of(metrics) if _summary(metrics, "student", c)]
+    deltas = metrics.get("student_minus_baseline_groups") or {}
+    verdicts = group_verdicts_of(metrics)
+    return {
         "group_header": GROUP_HEADER,
         "worst_group_header": WORST_HEADER,
         "cell_header": CELL_HEADER,
         "intersection_header": INTERSECTION_HEADER,
-    }
-    columns = [c for c in group_columns_of(metrics) if _summary(metrics, "student", c)]
-    if not columns:
-        return {
-            **headers,
-            "subgroups": [],
-            "intersection_rows": [],
-            "group_factor": "none evaluated (the run was given no group columns)",
-        }
-    deltas = metrics.get("student_minus_baseline_groups") or {}
-    verdicts = group_verdicts_of(metrics)
-    crossed = ["each alone"]
-    if any(_summary(metrics, "student", f"class&{c}") for c in columns):
-        crossed.append("crossed with the class (class × group cells such as cat&A)")
-    if len(columns) > 1:
-        crossed.append("and crossed with each other")
-    return {
-        **headers,
         "subgroups": [_column_section(metrics, c, deltas, verdicts) for c in columns],
-        "intersection_rows": _intersection_rows(metrics, columns, deltas, verdicts),
-        "group_factor": (
-            f"accuracy per value of the group {'column' if len(columns) == 1 else 'columns'} "
-            f"{_names_list(columns)} (attributes of the images, not their class), {', '.join(crossed)}; "
-            "see Subgroups below"
-        ),
+        "intersection_rows": _intersection_rows(metrics, columns, deltas, verdicts) if columns else [],
+        "group_columns": names_list(columns),
+        "group_cells": any(_summary(metrics, "student", f"class&{c}") for c in columns),
     }

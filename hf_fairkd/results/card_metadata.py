@@ -9,6 +9,14 @@ from huggingface_hub import EvalResult
 
 from hf_fairkd.results.card_block import round_sig
 from hf_fairkd.results.card_text import SCALARS, SHOTS, num, shot_acc
+from hf_fairkd.results.schema import public_name
+
+
+def dataset_name_of(metrics: dict) -> str:
+    """The dataset a card's model-index names: ``settings["dataset_name"]``, else the dataset's source; a local
+    folder by its own name (:func:`hf_fairkd.results.schema.public_name`)."""
+    settings, dataset = metrics.get("settings") or {}, metrics.get("dataset") or {}
+    return str(public_name(settings.get("dataset_name") or dataset.get("source")) or "unknown")
 
 
 def worst_group_metric_type(column: str) -> str:

@@ -45,6 +45,7 @@ __all__ = [
     "preflight",
     "push_command",
     "push_output_dir",
+    "recorded_objective",
 ]
 
 logger = logging.getLogger(__name__)
@@ -318,6 +319,27 @@ def load_subgroup_metrics(
             "with hf_fairkd.results.push_output_dir."
         ) from None
     return _from_card(Path(card_path), where)
+
+
+def recorded_objective(name_or_path: str) -> str | None:
+    """The objective the model at ``name_or_path`` (a folder or a Hub repo) was trained with, from its own record
+    (``subgroup_metrics.json`` or its card's block, as written for every model trained by hf-fairkd), or the
+    ``stage_complete.json`` a recipe writes into its teacher/ and baseline/ stage folders; None when it has none."""
+    stage_marker = os.path.join(os.path.expanduser(name_or_path), "stage_complete.json")
+    if os.path.isfile(stage_marker):
+        try:
+            with open(stage_marker, encoding="utf-8") as f:
+                return json.load(f).get("objective")
+        except (OSError, ValueError, AttributeError):
+            pass  # a damaged marker: fall back to the record
+    try:
+        record = load_subgroup_metrics(name_or_path)
+    except Exception as err:  # noqa: BLE001 - a model without a readable record: its objective is not known
+        logger.info(
+            f"No hf-fairkd record for {name_or_path} ({type(err).__name__}): its objective is not known."
+        )
+        return None
+    return (record.get("settings") or {}).get("objective")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ from matplotlib.figure import Figure
 
 from hf_fairkd.io_utils import atomic_path
 from hf_fairkd.results.plot_groups import draw_group_panel, group_panel_columns
-from hf_fairkd.results.schema import METRICS_FILE
+from hf_fairkd.results.schema import METRICS_FILE, public_name
 
-__all__ = ["count_bins", "plot_per_class_accuracy"]
+__all__ = ["count_bins", "draw_per_class_accuracy", "plot_per_class_accuracy"]
 
 # (key in the run record, legend label, colour, marker); drawn in this order so the student is on top.
 _MODELS = (
@@ -76,61 +76,105 @@ def _accuracy(value: object) -> float:
 
 
 def _classes_to_name(xs: list[float], ys: list[float], baseline: list[float] | None) -> list[int]:
-    """Indices of classes to annotate, skipping any label that would sit on top of one already placed.
-
-    With few classes every class is a candidate; with many, only the worst (student), rarest, commonest
-    and most improved over the baseline are, so the plot stays readable.
-    """
-    n = len(xs)
-    seen = [i for i in range(n) if not math.isnan(ys[i])]
+    """Indices of the classes to name: every class with a point when there are few; with many, the worst
+    (student), rarest, commonest and most improved over the baseline, so the plot stays readable."""
+    seen = [i for i in range(len(xs)) if not math.isnan(ys[i])]  # a class without test images has no point
+    if len(xs) <= _ALL_LABELS_UP_TO:
+        return seen
     worst = sorted(seen, key=lambda i: ys[i])
-    by_count = sorted(seen, key=lambda i: xs[i])  # classes without test images have no point to label
-    if n <= _ALL_LABELS_UP_TO:
-        candidates = worst + by_count
-    else:
-        gains = []
-        if baseline is not None:
-            gains = sorted(
-                (i for i in seen if not math.isnan(baseline[i])), key=lambda i: baseline[i] - ys[i]
-            )
-        candidates = worst[:2] + by_count[:2] + by_count[-1:] + gains[:1]
-    log_lo, log_hi = math.log10(min(xs)), math.log10(max(xs))
-    span = max(log_hi - log_lo, 1e-9)
-    placed: list[tuple[float, float]] = []
-    chosen: list[int] = []
-    for i in dict.fromkeys(candidates):  # keeps priority order, drops repeats
-        point = ((math.log10(xs[i]) - log_lo) / span, ys[i])
-        if all(abs(point[0] - px) > 0.1 or abs(point[1] - py) > 0.05 for px, py in placed):
-            placed.append(point)
-            chosen.append(i)
-    return sorted(chosen)
+    by_count = sorted(seen, key=lambda i: xs[i])
+    gains = []
+    if baseline is not None:
+        gains = sorted((i for i in seen if not math.isnan(baseline[i])), key=lambda i: baseline[i] - ys[i])
+    return sorted(dict.fromkeys(worst[:2] + by_count[:2] + by_count[-1:] + gains[:1]))
 
 
-def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Save a PNG of per-class test accuracy (y) against per-class training count (x, log scale).
+# Label positions tried in turn, in points from the point: (dx, dy, horizontal alignment).
+_LABEL_OFFSETS = [
+    (dx, dy, ha) for dy in (6, -13, 16, -23, 26, -33, 36, -43) for dx, ha in ((5, "left"), (-5, "right"))
+]
 
-    ``metrics`` is a subgroup_metrics.json dict; the teacher, baseline and student reports present are
-    drawn as markers joined by lines in order of training count. With more than ``BIN_CLASSES_ABOVE``
-    classes the classes are grouped into log-spaced bins of training count (:func:`count_bins`) and each
-    model is drawn as its mean accuracy per bin with a band from the 25th to the 75th percentile. A record
-    with groups gets a panel per group column below (:mod:`hf_fairkd.results.plot_groups`). The file
-    is written atomically.
-    """
-    main = metrics.get("student") or metrics.get(
-        "teacher"
-    )  # a teacher's record (train_teacher.py) has no student
+
+def _name_classes(ax, points: list[tuple[float, float, str]], taken: list) -> None:
+    """Annotate every point with its label, at the first offset where the label stays inside the axes and
+    overlaps no other label nor the ``taken`` boxes (e.g. the shot-group names); a label that fits nowhere is
+    kept at the first offset, so no class goes unnamed. Call after the layout is final."""
+    renderer = ax.figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    placed = list(taken)
+    for x, y, label in points:
+        first = None
+        for dx, dy, ha in _LABEL_OFFSETS:
+            note = ax.annotate(
+                label, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=8, color="#333333",
+                annotation_clip=False,
+            )  # fmt: skip
+            box = note.get_window_extent(renderer)
+            fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+            if fits and not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                if first is not None:
+                    first.remove()
+                break
+            if first is None:
+                first = note
+            else:
+                note.remove()
+        else:
+            placed.append(first.get_window_extent(renderer))
+
+
+def _class_counts(metrics: dict, rows: list[dict]) -> tuple[list[float], list[int], str]:
+    """Where each class is drawn (x), its training count, and the x axis label. A class is drawn at the count its
+    shot group uses (``shot_counts``, e.g. before the holdout), so that it sits in the band of its group."""
+    train = metrics.get("train_counts") or [row.get("train_count") for row in rows]
+    if any(count is None for count in train):
+        raise ValueError("plot_per_class_accuracy needs per-class train_counts; add metrics['train_counts'].")
+    shot = (metrics.get("student") or metrics.get("teacher") or {}).get("shot_counts")
+    if shot is not None and list(shot) != list(train):
+        label = "training images of the class before the holdout (the count of its shot group; log scale)"
+        return [float(c) for c in shot], list(train), label
+    return [float(c) for c in train], list(train), "training images of the class (log scale)"
+
+
+def _interval_bars(ax, xs: list[float], rows: list[dict], colour: str) -> bool:
+    """Error bars of the per-class intervals (``ci_low`` / ``ci_high``) where the report has them."""
+    bars = [
+        (x, row["accuracy"], row["accuracy"] - row["ci_low"], row["ci_high"] - row["accuracy"])
+        for x, row in zip(xs, rows)
+        if None not in (row.get("accuracy"), row.get("ci_low"), row.get("ci_high"))
+        and not any(math.isnan(row[k]) for k in ("accuracy", "ci_low", "ci_high"))
+    ]
+    if bars:
+        bx, by, down, up = (list(v) for v in zip(*bars))
+        ax.errorbar(
+            bx,
+            by,
+            yerr=[down, up],
+            fmt="none",
+            ecolor=colour,
+            elinewidth=0.9,
+            capsize=2.5,
+            alpha=0.55,
+            zorder=2,
+        )
+    return bool(bars)
+
+
+def draw_per_class_accuracy(metrics: dict, *, title: str | None = None) -> Figure:
+    """The figure of :func:`plot_per_class_accuracy` (a ``matplotlib.figure.Figure`` on an Agg canvas)."""
+    main_key = "student" if isinstance(metrics.get("student"), dict) else "teacher"
+    main = metrics.get(main_key)  # a teacher's record (train_teacher.py) has no student
     if not isinstance(main, dict) or "per_class" not in main:
         raise ValueError(
             f"metrics has no 'student' (or 'teacher') report with 'per_class' rows; pass the {METRICS_FILE} record "
             "written by the recipe."
         )
-    student_rows = main["per_class"]
-    train_counts = metrics.get("train_counts") or [row.get("train_count") for row in student_rows]
-    if any(count is None for count in train_counts):
-        raise ValueError("plot_per_class_accuracy needs per-class train_counts; add metrics['train_counts'].")
-    names = metrics.get("class_names") or [row["name"] for row in student_rows]
+    rows = main["per_class"]
+    counts, train_counts, xlabel = _class_counts(metrics, rows)
+    names = metrics.get("class_names") or [row["name"] for row in rows]
     # A log axis cannot show 0; classes with no training rows sit at 0.5 and are flagged in the label.
-    xs = [max(float(c), 0.5) for c in train_counts]
+    xs = [max(c, 0.5) for c in counts]
     order = sorted(range(len(xs)), key=lambda i: (xs[i], i))
 
     columns = group_panel_columns(metrics)
@@ -145,53 +189,28 @@ def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: st
         ax = fig.subplots()
     binned = len(xs) > BIN_CLASSES_ABOVE
     bins = count_bins(xs) if binned else []
+    confidence = f"{100 * float(main.get('confidence_level') or 0.95):g}%"
     for key, label, colour, marker in _MODELS:
         if key not in metrics or metrics[key] is None:
             continue
         acc = [_accuracy(row["accuracy"]) for row in metrics[key]["per_class"]]
+        style = {
+            "linewidth": 1.8 if key == main_key else 1.2,
+            "markersize": 7 if key == main_key else 5,
+            "zorder": 3 if key == main_key else 2,
+        }
         if binned:
             # Many classes: one point per bin of training count (mean), with the middle half of the classes
             # of the bin as a band, so 1,000 classes stay readable.
             series = _binned_series(xs, acc, bins)
             bx, mean, q25, q75 = (list(v) for v in zip(*series)) if series else ([], [], [], [])
             ax.fill_between(bx, q25, q75, color=colour, alpha=0.15, linewidth=0, zorder=1)
-            ax.plot(
-                bx,
-                mean,
-                marker=marker,
-                color=colour,
-                label=f"{label} (mean per bin)",
-                linewidth=1.8 if key == "student" else 1.2,
-                markersize=7 if key == "student" else 5,
-                zorder=3 if key == "student" else 2,
-            )
+            ax.plot(bx, mean, marker=marker, color=colour, label=f"{label} (mean per bin)", **style)
             continue
+        if key == main_key and _interval_bars(ax, xs, metrics[key]["per_class"], colour):
+            label += f" (bars: {confidence} interval)"
         ax.plot(
-            [xs[i] for i in order],
-            [acc[i] for i in order],
-            marker=marker,
-            color=colour,
-            label=label,
-            linewidth=1.8 if key == "student" else 1.2,
-            markersize=7 if key == "student" else 5,
-            zorder=3 if key == "student" else 2,
-        )
-
-    student_acc = [_accuracy(row["accuracy"]) for row in student_rows]
-    baseline_acc = None
-    if metrics.get("baseline"):
-        baseline_acc = [_accuracy(row["accuracy"]) for row in metrics["baseline"]["per_class"]]
-    for i in [] if binned else _classes_to_name(xs, student_acc, baseline_acc):
-        y = student_acc[i]
-        text = _plain_label(names[i]) + (" (0 train)" if train_counts[i] <= 0 else "")
-        ax.annotate(
-            text,
-            (xs[i], y),
-            textcoords="offset points",
-            xytext=(4, 6),
-            fontsize=8,
-            color="#333333",
-            annotation_clip=False,
+            [xs[i] for i in order], [acc[i] for i in order], marker=marker, color=colour, label=label, **style
         )
 
     lo, hi = min(xs) / 1.6, max(xs) * 1.8  # margins leave room for the class labels
@@ -199,6 +218,7 @@ def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: st
     ax.set_xlim(lo, hi)
     thresholds = main.get("shot_thresholds") or {}
     few, many = thresholds.get("few_below"), thresholds.get("many_above")
+    band_names = []
     if few and many:
         # Shade the three shot groups so readers see where the rare classes are.
         for start, end, name, shade in (
@@ -209,16 +229,18 @@ def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: st
             start, end = max(start, lo), min(end, hi)
             if start < end:
                 ax.axvspan(start, end, color=shade, alpha=0.6, zorder=0, linewidth=0)
-                ax.text(math.sqrt(start * end), 1.045, name, ha="center", fontsize=8, color="#666666")
+                band_names.append(
+                    ax.text(math.sqrt(start * end), 1.045, name, ha="center", fontsize=8, color="#666666")
+                )
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_ylim(-0.03, 1.08)
-    ax.set_xlabel("training images of the class (log scale)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(
         f"mean test accuracy of the classes of a bin ({len(bins)} bins)\nband: 25th–75th percentile"
         if binned
         else "test accuracy of the class (recall)"
     )
-    dataset = (metrics.get("settings") or {}).get("dataset_name")
+    dataset = public_name((metrics.get("settings") or {}).get("dataset_name"))
     default_title = "Per-class accuracy vs. training count" + (
         f" — {_plain_label(dataset, 40)}" if dataset else ""
     )
@@ -226,8 +248,37 @@ def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: st
         default_title += f" ({len(xs)} classes, binned)"
     ax.set_title(_plain_label(title, 120) if title else default_title)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9, framealpha=0.9)
+    # below the axes, so that it hides no point and no class label
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
+    if not binned:
+        main_acc = [_accuracy(row["accuracy"]) for row in rows]
+        baseline_acc = None
+        if metrics.get("baseline") and main_key == "student":
+            baseline_acc = [_accuracy(row["accuracy"]) for row in metrics["baseline"]["per_class"]]
+        named = _classes_to_name(xs, main_acc, baseline_acc)
+        points = [
+            (xs[i], main_acc[i], _plain_label(names[i]) + (" (0 train)" if train_counts[i] <= 0 else ""))
+            for i in named
+        ]
+        renderer = fig.canvas.get_renderer()
+        _name_classes(ax, points, [t.get_window_extent(renderer) for t in band_names])
+    return fig
+
+
+def plot_per_class_accuracy(metrics: dict, path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Save a PNG of per-class test accuracy (y) against per-class training count (x, log scale).
+
+    ``metrics`` is a subgroup_metrics.json dict; the teacher, baseline and student reports present are
+    drawn as markers joined by lines in order of training count, the student's (a teacher record's: the
+    teacher's) per-class intervals as error bars. Each class is drawn at the count its shot group uses (the
+    count before the holdout when the groups were formed from it), so it lies in the shaded band of its group;
+    with up to 12 classes every class is named. With more than ``BIN_CLASSES_ABOVE`` classes the classes are
+    grouped into log-spaced bins of training count (:func:`count_bins`) and each model is drawn as its mean
+    accuracy per bin with a band from the 25th to the 75th percentile. A record with groups gets a panel per
+    group column below (:mod:`hf_fairkd.results.plot_groups`). The file is written atomically.
+    """
+    fig = draw_per_class_accuracy(metrics, title=title)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)

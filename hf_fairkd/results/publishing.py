@@ -20,9 +20,6 @@ TRAINING_ARGS_JSON = "training_args.json"
 class PublishingMixin:
     """Mixed into `DistillationTrainer` ahead of `transformers.Trainer`."""
 
-    subgroup_metrics: dict | None = None  # set by the recipe: the teacher / baseline / student record
-    card_kwargs: dict = {}  # extra arguments for hf_fairkd.results.build_model_card
-
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the student (and processor) to ``output_dir``, the arguments as JSON with tokens masked
         instead of a pickle. It never publishes: `push_to_hub()` does, once.
@@ -44,12 +41,16 @@ class PublishingMixin:
 
         atomic_write_json(os.path.join(output_dir, TRAINING_ARGS_JSON), self.args.to_dict())
 
-    def create_model_card(self, **kwargs) -> None:
-        """Write the subgroup card, metrics file and plot (the recipe sets `subgroup_metrics`; otherwise the
-        student is evaluated on `eval_dataset`). Without either, the stock Trainer card is written."""
+    def create_model_card(
+        self, metrics: dict | None = None, card_kwargs: dict | None = None, **kwargs
+    ) -> None:
+        """Write the subgroup card, metrics file and plot of ``metrics`` (a run record, e.g. the recipe's; without
+        one, the student is evaluated on `eval_dataset`). ``card_kwargs`` go to
+        `hf_fairkd.results.save_card_and_metrics` (``model_id`` defaults to ``hub_model_id``). Without a record
+        or an eval_dataset, the stock Trainer card is written (with ``kwargs``)."""
         # why: the stock card has no per-class results
         # predict() needs every process, so the record comes before the rank-0 check
-        record = self.subgroup_metrics or self._metrics_from_eval_dataset()
+        record = metrics if metrics is not None else self._metrics_from_eval_dataset()
         if not self.is_world_process_zero():
             return
         if record is None:
@@ -58,8 +59,9 @@ class PublishingMixin:
             return
         from hf_fairkd.results.card import save_card_and_metrics
 
-        card_kwargs = {"model_id": self.args.hub_model_id, **self.card_kwargs}
-        save_card_and_metrics(self.args.output_dir, record, **card_kwargs)
+        save_card_and_metrics(
+            self.args.output_dir, record, **{"model_id": self.args.hub_model_id, **(card_kwargs or {})}
+        )
 
     def _metrics_from_eval_dataset(self) -> dict | None:
         """The run record of the student alone on `eval_dataset` (not a Trainer method)."""
@@ -101,10 +103,14 @@ class PublishingMixin:
         token: str | None = None,
         revision: str | None = None,
         private: bool | None = None,
+        *,
+        metrics: dict | None = None,
+        card_kwargs: dict | None = None,
         **kwargs,
     ):
         """Save the student, write the card, metrics file and plot, and upload them in ONE commit.
 
+        ``metrics`` and ``card_kwargs`` are those of `create_model_card` (the recipes pass their run record).
         Failures raise `hf_fairkd.results.HubPushError` naming the repo and the fix; the local folder is kept.
         """
         # why: the stock one uploads the stock card and every leftover (teacher/, baseline/, runs/) as they are
@@ -112,7 +118,8 @@ class PublishingMixin:
 
         repo_id = output_repo_id(self.args.hub_model_id, self.args.output_dir)
         self.save_model(_internal_call=True)
-        self.create_model_card(**kwargs)  # on every process: it may evaluate, which needs all of them
+        # on every process: it may evaluate, which needs all of them
+        self.create_model_card(metrics=metrics, card_kwargs=card_kwargs, **kwargs)
         if not self.is_world_process_zero():
             return None
         return push_output_dir(

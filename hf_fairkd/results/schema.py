@@ -8,6 +8,7 @@ NaN / inf become None through :func:`hf_fairkd.io_utils.nan_to_none`, the packag
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,6 +20,7 @@ __all__ = [
     "EVAL_RESULTS_FILE",
     "FORMAT_VERSION",
     "METRICS_FILE",
+    "NAMED_SETTINGS",
     "PLOT_FILE",
     "RECORD_KEYS",
     "ROLES",
@@ -29,12 +31,12 @@ __all__ = [
     "group_key_label",
     "group_verdicts_of",
     "groups_hurt_and_helped",
-    "hurt_and_helped",
+    "public_name",
     "record_from_info",
     "run_settings",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the reports no longer carry n_bootstrap (the card block is the same as in 1)
 METRICS_FILE = "subgroup_metrics.json"
 PLOT_FILE = "per_class_accuracy.png"
 CARD_FILE = "README.md"
@@ -43,6 +45,20 @@ EVAL_RESULTS_FILE = ".eval_results/hf_fairkd.yaml"
 ROLES = ("teacher", "baseline", "student")
 # Keys every record has, whichever models it holds.
 RECORD_KEYS = ("format_version", "class_names", "train_counts", "dataset", "settings")
+# Settings that name a dataset or a model (a local one by its own name only: :func:`public_name`).
+NAMED_SETTINGS = ("dataset_name", "student_model", "teacher_model", "baseline_model")
+
+
+def public_name(name_or_path: str | None) -> str | None:
+    """How a record names a dataset, model or config: a local folder or file by its own name (the last part of
+    its path), so that no local path is published; anything else (a Hub id, a preset) as it is."""
+    if not name_or_path:
+        return name_or_path
+    text = str(name_or_path)
+    path = os.path.expanduser(text)
+    if os.path.isabs(path) or text.startswith((".", "~")) or os.path.exists(path):
+        return os.path.basename(os.path.normpath(os.path.abspath(path)))
+    return text
 
 
 def _predicted_ids(values) -> np.ndarray:
@@ -59,10 +75,9 @@ def build_run_record(
     shot_counts=None,
     dataset: dict | None = None,
     settings: dict,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
     groups: Mapping[str, list] | None = None,
     group_train_counts: Mapping[str, Mapping[str, int]] | None = None,
+    intervals: bool = True,
 ) -> dict:
     """The subgroup_metrics.json record: a subgroup report per model, the paired student - baseline deltas,
     the teacher's calibration, the class names and counts, the dataset's metadata and the run's settings.
@@ -74,7 +89,8 @@ def build_run_record(
     ``logits`` maps roles of :data:`ROLES` to (n, C) logits; a model whose logits are gone may give its
     (n,) predicted class ids (it then gets no calibration). ``shot_counts`` are the per-class counts that
     define the many / medium / few groups (default: ``train_counts``), e.g. the long-tail profile's counts
-    before the holdout was carved. Returns a JSON-ready dict (NaN -> None).
+    before the holdout was carved. ``intervals=False`` leaves the intervals out (point estimates only). The
+    dataset's ``source`` is named by :func:`public_name`. Returns a JSON-ready dict (NaN -> None).
     """
     from hf_fairkd.metrics import calibration_report, paired_delta, softmax, subgroup_report
 
@@ -92,8 +108,7 @@ def build_run_record(
             class_names=names,
             train_counts=counts,
             shot_counts=shot_counts,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
+            intervals=intervals,
             **group_args,
         )
     if "student" in predicted and "baseline" in predicted:
@@ -102,8 +117,7 @@ def build_run_record(
             predicted["baseline"],
             labels,
             class_names=names,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
+            intervals=intervals,
         )
     if groups and "student" in predicted and "baseline" in predicted:
         from hf_fairkd.metrics import paired_group_delta
@@ -114,7 +128,7 @@ def build_run_record(
             labels,
             dict(groups),
             class_names=names,
-            n_bootstrap=n_bootstrap,
+            intervals=intervals,
         )
     if groups:
         record["group_columns"] = [str(column) for column in groups]
@@ -122,7 +136,10 @@ def build_run_record(
         record["teacher_calibration"] = calibration_report(
             softmax(logits["teacher"]), labels, class_names=names
         )
-    record.update(class_names=names, train_counts=counts, dataset=dict(dataset or {}), settings=settings)
+    dataset = dict(dataset or {})
+    if dataset.get("source"):
+        dataset["source"] = public_name(dataset["source"])
+    record.update(class_names=names, train_counts=counts, dataset=dataset, settings=settings)
     return nan_to_none(record)
 
 
@@ -133,8 +150,6 @@ def record_from_info(
     settings: dict,
     *,
     groups: Mapping[str, list] | None = None,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
 ) -> dict:
     """:func:`build_run_record` for a long-tailed dataset described by a ``LongTailInfo``.
 
@@ -151,8 +166,6 @@ def record_from_info(
         shot_counts=getattr(info, "long_tail_counts", None) or None,
         dataset=info.to_dict(),
         settings=settings,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
         groups=groups,
         group_train_counts=getattr(info, "group_train_counts", None) if groups else None,
     )
@@ -161,7 +174,8 @@ def record_from_info(
 def run_settings(args, **extra) -> dict:
     """The record's ``settings``: what defines the objective and its targets, plus ``extra`` (models, data).
 
-    ``args`` is a :class:`hf_fairkd.config.DistillationArguments`; no secret (token) is ever read from it.
+    ``args`` is a :class:`hf_fairkd.config.DistillationArguments`; no secret (token) is ever read from it. The
+    extras of :data:`NAMED_SETTINGS` are named by :func:`public_name` (a local folder by its own name).
     """
     settings = {
         "objective": args.objective,
@@ -170,7 +184,7 @@ def run_settings(args, **extra) -> dict:
         "temperature": args.temperature,
         "seed": args.seed,
     }
-    settings.update(extra)
+    settings.update({k: public_name(v) if k in NAMED_SETTINGS else v for k, v in extra.items()})
     return settings
 
 
@@ -184,15 +198,6 @@ def class_verdicts(record: Mapping) -> dict[int, str | None]:
     from hf_fairkd.metrics.paired import delta_verdict
 
     return {row["class_id"]: delta_verdict(row) for row in record.get("student_minus_baseline") or []}
-
-
-def hurt_and_helped(record: Mapping) -> tuple[list[str], list[str]]:
-    """Classes the student is significantly below / above the one-hot baseline on (see :func:`class_verdicts`)."""
-    rows = {row["class_id"]: row["name"] for row in record.get("student_minus_baseline") or []}
-    verdicts = class_verdicts(record)
-    hurt = [rows[i] for i, v in verdicts.items() if v == "hurt"]
-    helped = [rows[i] for i, v in verdicts.items() if v == "helped"]
-    return hurt, helped
 
 
 def group_columns_of(record: Mapping) -> list[str]:
@@ -276,7 +281,9 @@ def format_summary(record: Mapping) -> str:
                 f"{role:<10}{pct(report['accuracy']):>9}{pct(report['balanced_accuracy']):>10}"
                 f"{pct(report['worst_class_accuracy']):>13}  {report['worst_class']}"
             )
-    hurt, helped = hurt_and_helped(record)
+    from hf_fairkd.metrics.paired import hurt_and_helped_classes
+
+    hurt, helped = hurt_and_helped_classes(record.get("student_minus_baseline"))
     lines.append("")
     lines.append(
         "Classes distillation hurt (student below the one-hot baseline, exact McNemar test p < 0.05): "

@@ -9,29 +9,32 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from hf_fairkd.results.card_metadata import eval_results_of
+from hf_fairkd.results.card_metadata import dataset_name_of, eval_results_of
 from hf_fairkd.results.card_text import (
     FOLD_CLASSES_ABOVE,
-    _names_list,
-    _profile_sentences,
-    _safe_filename,
-    _uncertainty,
+    data_values,
     escape_markdown_cell,
     fmt,
+    interval_values,
+    names_list,
     num,
+    safe_filename,
     shot_acc,
+    text,
 )
 from hf_fairkd.results.hub import is_repo_id
-from hf_fairkd.results.schema import PLOT_FILE
+from hf_fairkd.results.schema import PLOT_FILE, public_name
 
 TEACHER_TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "teacher_card_template.md"
 TEACHER_TAGS = ["hf-fairkd", "knowledge-distillation-teacher", "long-tail", "image-classification"]
-TEACHER_OBJECTIVES = {
-    "erm": "ERM: plain cross-entropy on the long-tailed data",
-    "balanced": "logit adjustment ('balanced'): cross-entropy with the log class priors added to the logits "
-    "in training, so that the rare classes are not crowded out",
-    "dro": "class-DRO ('dro'): cross-entropy reweighted towards the classes with the highest loss",
-}
+
+
+def objective_description(name: str | None) -> str | None:
+    """The one-line ``description`` of a registered objective (None for a name the registry does not know)."""
+    from hf_fairkd.objectives import OBJECTIVES
+
+    objective = OBJECTIVES.get(name) if name else None
+    return objective.description if objective is not None else None
 
 
 def is_teacher_record(metrics: dict) -> bool:
@@ -50,7 +53,6 @@ def check_teacher_record(metrics: dict) -> None:
 def _teacher_body(metrics: dict, plot_filename: str) -> dict:
     teacher, settings = metrics["teacher"], metrics.get("settings") or {}
     calibration = metrics.get("teacher_calibration") or {}
-    confidence = f"{100 * float(teacher.get('confidence_level') or 0.95):g}%"
     overall = [
         ["Accuracy", fmt(teacher.get("accuracy"))],
         ["Balanced accuracy (mean per-class recall)", fmt(teacher.get("balanced_accuracy"))],
@@ -68,8 +70,8 @@ def _teacher_body(metrics: dict, plot_filename: str) -> dict:
     per_class = [
         [
             escape_markdown_cell(row["name"]),
-            escape_markdown_cell(row.get("train_count", "n/a")),
-            escape_markdown_cell(row.get("support", "n/a")),
+            text(row.get("train_count")) or "n/a",
+            text(row.get("support")) or "n/a",
             fmt(row.get("accuracy")),
             f"[{fmt(row.get('ci_low'))}, {fmt(row.get('ci_high'))}]"
             if num(row.get("ci_low")) is not None
@@ -78,35 +80,28 @@ def _teacher_body(metrics: dict, plot_filename: str) -> dict:
         ]
         for row, error in zip(teacher["per_class"], class_errors)
     ]
-    if calibration:
-        calibration_sentence = (
-            f"Expected calibration error {fmt(calibration.get('ece'))} ({calibration.get('n_bins', 'n/a')} bins), "
-            f"log-loss {fmt(calibration.get('log_loss'))}, Brier score {fmt(calibration.get('brier'))}; the "
-            f"least calibrated class is {escape_markdown_cell(calibration.get('worst_calibration_class'))} "
-            f"({fmt(calibration.get('worst_class_calibration_error'))}). Soft targets from a calibrated teacher "
-            "carry more than its top-1 answer."
-        )
-    else:
-        calibration_sentence = "No calibration was recorded."
+    scores = ("ece", "log_loss", "brier", "worst_class_calibration_error")
     objective = settings.get("objective")
-    profile = _profile_sentences(metrics)
     return {
         "overall_rows": overall,
         "per_class_rows": per_class,
         "fold_per_class": len(per_class) > FOLD_CLASSES_ABOVE,
         "num_classes": len(per_class),
-        "confidence": confidence,
-        "uncertainty": "The " + _uncertainty(teacher, confidence),
-        "calibration_sentence": calibration_sentence,
-        "objective_sentence": escape_markdown_cell(
-            TEACHER_OBJECTIVES.get(objective, objective or "not recorded")
-        ),
-        "teacher_model": escape_markdown_cell(settings.get("teacher_model") or "not recorded"),
-        "seed": escape_markdown_cell(settings.get("seed", "not recorded")),
-        "data_intro": profile["data_intro"],
-        "data_sentence": profile["data_sentence"],
-        "class_names": _names_list([row["name"] for row in teacher["per_class"]], 100),
-        "plot": _safe_filename(plot_filename),
+        **data_values(metrics),
+        **interval_values(teacher),
+        "calibration": {
+            **{k: fmt(calibration.get(k)) for k in scores},
+            "n_bins": text(calibration.get("n_bins")) or "n/a",
+            "worst_class": escape_markdown_cell(calibration.get("worst_calibration_class")),
+        }
+        if calibration
+        else None,
+        "objective": text(objective),
+        "objective_description": text(objective_description(objective), 500),
+        "teacher_model": text(public_name(settings.get("teacher_model"))),
+        "seed": text(settings.get("seed")),
+        "class_names": names_list([row["name"] for row in teacher["per_class"]], 100),
+        "plot": safe_filename(plot_filename),
     }
 
 
@@ -120,10 +115,7 @@ def build_teacher_card(
 ) -> ModelCard:
     """The teacher's card: YAML metadata (model-index with its headline metrics) and the sections above."""
     check_teacher_record(metrics)
-    settings = metrics.get("settings") or {}
-    dataset_name = str(
-        settings.get("dataset_name") or (metrics.get("dataset") or {}).get("source") or "unknown"
-    )
+    dataset_name = dataset_name_of(metrics)
     card_data = ModelCardData(
         model_name=model_id or "hf-fairkd-teacher",
         library_name="transformers",

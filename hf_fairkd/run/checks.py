@@ -98,6 +98,21 @@ def check_output_dir(output_dir: str, *, overwrite: bool, resuming: bool) -> Non
         )
 
 
+def remove_stale_stages(output_dir: str, stages: list[str]) -> list[str]:
+    """With --overwrite_output_dir: remove the stage folders (e.g. teacher/ when a teacher is given, baseline/ when
+    one is reused) that this run will not write, so that an earlier run's model is not left looking like this
+    run's. Returns the folders removed; only folders named by ``stages``, never anything else."""
+    import shutil
+
+    removed = []
+    for stage in stages:
+        folder = Path(output_dir) / stage
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            removed.append(str(folder))
+    return removed
+
+
 def check_writable(path: Path, what: str) -> None:
     """Create (and remove) a probe file in ``path``, or in its nearest existing parent, before any training.
 

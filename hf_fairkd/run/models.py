@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from ..results.hub import model_location_problem
+from ..results.schema import public_name
 from .arguments import ModelArguments
 
 logger = logging.getLogger(__name__)
@@ -322,7 +323,7 @@ def fresh_description(model_args, role: str, suffix: str = "") -> str | None:
         return None
     overrides = getattr(model_args, f"{role}_config_overrides")  # a JSON string, or a dict from a YAML file
     overrides = overrides if isinstance(overrides, str) or not overrides else json.dumps(overrides)
-    return f"fresh from config {name}" + (f" with {overrides}" if overrides else "") + suffix
+    return f"fresh from config {public_name(name)}" + (f" with {overrides}" if overrides else "") + suffix
 
 
 def model_description(model_args, role: str, suffix: str = "") -> str:

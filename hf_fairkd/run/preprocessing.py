@@ -15,7 +15,7 @@ from PIL import ImageOps
 from transformers import AutoImageProcessor
 
 from ..groups import GROUP_ID_COLUMN
-from ..teacher_signal import TEACHER_INPUT_COLUMNS, cache_columns_as_tensors
+from ..teacher import TEACHER_INPUT_COLUMNS, cache_columns_as_tensors
 from .arguments import ModelArguments
 from .pixels import (
     PIXELS,

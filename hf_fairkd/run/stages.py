@@ -14,7 +14,7 @@ from ..config import DistillationArguments
 from ..groups import read_group_values
 from ..objectives import get_objective, teacher_objectives
 from ..results.schema import record_from_info
-from ..teacher_cache import build_teacher_cache
+from ..teacher import build_teacher_cache
 from ..trainer import DistillationTrainer
 from .arguments import DataArguments, ModelArguments
 from .preprocessing import PreparedSplits
@@ -104,7 +104,7 @@ def predict_logits(trainer, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(logits, dtype=np.float32), np.asarray(output.label_ids)
 
 
-def record_on_test_split(trainers: dict, splits: PreparedSplits, info, settings: dict, seed: int) -> dict:
+def record_on_test_split(trainers: dict, splits: PreparedSplits, info, settings: dict) -> dict:
     """The run record of every model (``trainers``: role -> trainer) on the balanced test split: predictions
     gathered over processes, per-class reports with the long-tail profile's shot groups, the dataset's
     metadata and ``settings``."""
@@ -115,7 +115,7 @@ def record_on_test_split(trainers: dict, splits: PreparedSplits, info, settings:
         logits[role], labels = predict_logits(trainer, test)
     columns = getattr(info, "group_columns", None) or []
     groups = read_group_values(splits["test"], columns, where="the test split") if columns else None
-    return record_from_info(logits, labels, info, settings, seed=seed, groups=groups)
+    return record_from_info(logits, labels, info, settings, groups=groups)
 
 
 def prediction_trainer(model, args: DistillationArguments, splits: PreparedSplits, processor=None):

@@ -36,10 +36,8 @@ Args:
         hf_fairkd.groups.count_groupings; fills "train_count" and lists groups without evaluation rows.
     shot_thresholds (`tuple`, default (100, 20)): (many_above, few_below).
     worst_k (`int`, default 3): number of lowest-accuracy classes averaged in "worst_k_accuracy".
-    n_bootstrap (`int`, default 1000): kept for compatibility; 0 disables intervals (NaN bounds), any
-        other value gives the exact intervals (nothing is resampled).
+    intervals (`bool`, default True): False leaves the intervals out (NaN bounds, "interval_method" "none").
     confidence_level (`float`, default 0.95): coverage of the intervals (per class, and for the worst class).
-    seed (`int`, default 0): unused (the intervals are exact, not resampled).
     flat (`bool`, default False): return flat scalars (hf_fairkd.metrics.flatten_report) instead.
 
 Returns:
@@ -72,7 +70,7 @@ Examples:
     ... )["groups"]["site"]
     >>> site["worst_group"], site["by_group"]["B"]["accuracy"], site["missing_groups"]
     ('B', 0.5, ['C'])
-    >>> flat = metric.compute(predictions=[0, 1, 1], references=[0, 1, 0], n_bootstrap=0, flat=True)
+    >>> flat = metric.compute(predictions=[0, 1, 1], references=[0, 1, 0], intervals=False, flat=True)
     >>> sorted(flat.items())
     [('accuracy', 0.6666666666666666), ('accuracy_class/0', 0.5), ('accuracy_class/1', 1.0), ('balanced_accuracy', 0.75), ('worst_class_accuracy', 0.5), ('worst_k_accuracy', 0.75)]
 """
@@ -117,9 +115,8 @@ class PerClassAccuracy(evaluate.Metric):
         group_train_counts=None,
         shot_thresholds=(100, 20),
         worst_k=3,
-        n_bootstrap=1000,
+        intervals=True,
         confidence_level=0.95,
-        seed=0,
         flat=False,
     ):
         report = subgroup_report(
@@ -133,8 +130,7 @@ class PerClassAccuracy(evaluate.Metric):
             group_train_counts=group_train_counts,
             shot_thresholds=shot_thresholds,
             worst_k=worst_k,
-            n_bootstrap=n_bootstrap,
+            intervals=intervals,
             confidence_level=confidence_level,
-            seed=seed,
         )
         return flatten_report(report) if flat else report

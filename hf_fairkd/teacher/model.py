@@ -1,4 +1,5 @@
-"""The frozen teacher: loading, label alignment with the student, and per-class reliability."""
+"""The frozen teacher: loading, label alignment with the student, its classifier (class similarity, bias shift),
+and the batch columns that carry its own inputs."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import os
 import torch
 from torch import nn
 
-from . import losses
+from .. import losses
+from .sharding import full_tensor, is_sharded, whole_model
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The teacher's own inputs, when its preprocessing differs from the student's (another image processor): batch
+# column -> the teacher's forward argument. The student never sees them; the teacher reads them instead of the
+# student's (`TeacherSource.teacher_inputs`, the cache builder).
+TEACHER_INPUT_COLUMNS = {"teacher_pixel_values": "pixel_values"}
 
 
 def load_teacher(
@@ -43,7 +49,7 @@ def load_teacher(
 def _from_pretrained(name_or_path: str, *, trust_remote_code: bool, revision: str | None) -> nn.Module:
     from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
 
-    from .results.hub import model_location_problem
+    from ..results.hub import model_location_problem
 
     fix = (
         "Pass the folder a teacher was saved in with save_pretrained (e.g. outputs/distill_vit/teacher) or a Hub "
@@ -57,7 +63,9 @@ def _from_pretrained(name_or_path: str, *, trust_remote_code: bool, revision: st
             name_or_path, trust_remote_code=trust_remote_code, revision=revision
         )
     except (OSError, ValueError) as err:
-        where = "" if os.path.isdir(os.path.expanduser(name_or_path)) else " (no local folder; read as a Hub id)"
+        where = (
+            "" if os.path.isdir(os.path.expanduser(name_or_path)) else " (no local folder; read as a Hub id)"
+        )
         raise ValueError(f"Could not load the teacher {name_or_path!r}{where}: {err}. {fix}") from None
     for auto in (AutoModelForImageClassification, AutoModelForSequenceClassification):
         if type(config) in auto._model_mapping:
@@ -112,88 +120,8 @@ def shift_classifier_bias(model: nn.Module, shift: torch.Tensor) -> None:
 
 
 def class_similarity(model: nn.Module, rho: float) -> torch.Tensor:
-    """Similarity targets from the teacher's classifier weights (Tang et al.'s KD-sim); the weights of a sharded
-    teacher are gathered first (`full_tensor`: every process must call this)."""
-    return losses.class_similarity_targets(full_tensor(find_classifier(model).weight).detach(), rho)
-
-
-# ------------------------------------------------------------------------------------------ sharded teachers
-def _is_dtensor(tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch build without distributed
-        return False
-    return isinstance(tensor, DTensor)
-
-
-def _is_zero3(tensor) -> bool:
-    return hasattr(tensor, "ds_id")  # DeepSpeed ZeRO-3 partitioned parameter (ds_tensor is this rank's part)
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """Whether ``model`` holds parameters sharded over processes (FSDP2 DTensors, DeepSpeed ZeRO-3 partitions,
-    or an FSDP1 wrapper): its forward is then a collective every process must make."""
-    if type(model).__name__ == "FullyShardedDataParallel":
-        return True
-    return any(_is_dtensor(p) or _is_zero3(p) for p in model.parameters())
-
-
-def parameter_bytes(model: nn.Module) -> tuple[int, int]:
-    """(bytes of the teacher's parameters held by this process, bytes of all its parameters).
-
-    An FSDP2 parameter holds its local shard (``to_local()``) of the full tensor; a DeepSpeed ZeRO-3 one its
-    partition (``ds_tensor``) of ``ds_numel`` elements; any other parameter is held whole. (An FSDP1 wrapper's
-    parameters are its local flat shards: their full size is not known here, so measure it before wrapping.)"""
-    local = full = 0
-    for param in model.parameters():
-        size = param.element_size()
-        if _is_dtensor(param):
-            local += param.to_local().numel() * size
-            full += param.numel() * size
-        elif _is_zero3(param):
-            local += param.ds_tensor.numel() * size
-            full += param.ds_numel * size
-        else:
-            local += param.numel() * size
-            full += param.numel() * size
-    return local, full
-
-
-def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole of a parameter or buffer, gathered when it is sharded (a collective: every process must call
-    it, in the same order); a plain tensor is returned as it is."""
-    if _is_dtensor(tensor):
-        return tensor.full_tensor()
-    if _is_zero3(tensor):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters([tensor]):
-            return tensor.data.clone()
-    return tensor
-
-
-class _Gathered:
-    """What `teacher_fingerprint` reads of a sharded teacher (FSDP2 or ZeRO-3): its config, and its parameters
-    and buffers under their own names, each gathered whole in turn (a collective per tensor)."""
-
-    def __init__(self, teacher):
-        self.teacher = (
-            getattr(teacher, "module", teacher) if type(teacher).__name__ == "DeepSpeedEngine" else teacher
-        )
-        self.config = getattr(self.teacher, "config", None)
-
-    def named_parameters(self, remove_duplicate: bool = True):
-        for name, tensor in self.teacher.named_parameters(remove_duplicate=remove_duplicate):
-            yield name, full_tensor(tensor)
-
-    def named_buffers(self, remove_duplicate: bool = True):
-        for name, tensor in self.teacher.named_buffers(remove_duplicate=remove_duplicate):
-            yield name, full_tensor(tensor)
-
-
-def gathered_view(model: nn.Module) -> _Gathered:
-    """A stand-in for ``model`` (sharded with FSDP2 or ZeRO-3, or a DeepSpeed engine) that reads like the whole
-    model: ``config``, ``named_parameters`` / ``named_buffers`` under the model's own names, each tensor
-    gathered whole in turn, so that at most one whole tensor is held at a time (what
-    `hf_fairkd.teacher_record.teacher_fingerprint` reads)."""
-    return _Gathered(model)
+    """Similarity targets from the teacher's classifier weights (Tang et al.'s KD-sim), in the teacher's label
+    order. The weights of a sharded teacher are gathered first (every process must call this)."""
+    with whole_model(model) as whole:
+        weight = full_tensor(find_classifier(whole).weight).detach()
+        return losses.class_similarity_targets(weight, rho)

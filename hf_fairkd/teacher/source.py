@@ -1,10 +1,9 @@
 """Where the teacher's logits come from: a cached column of the batch, or the online teacher.
 
 `TeacherSource` is the teacher side of `DistillationTrainer`: it loads the teacher, maps its labels onto the
-student's, refuses a cache of another teacher or label space, and turns a batch into (student inputs, labels,
-cached logits) and teacher logits. The trainer's loss and the objectives' hooks (`ObjectiveContext`) share it.
-
-Placing the teacher under the run's distribution is `hf_fairkd.teacher_placement.prepare_teacher`'s job.
+student's, refuses a cache of another teacher, label space or inputs, and turns a batch into (student inputs,
+labels, cached logits) and teacher logits. The trainer's loss and the objectives' hooks (`ObjectiveContext`)
+share it. Placing the teacher under the run's distribution is `hf_fairkd.teacher.placement`'s job.
 """
 
 from __future__ import annotations
@@ -14,17 +13,24 @@ import logging
 import torch
 from torch import nn
 
-from . import teacher as teacher_lib
-from .groups import GROUP_ID_COLUMN
-from .objectives import teacher_free_objectives
-from .teacher_cache import check_cache
-from .teacher_placement import TeacherMemory, prepare_teacher
-from .teacher_signal import CACHE_COLUMNS, DENSE_COLUMN, TEACHER_INPUT_COLUMNS, cached_logits_from_batch
+from ..groups import GROUP_ID_COLUMN
+from ..objectives import teacher_free_objectives
+from .cache import check_cache
+from .cache_format import CACHE_COLUMNS, DENSE_COLUMN, INPUT_DIGEST_COLUMN, cached_logits_from_batch
+from .model import TEACHER_INPUT_COLUMNS, class_similarity, label_permutation, load_teacher
+from .placement import TeacherMemory, prepare_teacher
 
 logger = logging.getLogger(__name__)
 
 # Batch keys that are not student inputs (the group codes are read by objectives that weight groups).
-NON_MODEL_KEYS = ("labels", "label", *CACHE_COLUMNS, *TEACHER_INPUT_COLUMNS, GROUP_ID_COLUMN)
+NON_MODEL_KEYS = (
+    "labels",
+    "label",
+    *CACHE_COLUMNS,
+    INPUT_DIGEST_COLUMN,
+    *TEACHER_INPUT_COLUMNS,
+    GROUP_ID_COLUMN,
+)
 
 
 class TeacherSource:
@@ -57,7 +63,6 @@ class TeacherSource:
         self.permutation: torch.Tensor | None = None
         self.sharding = getattr(args, "teacher_sharding", "auto")
         self.memory: TeacherMemory | None = None  # set by `prepare` (None: no online teacher)
-        self._accelerator = None
         self._warned_cache_wins = False
         has_cache = train_dataset is not None and bool(
             set(CACHE_COLUMNS) & set(train_dataset.column_names or [])
@@ -75,13 +80,10 @@ class TeacherSource:
                 f"{', '.join(teacher_free_objectives())}."
             )
         if teacher is not None:
-            self.model = teacher_lib.load_teacher(
-                teacher, dtype=args.teacher_dtype, trust_remote_code=trust_remote_code
-            )
-            self.permutation = teacher_lib.label_permutation(
-                student_config.id2label, self.model.config.id2label
-            )
-        for dataset in (train_dataset, holdout_dataset):  # refuse a cache of another teacher / label space
+            self.model = load_teacher(teacher, dtype=args.teacher_dtype, trust_remote_code=trust_remote_code)
+            self.permutation = label_permutation(student_config.id2label, self.model.config.id2label)
+        # refuse a cache of another teacher, label space or inputs
+        for dataset in (train_dataset, holdout_dataset):
             if dataset is not None:
                 check_cache(
                     dataset,
@@ -95,7 +97,6 @@ class TeacherSource:
     def prepare(self, accelerator) -> None:
         """Place the teacher with ``accelerator`` for inference (`prepare_teacher`, ``args.teacher_sharding``),
         in eval mode, and log once what it holds on each process (``memory``)."""
-        self._accelerator = accelerator
         if self.model is not None:
             self.model, self.memory = prepare_teacher(self.model, accelerator, self.sharding)
             if accelerator.is_main_process:
@@ -162,16 +163,7 @@ class TeacherSource:
             raise ValueError(
                 "kd_sim needs the teacher model itself (its classifier weights), not only cached logits."
             )
-        if type(self.model).__name__ == "FullyShardedDataParallel":  # FSDP1: gather its flat shards
-            from torch.distributed.fsdp import FullyShardedDataParallel
-
-            with FullyShardedDataParallel.summon_full_params(self.model, writeback=False):
-                similarity = teacher_lib.class_similarity(self.model.module, rho)
-        else:  # FSDP2 / ZeRO-3 weights are gathered by teacher.class_similarity; an engine is unwrapped
-            model = (
-                self._accelerator.unwrap_model(self.model) if self._accelerator is not None else self.model
-            )
-            similarity = teacher_lib.class_similarity(model, rho)
+        similarity = class_similarity(self.model, rho)  # gathered whole if the teacher is sharded
         if self.permutation is not None:
             similarity = similarity[self.permutation][:, self.permutation]
         return similarity

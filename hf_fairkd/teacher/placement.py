@@ -1,7 +1,7 @@
 """Where the frozen teacher lives under the run's distribution (``teacher_sharding``): sharded with FSDP like
 the student (`prepare_fsdp`), given its own DeepSpeed engine (`prepare_deepspeed`, after TRL's), or one full
 copy per process; and what that costs in memory (`TeacherMemory`). Public so that a teacher can be sharded for
-`hf_fairkd.teacher_cache` too.
+`build_teacher_cache` too.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from . import teacher as teacher_lib
+from .sharding import is_sharded, parameter_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def prepare_teacher(model: nn.Module, accelerator, sharding: str = "auto") -> tu
     """
     from accelerate.utils import DistributedType
 
-    full_bytes = teacher_lib.parameter_bytes(model)[1]
+    full_bytes = parameter_bytes(model)[1]
     kind, processes = accelerator.distributed_type, accelerator.num_processes
     if kind == DistributedType.FSDP and sharding != "replicate":
         version = getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1)
@@ -84,9 +84,9 @@ def prepare_teacher(model: nn.Module, accelerator, sharding: str = "auto") -> tu
                 f"teacher_sharding='shard' needs FSDP or DeepSpeed ZeRO-3, but this run is {kind.value} over "
                 f"{processes} processes, where the teacher would be copied whole onto each. Launch with an FSDP "
                 "config (e.g. recipes/accelerate/cpu_fsdp_two_processes.yaml), or cache the teacher's logits "
-                "(hf_fairkd.teacher_cache) and train without it."
+                "(hf_fairkd.teacher.build_teacher_cache) and train without it."
             )
-        if teacher_lib.is_sharded(model):  # e.g. trained under FSDP here, to be replicated
+        if is_sharded(model):  # e.g. trained under FSDP here, to be replicated
             model = _unsharded_copy(model)
         placed = None  # the Accelerator's own device placement
         if kind == DistributedType.FSDP:  # accelerate does not place a model under FSDP: done here
@@ -94,7 +94,7 @@ def prepare_teacher(model: nn.Module, accelerator, sharding: str = "auto") -> tu
         model = accelerator.prepare_model(model, device_placement=placed, evaluation_mode=True)
         placement = "replicated: one whole copy on each of the processes" if processes > 1 else "one process"
     model.eval()
-    local_bytes = teacher_lib.parameter_bytes(model)[0]
+    local_bytes = parameter_bytes(model)[0]
     return model, TeacherMemory(placement, local_bytes, full_bytes, processes)
 
 
