@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.default_run import pct  # noqa: E402  (mean ± sd over seeds, as in the default-run table)
 from hf_fairkd.io_utils import atomic_write_json  # noqa: E402
 from hf_fairkd.results import groups_hurt_and_helped  # noqa: E402
 
@@ -101,11 +102,6 @@ def run_one(seed: int, label: str, results: dict) -> None:
         **summary(metrics),
     }
     atomic_write_json(RESULTS, results)
-
-
-def pct(values: list[float]) -> str:
-    mean = 100 * statistics.mean(values)
-    return f"{mean:.1f}%" if len(values) < 2 else f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}%"
 
 
 def table(results: dict) -> str:
