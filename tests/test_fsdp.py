@@ -378,6 +378,7 @@ def test_an_fsdp1_teacher_is_read_whole_for_its_fingerprint_and_class_similarity
 
 
 # ------------------------------------------------------------------------------ the recipes under this config
+@pytest.mark.slow  # the recipe end to end under FSDP; the trainer under FSDP is tested in the default suite above
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the FSDP-on-CPU patch is for machines without a GPU")
 def test_recipe_with_the_fsdp_config_runs_fsdp_on_cpu(tmp_path):
     """`accelerate launch --config_file recipes/accelerate/cpu_fsdp_two_processes.yaml recipes/distill_vit.py`

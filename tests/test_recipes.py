@@ -204,6 +204,7 @@ def test_save_steps_alone_writes_checkpoints(tmp_path):
 
 # ------------------------------------------------------------------- two processes on a machine without GPU
 @pytest.mark.distributed
+@pytest.mark.slow  # the recipe end to end on two processes; the trainer on two processes: tests/test_distributed.py
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fallback is for machines without a GPU")
 def test_multi_gpu_launch_without_gpu_trains_on_two_cpu_processes(tmp_path):
     import socket

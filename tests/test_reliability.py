@@ -305,7 +305,11 @@ def staged_reference(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("killed", STAGES)  # ~15-30 s each (a shared reference run)
+# ~15-30 s each (a shared reference run). A kill in the student stage resumes it and reuses both finished stages;
+# a kill in the teacher or baseline stage resumes that stage the same way: those two run with -m slow.
+@pytest.mark.parametrize(
+    "killed", [pytest.param(stage, marks=[] if stage == "student" else [pytest.mark.slow]) for stage in STAGES]
+)
 def test_sigkill_in_a_stage_resumes_it_and_reuses_the_finished_ones(staged_reference, tmp_path, killed):
     """Killed once ``killed`` has written its checkpoint-2: on --resume_from_checkpoint true the stages before it
     are reused (marked finished, same settings), it resumes from its own checkpoint, and the record equals the
