@@ -192,12 +192,17 @@ class DistillationTrainer(PublishingMixin, Trainer):
         super().log(logs, start_time)
 
     def evaluate(self, eval_dataset=None, *args, **kwargs):
-        """`Trainer.evaluate`; the default metrics report the groups of the dataset evaluated."""
+        """`Trainer.evaluate`; the default metrics report the groups of the dataset evaluated (and an objective that
+        weights groups gets their codes, so the eval loss is its own)."""
+        if self.groups is not None and self.objective.uses_groups and eval_dataset is not None:
+            eval_dataset = self.groups.coded(eval_dataset)
         with metrics_for(self, eval_dataset):
             return super().evaluate(eval_dataset, *args, **kwargs)
 
     def predict(self, test_dataset, *args, **kwargs):
-        """`Trainer.predict`; the default metrics report the groups of the dataset predicted."""
+        """`Trainer.predict`; the default metrics report the groups of the dataset predicted (see `evaluate`)."""
+        if self.groups is not None and self.objective.uses_groups:
+            test_dataset = self.groups.coded(test_dataset)
         with metrics_for(self, test_dataset):
             return super().predict(test_dataset, *args, **kwargs)
 

@@ -111,6 +111,21 @@ class RunGroups:
         self._by_id[id(out)] = self.values[name]
         return out
 
+    def coded(self, dataset):
+        """A dataset given to evaluate / predict with its ``group_ids`` column, when it has the group columns and
+        only groups the index knows (so the eval loss has its group terms); else ``dataset`` as it is."""
+        names = getattr(dataset, "column_names", None) or []
+        if isinstance(dataset, dict) or GROUP_ID_COLUMN in names or not all(c in names for c in self.columns):
+            return dataset
+        values = self.values_of(dataset)
+        try:
+            codes = self.index.codes(intersect(values))
+        except ValueError:  # a group the run never saw: evaluated without the group terms (warned once)
+            return dataset
+        out = dataset.add_column(GROUP_ID_COLUMN, codes, feature=Value("int64"))
+        self._by_id[id(out)] = values
+        return out
+
     def values_of(self, dataset) -> dict[str, list[str]] | None:
         """The group values of an evaluated dataset: read at start-up, else now; None without the columns (or
         for None or a dict of datasets)."""

@@ -4,6 +4,7 @@ each against a closed form computed here with numpy."""
 from __future__ import annotations
 
 import json
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -596,8 +597,12 @@ def test_a_checkpoint_restores_the_group_multipliers(group_dro_run, site_data, t
 def test_evaluation_reports_the_groups_of_the_dataset_evaluated(group_dro_run, site_data):
     trainer, _ = group_dro_run
     train, _, test = site_data
-    with pytest.warns(UserWarning, match="no 'group_ids' column.*without its group terms"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its sites are known: coded, so the eval loss keeps its group terms
         predicted = trainer.predict(train).metrics  # another dataset, of another length, without group ids
+    unseen = train.map(lambda row: {"site": "Z"})  # a site the run never saw: no code, the plain loss, a warning
+    with pytest.warns(UserWarning, match="no 'group_ids' column.*without its group terms"):
+        assert "test_worst_group_accuracy/site" in trainer.predict(unseen).metrics
     for name, dataset, metrics in (("eval", test, trainer.evaluate()), ("test", train, predicted)):
         labels, sites = np.array(dataset.with_format(None)["labels"]), np.array(dataset["site"])
         accuracy = {s: (labels[sites == s] == 0).mean() for s in set(sites)}  # the student predicts class 0
