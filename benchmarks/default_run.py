@@ -81,6 +81,15 @@ def pct(values: list[float]) -> str:
     return f"{mean:.1f}%" if len(values) < 2 else f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}%"
 
 
+def seeds_hurt(rows: list[dict], key: str) -> str:
+    """The names listed under ``key`` in any of the rows (one per seed), each with the number of seeds."""
+    hurt: dict[str, int] = {}
+    for row in rows:
+        for name in row[key]:
+            hurt[name] = hurt.get(name, 0) + 1
+    return ", ".join(f"{n} ({k}/{len(rows)})" for n, k in sorted(hurt.items())) or "none"
+
+
 def tables(results: dict) -> str:
     runs = list(results["runs"].values())
     default = [r for r in runs if r["label"] == "kd"]
@@ -105,14 +114,9 @@ def tables(results: dict) -> str:
         rows = [r for r in runs if r["label"] == label]
         if not rows:
             continue
-        hurt: dict[str, int] = {}
-        for r in rows:
-            for name in r["hurt"]:
-                hurt[name] = hurt.get(name, 0) + 1
-        hurt_text = ", ".join(f"{n} ({k}/{len(rows)})" for n, k in sorted(hurt.items())) or "none"
         lines.append(
             f"| `{label}` | {pct([r['student']['accuracy'] for r in rows])} | "
-            f"{pct([r['student']['worst_class_accuracy'] for r in rows])} | {hurt_text} |"
+            f"{pct([r['student']['worst_class_accuracy'] for r in rows])} | {seeds_hurt(rows, 'hurt')} |"
         )
     seconds = [r["seconds"] for r in default]
     lines += [

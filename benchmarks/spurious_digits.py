@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.default_run import pct  # noqa: E402  (mean ± sd over seeds, as in the default-run table)
+from benchmarks.default_run import pct, seeds_hurt  # noqa: E402  (the default-run table's formatting)
 from hf_fairkd.io_utils import atomic_write_json  # noqa: E402
 from hf_fairkd.results import groups_hurt_and_helped  # noqa: E402
 
@@ -119,13 +119,8 @@ def table(results: dict) -> str:
         rows = [r for r in runs if r["label"] == label]
         if not rows:
             continue
-        hurt: dict[str, int] = {}
-        for r in rows:
-            for name in r["cells_hurt"]:
-                hurt[name] = hurt.get(name, 0) + 1
-        hurt_text = ", ".join(f"{n} ({k}/{len(rows)})" for n, k in sorted(hurt.items())) or "none"
         cells = " | ".join(pct([r["student"][c] for r in rows]) for c in columns)
-        lines.append(f"| `{label}` | {cells} | {hurt_text} |")
+        lines.append(f"| `{label}` | {cells} | {seeds_hurt(rows, 'cells_hurt')} |")
     seeds = sorted({r["seed"] for r in runs})
     wall = sum(r["seconds"] for r in runs)
     lines += ["", f"Seeds {seeds}; {len(runs)} runs, {wall / 60:.1f} min of wall time in all (one thread each)."]
