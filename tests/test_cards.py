@@ -688,7 +688,6 @@ def test_no_local_path_reaches_the_card_its_plot_or_its_metrics(tmp_path, monkey
     are named by their own names in README.md (YAML and body), subgroup_metrics.json and the plot's title; Hub
     ids and presets stay as they are."""
     import matplotlib.figure
-    from test_recipes import load_recipe
 
     from hf_fairkd.config import DistillationArguments
     from hf_fairkd.data import LongTailInfo
@@ -698,14 +697,15 @@ def test_no_local_path_reaches_the_card_its_plot_or_its_metrics(tmp_path, monkey
     home = tmp_path / "home" / "you"
     for name in ("mydata", "teacher_erm", "baseline_run", "student_init"):
         (home / name).mkdir(parents=True)
-    recipe = load_recipe("distill_vit")
+    from hf_fairkd.run import distill
+
     args = DistillationArguments(output_dir=str(tmp_path / "out"), objective="kd", report_to="none")
     model_args = ModelArguments(
         teacher_model_name_or_path=str(home / "teacher_erm"),
         baseline_model_name_or_path=f"{home / 'baseline_run'}/",
         student_model_name_or_path=str(home / "student_init"),
     )
-    settings = recipe.distillation_settings(
+    settings = distill.distillation_settings(
         model_args, DataArguments(dataset_name=str(home / "mydata")), args, 1
     )
     info = LongTailInfo(
@@ -736,7 +736,7 @@ def test_no_local_path_reaches_the_card_its_plot_or_its_metrics(tmp_path, monkey
     assert figures[-1].axes[0].get_title() == "Per-class accuracy vs. training count — mydata"
 
     config = home / "configs" / "resnet.json"
-    fresh = recipe.distillation_settings(
+    fresh = distill.distillation_settings(
         ModelArguments(teacher_config_name=str(config)), DataArguments(), args, 1
     )
     assert fresh["teacher_model"] == "fresh from config resnet.json (trained here)"

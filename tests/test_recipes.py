@@ -277,27 +277,29 @@ def test_reused_baseline_is_not_trained_again_and_reports_the_same(tmp_path, dis
     assert "**One-hot baseline:** reused: baseline." in (out / "README.md").read_text()
 
 
-def stage_marker(recipe, argv: list[str], stage: str) -> dict:
+def stage_marker(argv: list[str], stage: str) -> dict:
     """The stage_complete.json fingerprint a run with ``argv`` writes into its ``stage`` folder."""
-    from hf_fairkd.run import arguments, preparation, resume, stages
+    from hf_fairkd.run import arguments, distill, preparation, resume
 
     model_args, data_args, args, _ = arguments.parse_recipe_args(argv=argv)
     info = preparation.load_data(data_args)[1]
     if stage == "teacher":
-        stage_args = recipe.teacher_stage_args(model_args, args)
+        stage_args = distill.teacher_stage_args(model_args, args)
     else:
-        stage_args = stages.stage_args(args, output_dir=str(Path(args.output_dir) / stage), objective="ce")
+        stage_args = distill.baseline_stage_args(args)
     return resume.stage_fingerprint(stage, stage_args, model_args, info.to_dict())
 
 
 def test_resume_into_a_finished_stage_of_other_settings_is_refused_before_training(tmp_path, monkeypatch):
+    from hf_fairkd.run import distill
+
     recipe = load_recipe("distill_vit")
     trained = []
-    monkeypatch.setattr(recipe.stages, "train_stage", lambda *a, **k: trained.append(a) or 1 / 0)
+    monkeypatch.setattr(distill.stages, "train_stage", lambda *a, **k: trained.append(a) or 1 / 0)
     out = tmp_path / "out"
     argv = [*TINY, "--output_dir", str(out), "--teacher_signal", "online"]  # (no teacher cache to build)
     (out / "teacher").mkdir(parents=True)
-    marker = stage_marker(recipe, [*argv, "--learning_rate", "0.01", "--teacher_objective", "dro"], "teacher")
+    marker = stage_marker([*argv, "--learning_rate", "0.01", "--teacher_objective", "dro"], "teacher")
     (out / "teacher" / "stage_complete.json").write_text(json.dumps(marker))
     with pytest.raises(ValueError) as err:
         recipe.main([*argv, "--resume_from_checkpoint", "true"])
@@ -308,8 +310,8 @@ def test_resume_into_a_finished_stage_of_other_settings_is_refused_before_traini
     assert "Resume with the original flags, or pass --overwrite_output_dir" in message
     assert not trained  # refused before any stage trained
     # the same settings pass the check (the teacher is reused; here the baseline then "trains" and fails)
-    (out / "teacher" / "stage_complete.json").write_text(json.dumps(stage_marker(recipe, argv, "teacher")))
-    monkeypatch.setattr(recipe, "load_teacher", lambda path: path)
+    (out / "teacher" / "stage_complete.json").write_text(json.dumps(stage_marker(argv, "teacher")))
+    monkeypatch.setattr(distill, "load_teacher", lambda path: path)
     with pytest.raises(ZeroDivisionError):
         recipe.main([*argv, "--resume_from_checkpoint", "true"])
     assert [a[1].output_dir for a in trained] == [str(out / "baseline")]

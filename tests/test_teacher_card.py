@@ -149,13 +149,12 @@ def test_every_section_of_the_teacher_card_carries_the_record(tmp_path):
 
 def _distillation_settings(tmp_path, **model):
     """The distillation recipe's record settings for these model arguments (the default data)."""
-    from test_recipes import load_recipe
-
     from hf_fairkd.config import DistillationArguments
     from hf_fairkd.run.arguments import DataArguments, ModelArguments
+    from hf_fairkd.run.distill import distillation_settings
 
     args = DistillationArguments(output_dir=str(tmp_path / "out"), objective="kd", report_to="none")
-    return load_recipe("distill_vit").distillation_settings(ModelArguments(**model), DataArguments(), args, 1)
+    return distillation_settings(ModelArguments(**model), DataArguments(), args, 1)
 
 
 def test_a_given_teachers_objective_comes_from_its_own_record(tmp_path):

@@ -6,7 +6,8 @@ concern a module, so a user can also call them from Python:
 - `preparation`: the long-tailed splits, every image decoded once, the objectives' demands on the data;
 - `preprocessing`: the image processor and the transform from images to ``pixel_values``;
 - `models`: the one builder of fresh ViTs, fresh models from a config, pretrained classifiers;
-- `stages`: training arguments and training of each stage, the cached teacher signal, predictions.
+- `stages`: training arguments and training of each stage, the cached teacher signal, predictions;
+- `distill`: the distillation run (`recipes/distill_vit.py`) as steps: checks, teacher, baseline, student, record.
 
 Results (the record, card, plot and Hub push) are `hf_fairkd.results`'.
 """
