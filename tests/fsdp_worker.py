@@ -87,11 +87,11 @@ def train_teacher(train) -> torch.nn.Module:
 
 
 def allow_fsdp_on_cpu() -> None:
-    """The recipes' own patch (`hf_fairkd.run.fsdp_cpu.allow_fsdp_on_cpu`): Accelerate 1.15 keeps FSDP in CPU
-    processes only with it; ``FSDP_WORKER_NO_SHIM=1`` leaves it out (what the yaml alone gives: DDP)."""
+    """The tests' patch (`fsdp_on_cpu.allow_fsdp_on_cpu`): Accelerate keeps FSDP in CPU processes only with
+    it; ``FSDP_WORKER_NO_SHIM=1`` leaves it out (what the yaml alone gives: DDP)."""
     import os
 
-    from hf_fairkd.run.fsdp_cpu import allow_fsdp_on_cpu as patch
+    from fsdp_on_cpu import allow_fsdp_on_cpu as patch
 
     if not os.environ.get("FSDP_WORKER_NO_SHIM"):
         patch()

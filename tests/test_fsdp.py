@@ -9,9 +9,10 @@ all-gather of the sharded student or teacher that the other rank never makes, wi
 31-row test set, neither divisible by 2) fails the test instead of hanging it (a mismatch that gloo notices
 fails the launch at once).
 
-Accelerate 1.15 does not select FSDP in CPU processes on its own: the worker applies the recipes' patch
-(`hf_fairkd.run.fsdp_cpu.allow_fsdp_on_cpu`); `test_the_yaml_alone_does_not_give_fsdp_on_cpu` (slow) records
-why, and `test_recipe_with_the_fsdp_config_runs_fsdp_on_cpu` runs recipes/distill_vit.py with that config.
+Accelerate does not select FSDP in CPU processes on its own: the worker applies the tests' patch
+(tests/fsdp_on_cpu.py; the package never patches Accelerate, it tells the user the run is DDP:
+`test_fsdp_on_cpu_notice`); `test_the_yaml_alone_does_not_give_fsdp_on_cpu` (slow) records why, and
+`test_recipe_with_the_fsdp_config_runs_fsdp_on_cpu` runs recipes/distill_vit.py with that config and the patch.
 """
 
 from __future__ import annotations
@@ -382,18 +383,17 @@ def test_an_fsdp1_teacher_is_read_whole_for_its_fingerprint_and_class_similarity
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the FSDP-on-CPU patch is for machines without a GPU")
 def test_recipe_with_the_fsdp_config_runs_fsdp_on_cpu(tmp_path):
     """`accelerate launch --config_file recipes/accelerate/cpu_fsdp_two_processes.yaml recipes/distill_vit.py`
-    on this CPU machine: Accelerate alone would run DDP (see the slow test below); the recipe keeps FSDP and
-    says so once, the teacher trained under FSDP is cached sharded (equal forwards on both ranks) and given,
-    sharded, to the student's trainer, and the run ends with the usual outputs, gathered from both ranks."""
+    with the tests' patch (tests/fsdp_recipe.py): the teacher trained under FSDP is cached sharded (equal
+    forwards on both ranks) and given, sharded, to the student's trainer, and the run ends with the usual
+    outputs, gathered from both ranks."""
     import accelerate
+    from fsdp_on_cpu import KEPT_MESSAGE
     from test_recipes import TINY
     from two_processes import free_port
 
-    from hf_fairkd.run.fsdp_cpu import KEPT_MESSAGE
-
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
-           "--main_process_port", str(free_port()), str(REPO / "recipes" / "distill_vit.py"), *TINY,
+           "--main_process_port", str(free_port()), str(REPO / "tests" / "fsdp_recipe.py"), *TINY,
            "--output_dir", str(out)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=TIMEOUT_S)
@@ -407,9 +407,26 @@ def test_recipe_with_the_fsdp_config_runs_fsdp_on_cpu(tmp_path):
     assert ViTForImageClassification.from_pretrained(out).config.num_labels == 10  # a full saved student
 
 
+def test_fsdp_on_cpu_notice(monkeypatch):
+    """Launched with an FSDP config over several CPU processes, a recipe says the run is DDP (Accelerate's
+    choice there), naming the process count; not with one process, not without FSDP, not with a GPU."""
+    from hf_fairkd.run import checks
+
+    monkeypatch.setattr(checks, "has_accelerator", lambda: False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    notice = checks.fsdp_on_cpu_notice(2)
+    assert "these 2 CPU processes run DDP" in notice and "Sharding (FSDP) needs GPUs" in notice
+    assert checks.fsdp_on_cpu_notice(1) is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    assert checks.fsdp_on_cpu_notice(2) is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setattr(checks, "has_accelerator", lambda: True)
+    assert checks.fsdp_on_cpu_notice(2) is None
+
+
 @pytest.mark.slow  # a third launch (~15 s)
 def test_the_yaml_alone_does_not_give_fsdp_on_cpu(tmp_path):
-    """Records why fsdp_worker.allow_fsdp_on_cpu exists: Accelerate 1.15's AcceleratorState selects FSDP only
+    """Records why the tests' patch exists and why the recipes' notice is true: Accelerate's AcceleratorState selects FSDP only
     for GPU-family devices, so launched with cpu_fsdp_two_processes.yaml alone a CPU process stays
     MULTI_CPU and the Trainer wraps the student in DDP (two processes still train). When this fails,
     Accelerate selects FSDP on CPU itself: drop the shim and this test."""

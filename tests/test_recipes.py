@@ -564,7 +564,7 @@ def naturally_imbalanced_folder(root: Path, counts=NATURAL_COUNTS) -> Path:
 def test_naturally_imbalanced_image_folder_trains_as_it_is(tmp_path, caplog):
     folder = naturally_imbalanced_folder(tmp_path / "flowers")
     out = tmp_path / "out"
-    with caplog.at_level("INFO", logger="distill_vit"):
+    with caplog.at_level("INFO", logger="hf_fairkd.run.distill"):
         load_recipe("distill_vit").main([*TINY, "--output_dir", str(out), "--dataset_name", str(folder)])
     saved = json.loads((out / "subgroup_metrics.json").read_text())
     test = [max(1, int(0.2 * c + 0.5)) for c in NATURAL_COUNTS]  # stratified 20% test split, >= 1 per class

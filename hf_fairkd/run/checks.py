@@ -46,16 +46,31 @@ def has_fp16_device() -> bool:
     return has_accelerator() or torch.backends.mps.is_available()
 
 
-def start_run():
-    """The process state of a recipe run: checked launch, and INFO logs from the main process only. Launched
-    with an FSDP config on a CPU-only machine, the run keeps FSDP (`fsdp_cpu.allow_fsdp_on_cpu`, logged)."""
-    from .fsdp_cpu import allow_fsdp_on_cpu
+FSDP_ON_CPU_NOTICE = (
+    "Launched with an FSDP config on a machine without a GPU: Accelerate uses FSDP on GPU-type devices only, "
+    "so these {processes} CPU processes run DDP: the same training, but each process holds the whole student "
+    "and teacher. Sharding (FSDP) needs GPUs; see docs/DISTRIBUTED.md."
+)
 
-    allow_fsdp_on_cpu()
+
+def fsdp_on_cpu_notice(num_processes: int) -> str | None:
+    """What a run launched with an FSDP config over several CPU processes is told: Accelerate runs it as DDP
+    (its policy; hf_fairkd does not change the distributed type Accelerate picks). None otherwise."""
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if fsdp and num_processes > 1 and not has_accelerator():
+        return FSDP_ON_CPU_NOTICE.format(processes=num_processes)
+    return None
+
+
+def start_run():
+    """The process state of a recipe run: checked launch, and INFO logs from the main process only."""
     state = PartialState()
     check_processes(state)
     level = logging.INFO if state.is_main_process else logging.WARNING
     logging.basicConfig(level=level, format="%(message)s")
+    notice = fsdp_on_cpu_notice(state.num_processes)
+    if notice and state.is_main_process:
+        logging.getLogger(__name__).warning(notice)
     return state
 
 

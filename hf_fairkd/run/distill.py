@@ -28,7 +28,7 @@ from ..results import (
 from ..teacher import label_permutation, load_teacher
 from . import arguments, checks, models, preparation, preprocessing, resume, stages
 
-logger = logging.getLogger("hf_fairkd.distill")
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass

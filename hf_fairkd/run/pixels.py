@@ -185,10 +185,23 @@ def _decoded_pixels(split, image_column: str, processors: dict, *, split_name: s
     return mapped, steps
 
 
-def random_views(n: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip flags and crop shifts (in pixels at ``width``, in [-pad, pad], pad = width // 8) for n rows."""
+def random_views(n: int, width: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip flags and crop shifts (in pixels at ``width``, in [-pad, pad], pad = width // 8) for n rows, drawn
+    from ``generator`` (default: torch's global one)."""
     pad = max(1, width // 8)
-    return torch.rand(n) < 0.5, torch.randint(-pad, pad + 1, (n, 2))
+    flips = torch.rand(n, generator=generator) < 0.5
+    return flips, torch.randint(-pad, pad + 1, (n, 2), generator=generator)
+
+
+def draw_views(epochs: int, num_rows: int, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`random_views` of every row for each of ``epochs`` epochs, from a generator seeded with ``seed``: flips
+    (epochs, num_rows) bool and shifts (epochs, num_rows, 2) int64. Epoch e's views do not depend on ``epochs``
+    (drawn epoch after epoch), so a longer draw with the same seed starts with the shorter one."""
+    generator = torch.Generator().manual_seed(int(seed))
+    views = [random_views(num_rows, width, generator) for _ in range(epochs)]
+    flips = torch.stack([f for f, _ in views]) if views else torch.zeros((0, num_rows), dtype=torch.bool)
+    shifts = torch.stack([s for _, s in views]) if views else torch.zeros((0, num_rows, 2), dtype=torch.long)
+    return flips, shifts
 
 
 def augment_views(
@@ -208,6 +221,37 @@ def augment_views(
         crop = padded[i, :, pad_y + y : pad_y + y + height, pad_x + x : pad_x + x + width]
         out[i] = crop.flip(-1) if flip else crop
     return out
+
+
+@dataclass(frozen=True)
+class PixelInputs:
+    """How a `decoded_pixels` split becomes model inputs: ``outputs`` maps each input (``pixel_values``,
+    ``teacher_pixel_values``) to its uint8 column, ``steps`` each column to its `TensorSteps`. Every input of a
+    row gets the same view; views are in pixels at the first input's width (``base_width``)."""
+
+    steps: dict
+    outputs: dict
+    label_column: str
+    augment: bool = False
+
+    @property
+    def base_width(self) -> int:
+        return int(self.steps[next(iter(self.outputs.values()))].shape[-1])
+
+    def __call__(self, batch, views: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+        """The inputs and labels of a batch of stored rows; ``views`` (flips, shifts) are applied when given,
+        else random ones with ``augment``."""
+        labels = batch[self.label_column]
+        out = {}
+        for name, column in self.outputs.items():
+            pixels = as_tensor(batch[column], self.steps[column].shape)
+            if views is None and self.augment:  # drawn once, at the first input's width
+                views = random_views(len(labels), pixels.shape[-1])
+            if views is not None:
+                pixels = augment_views(pixels, *views, self.base_width)
+            out[name] = self.steps[column](pixels)
+        out["labels"] = torch.as_tensor(labels)
+        return out
 
 
 def as_tensor(rows: list[bytes], shape) -> torch.Tensor:

@@ -21,11 +21,9 @@ from .pixels import (
     PIXELS,
     TEACHER_PIXELS,
     BadImages,
+    PixelInputs,
     UnsupportedProcessor,
-    as_tensor,
-    augment_views,
     decoded_pixels,
-    random_views,
 )
 
 logger = logging.getLogger(__name__)
@@ -154,25 +152,46 @@ def with_image_transform(
     return dataset.with_transform(transform)
 
 
-def with_pixel_transform(decoded, steps: dict, label_column: str, outputs: dict, augment: bool = False):
+def with_pixel_transform(
+    decoded, steps: dict, label_column: str, outputs: dict, augment: bool = False, views=None
+):
     """Rows of a `decoded_pixels` split become tensors: ``outputs`` maps each model input (``pixel_values``,
     ``teacher_pixel_values``) to the uint8 column it is made from; with ``augment`` every input gets the same
-    flip and crop (shifts drawn at the first input's width, scaled to each one's)."""
+    flip and crop (shifts drawn at the first input's width, scaled to each one's).
+
+    ``views`` replaces the random draw with given views: an object with ``params(batch) -> (flips, shifts)``
+    and ``columns(batch) -> dict`` of extra batch columns (e.g. `hf_fairkd.teacher.view_cache.CachedViews`).
+    The transform carries ``pixel_inputs`` and ``views``, so the split can be read back (`pixel_inputs_of`)."""
+    inputs = PixelInputs(dict(steps), dict(outputs), label_column, augment)
 
     def transform(batch):
-        labels = batch[label_column]
-        views, out = None, {}
-        for name, column in outputs.items():
-            pixels = as_tensor(batch[column], steps[column].shape)
-            if augment:
-                views = views or (*random_views(len(labels), pixels.shape[-1]), pixels.shape[-1])
-                pixels = augment_views(pixels, *views)
-            out[name] = steps[column](pixels)
-        out["labels"] = torch.as_tensor(labels)
+        out = inputs(batch, views.params(batch) if views is not None else None)
         out.update(passed_through(batch))
+        if views is not None:
+            out.update(views.columns(batch))
         return out
 
+    transform.pixel_inputs, transform.views = inputs, views
     return decoded.with_transform(transform)
+
+
+def pixel_transform_of(split):
+    """The `with_pixel_transform` function of a split, or None (another format, or the on-the-fly path)."""
+    transform = (split.format.get("format_kwargs") or {}).get("transform")
+    return transform if getattr(transform, "pixel_inputs", None) is not None else None
+
+
+def pixel_inputs_of(split):
+    """(the stored split without its transform, its `PixelInputs`) of a split made by `with_pixel_transform`;
+    a ValueError for any other split."""
+    transform = pixel_transform_of(split)
+    if transform is None:
+        raise ValueError(
+            "This split was not made by the fast pixel path (hf_fairkd.run.preprocessing.prepare_splits with an "
+            "image processor it can split, images decoded once into uint8 columns): the views cannot be "
+            f"replayed on it (its format: {split.format.get('type')!r}, columns {split.column_names[:6]})."
+        )
+    return split.with_format(None), transform.pixel_inputs
 
 
 def prepare_splits(

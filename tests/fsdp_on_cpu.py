@@ -1,11 +1,13 @@
-"""FSDP in CPU processes: what a launch with an FSDP config on a machine without a GPU runs.
+"""Test-only: FSDP in CPU processes, so the FSDP code paths (sharded student and teacher, gathered saves) run
+on machines without a GPU. The package itself never patches Accelerate: launched with an FSDP config on CPU,
+a recipe says that Accelerate runs DDP there (`hf_fairkd.run.checks.fsdp_on_cpu_notice`).
 
 Accelerate 1.15 builds the FSDP plugin from the launcher's environment (``ACCELERATE_USE_FSDP=true``,
 ``FSDP_VERSION``, ...), but `AcceleratorState` switches the distributed type to FSDP only in its GPU-family
 branch (MULTI_GPU, MULTI_XPU, ...): a CPU process stays ``DistributedType.MULTI_CPU``, drops the plugin, and the
 Trainer wraps the model in DDP, silently. FSDP2 itself (`fully_shard` over gloo) runs on CPU, so
-`allow_fsdp_on_cpu` does what that branch does, for MULTI_CPU, and says so once. The recipes call it
-(`hf_fairkd.run.checks.start_run`); tests/fsdp_worker.py too. FSDP1 on CPU is refused: it is not run here.
+`allow_fsdp_on_cpu` does what that branch does, for MULTI_CPU, and says so once. tests/fsdp_worker.py and
+tests/fsdp_recipe.py (the recipe under FSDP) call it. FSDP1 on CPU is refused: it is not run here.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ import os
 logger = logging.getLogger(__name__)
 
 KEPT_MESSAGE = (
-    "Launched with distributed_type FSDP on a machine without a GPU: Accelerate {version} would silently run "
-    "DDP here (it keeps FSDP for GPU-type devices only); hf_fairkd keeps FSDP (FSDP2, fully_shard over gloo, "
-    "{processes} processes)."
+    "Test patch: FSDP kept on a machine without a GPU (Accelerate {version} keeps FSDP for GPU-type devices "
+    "only); FSDP2, fully_shard over gloo, {processes} processes."
 )
 
 
