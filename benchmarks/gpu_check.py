@@ -63,8 +63,8 @@ PARTS = ("default_recipe", "step_overhead", "data_path", "teacher_cache", "cifar
 DRY_RECIPE = [
     "--num_train_epochs", "1", "--max_steps", "4", "--per_device_train_batch_size", "16",
     "--student_hidden_size", "16", "--student_num_layers", "1", "--student_num_heads", "2",
-    "--teacher_hidden_size", "16", "--teacher_num_layers", "1", "--teacher_num_heads", "2",
-    "--image_size", "8", "--patch_size", "4", "--logging_steps", "2",
+    "--teacher_architecture", "vit", "--teacher_hidden_size", "16", "--teacher_num_layers", "1",
+    "--teacher_num_heads", "2", "--image_size", "8", "--patch_size", "4", "--logging_steps", "2",
 ]  # fmt: skip
 # the GPU run keeps the benchmarks' own step counts
 GPU_SIZES = {"step_overhead": {}, "data_path": {}, "teacher_cache_rows": 2048, "cifar_steps": 300}

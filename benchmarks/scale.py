@@ -108,7 +108,8 @@ def recipe_arguments(cli: argparse.Namespace, folder: Path, run_dir: Path):
         "--objective", "kd", "--num_train_epochs", "1", "--per_device_train_batch_size", str(cli.batch_size),
         "--per_device_eval_batch_size", "256", "--image_size", str(cli.image_size), "--patch_size", "4",
         "--student_hidden_size", "32", "--student_num_layers", "1", "--student_num_heads", "2",
-        "--teacher_hidden_size", "64", "--teacher_num_layers", "2", "--teacher_num_heads", "4",
+        "--teacher_architecture", "vit", "--teacher_hidden_size", "64", "--teacher_num_layers", "2",
+        "--teacher_num_heads", "4",
         "--seed", str(cli.seed), "--disable_tqdm", "true", "--logging_steps", "1000000",
     ]  # fmt: skip
     return arguments.parse_recipe_args(argv=argv)

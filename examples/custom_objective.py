@@ -1,18 +1,30 @@
-"""A new objective with its own holdout statistic, in one module: register it, then train with
-DistillationArguments(objective="kd_student_recall", ...) and a `holdout_dataset`.
+"""A new objective with its own holdout statistic and its own setting, in one module: register it, then
+train with DistillationArguments(objective="kd_student_recall", objective_settings={"every": 5}, ...) and a
+`holdout_dataset`; in a recipe: --objective kd_student_recall --objective_settings every=5.
 
 The student leans on the teacher where it is still weak: alpha_y = alpha * (1 - r_y), with r_y the STUDENT's
 recall of class y on the holdout, measured before training and every `every` steps through the hooks' context.
 """
+
+from dataclasses import dataclass, field
 
 import torch
 
 from hf_fairkd.objectives import KD, register_objective
 
 
+@dataclass
+class StudentRecallSettings:
+    every: int = field(default=3, metadata={"help": "optimisation steps between two measurements (>= 1)"})
+
+    def __post_init__(self):  # runs when the arguments are built, before any training
+        if self.every < 1:
+            raise ValueError(f"every must be >= 1, got {self.every}.")
+
+
 @register_objective("kd_student_recall")
 class StudentRecallKD(KD):
-    every = 3  # optimisation steps between two measurements
+    settings_class = StudentRecallSettings  # read as self.settings.every
 
     def __init__(self, args, class_counts):
         super().__init__(args, class_counts)
@@ -39,7 +51,7 @@ class StudentRecallKD(KD):
             self.measure(ctx)
 
     def on_step_end(self, ctx) -> None:
-        if ctx.global_step % self.every == 0 and ctx.global_step < ctx.max_steps:
+        if ctx.global_step % self.settings.every == 0 and ctx.global_step < ctx.max_steps:
             self.measure(ctx)
 
     def alpha_for(self, labels, teacher_logits):

@@ -37,6 +37,17 @@ class DistillationArguments(TrainingArguments):
             "help": "Student (or teacher) objective; see `hf_fairkd.objectives` for the registered names."
         },
     )
+    objective_settings: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "The objective's own settings, declared by its settings_class (the built-in objectives declare "
+            "none: their options are the flags here). On the command line key=value pairs separated by commas "
+            "(--objective_settings every=5,warmup=2) or a JSON object ('{\"every\": 5}'); in YAML or Python a "
+            "mapping. Converted to the declared types and checked before any training (an unknown key names the "
+            "nearest declared one). An objective's settings: python -c \"from hf_fairkd.objectives.base import "
+            "objective_settings_help as h; print(h('NAME'))\"."
+        },
+    )
     alpha: float = field(
         default=0.5,
         metadata={"help": "Weight of the teacher in [0, 1] (the maximum weight for `ada_alpha`)."},
@@ -209,7 +220,8 @@ class DistillationArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "Dataset columns whose values are subgroups (site, camera, skin tone ...): evaluated per group "
-            "and per class x group cell, and reweighted by dro_groups='group' / 'class_x_group'."
+            "and per class x group cell, and reweighted by dro_groups='group' / 'class_x_group'. The recipes' "
+            "embedded digits default to 'stroke'; 'none': no groups."
         },
     )
     max_group_values: int = field(
@@ -247,6 +259,12 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(
                 f"Unknown objective {self.objective!r}. Registered objectives: {', '.join(sorted(OBJECTIVES))}."
             )
+        from .objectives.settings import given_settings
+
+        # typed, of the given keys only (None: none given); the objective fills in its defaults (`self.settings`)
+        self.objective_settings = given_settings(
+            OBJECTIVES[self.objective], self.objective_settings, reserved=self.__dataclass_fields__
+        )
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(
                 f"alpha must be in [0, 1], got {self.alpha}. It is the teacher's weight in the loss."
@@ -288,7 +306,7 @@ class DistillationArguments(TrainingArguments):
         if self.group_columns is not None:
             if isinstance(self.group_columns, str):
                 self.group_columns = [self.group_columns]
-            self.group_columns = list(self.group_columns) or None
+            self.group_columns = [c for c in self.group_columns if c.lower() != "none"] or None
         if not self.group_columns:
             needs = [
                 f"{flag}={getattr(self, flag)!r}"
@@ -322,6 +340,14 @@ class DistillationArguments(TrainingArguments):
                 "label_smoothing_factor is the stock Trainer's option and is ignored by DistillationTrainer; use "
                 "objective='label_smoothing' with label_smoothing_epsilon instead."
             )
+
+    def resolved_objective_settings(self) -> dict:
+        """Every setting the chosen objective declares (``settings_class``), given or default, for records and resume
+        fingerprints; empty for an objective that declares none (every built-in one)."""
+        from .objectives import OBJECTIVES
+        from .objectives.settings import resolved_settings
+
+        return resolved_settings(OBJECTIVES[self.objective], self.objective_settings)
 
     def objective_params(self) -> dict:
         """The settings that define the chosen objective, for cards and metrics files (no secrets here)."""

@@ -1,8 +1,11 @@
-"""Distil a ViT teacher into a small ViT student on a long-tailed dataset, and report every class.
+"""Distil a teacher into a small ViT student on a long-tailed dataset, and report every class and group.
 
-    accelerate launch recipes/distill_vit.py                      # embedded long-tailed digits, ~2 min on CPU
+    accelerate launch recipes/distill_vit.py                      # embedded long-tailed digits, < 1 min on CPU
     accelerate launch recipes/distill_vit.py recipes/configs/cifar10_lt_budget.yaml
-    python recipes/distill_vit.py --objective robust_kd --dro_tradeoff 0.5 --output_dir outputs/robust
+    python recipes/distill_vit.py --objective kd --output_dir outputs/kd    # plain distillation, to compare
+
+Defaults: the embedded digits (long-tailed, rho 10; subgroup column `stroke`), a small ResNet teacher trained
+here, objective robust_kd with --dro_tradeoff 0.5 (`DEFAULT_OBJECTIVE`).
 
 Stages: (1) a teacher, trained here with `--teacher_objective` unless `--teacher_model_name_or_path` is
 given; (2) the one-hot baseline student (objective `ce`); (3) the distilled student (`--objective`).
@@ -22,8 +25,13 @@ from hf_fairkd.run import arguments, checks
 from hf_fairkd.run.distill import distill
 
 
+# The recipe's default objective, chosen over 3 seeds on the embedded default (benchmarks/default_run.py): the
+# one that kept the rare classes and the groups where plain kd lost them.
+DEFAULT_OBJECTIVE = {"objective": "robust_kd", "dro_tradeoff": 0.5}
+
+
 def main(argv: list[str] | None = None) -> dict:
-    return distill(*arguments.parse_recipe_args(argv=argv))
+    return distill(*arguments.parse_recipe_args(argv=argv, **DEFAULT_OBJECTIVE))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The worked example of docs/ADDING_AN_OBJECTIVE.md: an objective with its own holdout statistic, added in one module, trains, measures
-its statistic through the hooks' context at the right steps, and uses it in the loss."""
+"""The worked example of docs/ADDING_AN_OBJECTIVE.md: an objective with its own holdout statistic and its own setting
+(``every``), added in one module, trains, measures its statistic through the hooks' context at the steps its setting
+says, and uses it in the loss."""
 
 import re
 import sys
@@ -58,14 +59,47 @@ def test_the_docs_show_the_example_verbatim():
     )
     assert found, "docs/ADDING_AN_OBJECTIVE.md has no custom objective example block"
     assert found.group(1).strip() == EXAMPLE.read_text(encoding="utf-8").strip()
-    assert len(EXAMPLE.read_text(encoding="utf-8").splitlines()) <= 60
+    assert len(EXAMPLE.read_text(encoding="utf-8").splitlines()) <= 70
+
+
+def test_the_example_declares_every_as_a_setting_given_on_the_command_line(tmp_path):
+    from hf_fairkd.objectives.base import objective_settings_help
+    from hf_fairkd.run.arguments import parse_recipe_args
+
+    counts = torch.tensor([4, 2, 1])
+    assert (
+        custom_objective.StudentRecallKD(
+            tiny_args(tmp_path, objective="kd_student_recall"), counts
+        ).settings.every
+        == 3
+    )
+    argv = [
+        "--objective",
+        "kd_student_recall",
+        "--objective_settings",
+        "every=5",
+        "--output_dir",
+        str(tmp_path),
+    ]
+    args = parse_recipe_args(argv=[*argv, "--use_cpu", "true"])[2]
+    assert args.objective_settings == {"every": 5}
+    assert custom_objective.StudentRecallKD(args, counts).settings.every == 5
+    with pytest.raises(ValueError, match="every must be >= 1, got 0"):  # its own check, before any training
+        tiny_args(tmp_path, objective="kd_student_recall", objective_settings="every=0")
+    assert "every (int, default 3): optimisation steps" in objective_settings_help("kd_student_recall")
 
 
 def test_a_custom_objective_measures_its_holdout_statistic_and_uses_it(tmp_path):
     assert "kd_student_recall" in student_objectives()  # the registry lists it once registered
     train, holdout = image_dataset((24, 12, 6), seed=0), image_dataset((6, 6, 6), seed=1)
     args = tiny_args(
-        tmp_path, objective="kd_student_recall", max_steps=10, alpha=0.3, logging_steps=10, learning_rate=1e-2
+        tmp_path,
+        objective="kd_student_recall",
+        objective_settings="every=4",  # as on the command line; the default is 3
+        max_steps=10,
+        alpha=0.3,
+        logging_steps=10,
+        learning_rate=1e-2,
     )
     trainer_ref = []
     recorder = RecallAtEachStep(trainer_ref, holdout)
@@ -84,8 +118,9 @@ def test_a_custom_objective_measures_its_holdout_statistic_and_uses_it(tmp_path)
     trainer.train()
 
     objective = trainer.objective
-    assert objective.measured_at == [0, 3, 6, 9]  # before training, then every 3 steps (none after the last)
-    assert sorted(recorder.checks) == [0, 3, 6, 9]
+    assert objective.settings.every == 4
+    assert objective.measured_at == [0, 4, 8]  # before training, then every 4 steps (none after the last)
+    assert sorted(recorder.checks) == [0, 4, 8]
     for step, (held, expected) in recorder.checks.items():
         np.testing.assert_allclose(held, expected, rtol=0, atol=1e-6, err_msg=f"step {step}")
     assert len(set(objective.recall.tolist())) > 1  # classes get different teacher weights below

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--num_train_epochs", "1", "--max_steps", "6", "--per_device_train_batch_size", "16",
     "--student_hidden_size", "16", "--student_num_layers", "1", "--student_num_heads", "2",
-    "--teacher_hidden_size", "16", "--teacher_num_layers", "1", "--teacher_num_heads", "2",
-    "--image_size", "8", "--patch_size", "4", "--disable_tqdm", "true", "--logging_steps", "2",
+    "--teacher_architecture", "vit", "--teacher_hidden_size", "16", "--teacher_num_layers", "1",
+    "--teacher_num_heads", "2", "--image_size", "8", "--patch_size", "4", "--disable_tqdm", "true", "--logging_steps", "2",
 ]  # fmt: skip
 
 
@@ -281,8 +281,9 @@ def stage_marker(argv: list[str], stage: str) -> dict:
     """The stage_complete.json fingerprint a run with ``argv`` writes into its ``stage`` folder."""
     from hf_fairkd.run import arguments, distill, preparation, resume
 
-    model_args, data_args, args, _ = arguments.parse_recipe_args(argv=argv)
-    info = preparation.load_data(data_args)[1]
+    defaults = load_recipe("distill_vit").DEFAULT_OBJECTIVE
+    model_args, data_args, args, _ = arguments.parse_recipe_args(argv=argv, **defaults)
+    info = preparation.load_data(data_args, args.group_columns, args.max_group_values)[1]
     if stage == "teacher":
         stage_args = distill.teacher_stage_args(model_args, args)
     else:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import losses
+from .settings import check_settings_class, make_settings, settings_help
 
 if TYPE_CHECKING:
     from .hooks import ObjectiveContext
@@ -40,6 +41,7 @@ def register_objective(name: str):
     def wrap(cls):
         if name in OBJECTIVES:
             raise ValueError(f"An objective named {name!r} is already registered.")
+        check_settings_class(cls)  # a malformed settings_class fails at import, not in a user's run
         cls.name = name
         OBJECTIVES[name] = cls
         return cls
@@ -77,6 +79,12 @@ def get_objective(name: str) -> type[Objective]:
         ) from None
 
 
+def objective_settings_help(name: str) -> str:
+    """What ``--objective_settings`` takes for the registered objective ``name``: each setting its objective
+    declares (``settings_class``) with its type, default and help, one a line; or that it declares none."""
+    return settings_help(get_objective(name))
+
+
 @dataclass
 class LossOutput:
     """One loss per example, its named parts (each ``[batch]``) and scalar diagnostics for the logs."""
@@ -93,6 +101,11 @@ class Objective:
     ``uses_teacher`` says whether `compute` reads teacher logits; ``needs_holdout`` whether the hooks read the
     holdout split (the trainer refuses to start without one). ``description`` is one line for cards and listings;
     a subclass without one gets the first line of its docstring.
+
+    ``settings_class`` (None: none) is a dataclass of the objective's own settings, typed and with defaults
+    (`hf_fairkd.objectives.settings`); they are given as ``args.objective_settings`` (for ``args.objective``)
+    and read as ``self.settings``, an instance of it. The built-in objectives declare none: their options are
+    fields of the arguments (``param_names``).
     """
 
     name: ClassVar[str] = ""
@@ -100,6 +113,7 @@ class Objective:
     role: ClassVar[str] = "student"
     uses_teacher: ClassVar[bool] = True
     param_names: ClassVar[tuple[str, ...]] = ()
+    settings_class: ClassVar[type | None] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -108,6 +122,10 @@ class Objective:
 
     def __init__(self, args, class_counts: torch.Tensor):
         self.args = args
+        # args.objective_settings are args.objective's (checked again here); another objective built from the
+        # same args (e.g. the teacher's, checked before a run) gets its declared defaults
+        ours = getattr(args, "objective", None) == self.name
+        self.settings = make_settings(type(self), getattr(args, "objective_settings", None) if ours else None)
         self.num_classes = int(class_counts.numel())
         self.class_counts = torch.as_tensor(class_counts).double()
         # an empty class gets a tiny prior, not log(0); objectives that read the prior refuse it (check_prior)

@@ -176,10 +176,15 @@ def run_settings(args, **extra) -> dict:
 
     ``args`` is a :class:`hf_fairkd.config.DistillationArguments`; no secret (token) is ever read from it. The
     extras of :data:`NAMED_SETTINGS` are named by :func:`public_name` (a local folder by its own name).
+    An objective that declares settings (``settings_class``) has each of them, given or default, among its
+    ``objective_params`` (which the card prints) and, alone, in ``objective_settings`` (what to pass to
+    ``--objective_settings`` to run it again).
     """
+    declared = args.resolved_objective_settings()
     settings = {
         "objective": args.objective,
-        "objective_params": args.objective_params(),
+        "objective_params": {**args.objective_params(), **declared},
+        **({"objective_settings": declared} if declared else {}),
         "teacher_target_mode": args.teacher_logit_mode,
         "temperature": args.temperature,
         "seed": args.seed,

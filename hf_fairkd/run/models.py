@@ -14,6 +14,7 @@ from transformers import (
     AutoModelForImageClassification,
     PretrainedConfig,
     PreTrainedModel,
+    ResNetConfig,
     ViTConfig,
 )
 
@@ -188,6 +189,8 @@ def fresh_config(model_args: ModelArguments, class_names: list[str], role: str) 
             trust_remote_code=model_args.trust_remote_code,
             flag=f"--{role}_config_name",
         )
+    if role == "teacher" and getattr(model_args, "teacher_architecture", "vit") == "resnet":
+        return small_resnet_config(class_names)
     return vit_config(
         class_names,
         hidden_size=getattr(model_args, f"{role}_hidden_size"),
@@ -195,6 +198,21 @@ def fresh_config(model_args: ModelArguments, class_names: list[str], role: str) 
         num_heads=getattr(model_args, f"{role}_num_heads"),
         image_size=image_size,
         patch_size=model_args.patch_size,
+    )
+
+
+def small_resnet_config(class_names: list[str]) -> ResNetConfig:
+    """The default teacher trained here: a four-stage ResNet of basic blocks (16-128 channels, 0.2M parameters;
+    the same as recipes/configs/models/resnet_cifar_small.json). It takes any image size."""
+    return ResNetConfig(
+        num_channels=3,
+        embedding_size=16,
+        hidden_sizes=[16, 32, 64, 128],
+        depths=[1, 1, 1, 1],
+        layer_type="basic",
+        hidden_act="relu",
+        downsample_in_first_stage=False,
+        **label_space(class_names),
     )
 
 
@@ -253,6 +271,21 @@ def check_model_arguments(model_args: ModelArguments) -> None:
                     f"{', '.join(ignored)} size a fresh ViT and are ignored with --{role}_config_name: set the "
                     f"config's own fields with --{role}_config_overrides."
                 )
+    architecture = getattr(model_args, "teacher_architecture", "vit")
+    if architecture not in ("resnet", "vit"):
+        raise ValueError(f"--teacher_architecture {architecture!r}: use resnet or vit.")
+    trained_here = not (model_args.teacher_model_name_or_path or model_args.teacher_config_name)
+    if trained_here and architecture == "resnet":
+        sized = [
+            f"--teacher_{size}"
+            for size in ("hidden_size", "num_layers", "num_heads")
+            if getattr(model_args, f"teacher_{size}") != getattr(defaults, f"teacher_{size}")
+        ]
+        if sized:
+            logger.warning(
+                f"{', '.join(sized)} size a ViT teacher and are ignored with --teacher_architecture resnet (the "
+                "default): pass --teacher_architecture vit to train a ViT teacher of these sizes."
+            )
 
 
 def load_baseline(
@@ -329,4 +362,6 @@ def fresh_description(model_args, role: str, suffix: str = "") -> str | None:
 def model_description(model_args, role: str, suffix: str = "") -> str:
     """How the record names a fresh ``role`` model: from its config (`fresh_description`), else the ViT sizes."""
     sizes = f"hidden {getattr(model_args, f'{role}_hidden_size')}, {getattr(model_args, f'{role}_num_layers')} layers"
+    if role == "teacher" and getattr(model_args, "teacher_architecture", "vit") == "resnet":
+        return fresh_description(model_args, role, suffix) or f"fresh small ResNet (16-128 channels){suffix}"
     return fresh_description(model_args, role, suffix) or f"fresh ViT ({sizes}){suffix}"

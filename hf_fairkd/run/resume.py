@@ -81,6 +81,9 @@ def stage_fingerprint(stage: str, stage_args: DistillationArguments, model_args,
         for name in sorted(own)
         if name != "objective" and not name.startswith(TEACHER_SIGNAL_PREFIXES)
     }
+    # the objective's own settings, every one (given or default); None when it declares none, as a marker
+    # written before the field existed reads (so such a finished stage still matches)
+    objective_args["objective_settings"] = stage_args.resolved_objective_settings() or None
     role = "teacher" if stage == "teacher" else "student"
     model = {f"{role}_{name}": getattr(model_args, f"{role}_{name}", None) for name in MODEL_FIELDS}
     model.update(image_size=model_args.image_size, patch_size=model_args.patch_size)

@@ -23,6 +23,8 @@ from .preprocessing import PreparedSplits
 def stage_args(args: DistillationArguments, **changes) -> DistillationArguments:
     """A copy of the training arguments for one stage (teacher, baseline, student) of a run."""
     changes.setdefault("push_to_hub", False)
+    if changes.get("objective", args.objective) != args.objective:  # settings belong to the student's objective
+        changes.setdefault("objective_settings", None)
     if changes.get("objective") in teacher_objectives():  # a teacher has no teacher to weight DRO errors by
         changes.setdefault("dro_error_weighting", "label")
     return dataclasses.replace(args, **changes)
