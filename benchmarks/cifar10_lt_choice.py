@@ -1,38 +1,58 @@
-"""The "which objective should I use" table, picked from the measured results (a ``cifar10_lt_runs.Study``):
-one row per need, the setting with the best mean over seeds for it, what it gave and cost against the one-hot
-student, and whether its lead over ce passes the findings' significance rule (``cifar10_lt_findings.Diff``).
+"""The CIFAR-10-LT study's "which objective should I use" table and Pareto plot, from its results (a
+``cifar10_lt_study.Study``): one row per need, the setting with the best mean over seeds for it
+(`hf_fairkd.compare.choice.pick_best`), what it gave and cost against the one-hot student, and whether its lead
+passes the significance rule (`hf_fairkd.compare.stats.verdict_vs_baseline`); the plot is
+`hf_fairkd.compare.pareto.plot_pareto` with each robust_kd sweep over b as a line.
 """
 
 from __future__ import annotations
 
-from cifar10_lt_findings import Diff
-from cifar10_lt_runs import TEACHER_FREE, Study
+import importlib.util
+import sys
+from pathlib import Path
+
+from hf_fairkd.compare.choice import pick_best
+from hf_fairkd.compare.pareto import Point, plot_pareto
+from hf_fairkd.compare.stats import mean_std, verdict_vs_baseline
+
+
+def sibling(name: str):
+    """A module of this folder by file (benchmarks/ is no package), registered once under its name."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+study_module = sibling("cifar10_lt_study")
+Study, TEACHER_FREE = study_module.Study, study_module.TEACHER_FREE
 
 NEEDS = (
-    ("I care about average accuracy", "accuracy", max, False),
-    ("I care about the rare classes", "rare", max, False),
-    ("I care about the worst class", "worst_class_accuracy", max, False),
-    ("I have no teacher (best average accuracy)", "accuracy", max, True),
-    ("I want the cheapest run (student wall time)", "wall_seconds", min, False),
+    ("I care about average accuracy", "accuracy", True, False),
+    ("I care about the rare classes", "rare", True, False),
+    ("I care about the worst class", "worst_class_accuracy", True, False),
+    ("I have no teacher (best average accuracy)", "accuracy", True, True),
+    ("I want the cheapest run (student wall time)", "wall_seconds", False, False),
 )
 
 
 def which_objective(study: Study) -> list[str]:
-    """'Which objective should I use', picked from the measured means (ties: the first in reading order)."""
+    """'Which objective should I use', picked from the measured means (`hf_fairkd.compare.choice.pick_best`: ties
+    go to the first in reading order) and judged against ce by the rule."""
     ce = study.get(None, "ce")
     lines = [
         "| need | use | seeds | overall | rare classes | worst class | wall s per run | pick vs ce, by the rule |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for need, metric, pick, teacherless in NEEDS:
+    for need, metric, higher, teacherless in NEEDS:
         keys = [
             k for k in study.settings() if not teacherless or k.teacher is None or k.objective in TEACHER_FREE
         ]
-        keys = [k for k in keys if study.mean(study.groups[k], metric) is not None]
-        if not keys:
+        key = pick_best(keys, lambda k, m=metric: study.mean(study.groups[k], m), higher)
+        if key is None:
             lines.append(f"| {need} | no runs | | | | | | |")
             continue
-        key = pick(keys, key=lambda k: study.mean(study.groups[k], metric))
         runs = study.groups[key]
         cells = []
         for m in ("accuracy", "rare", "worst_class_accuracy"):
@@ -47,16 +67,7 @@ def which_objective(study: Study) -> list[str]:
         if key.objective == "ce" and key.teacher is None:
             judged = "is the ce baseline"
         else:
-            d = Diff(study.values(runs, metric), study.values(ce, metric))
-            good, bad = ("higher", "lower") if pick is max else ("lower", "higher")
-            word = "above" if pick is max else "below"
-            judged = {
-                good: f"{word} ce ({d.diff:+.1f}, beyond 2·s_p = {d.threshold or 0:.1f})",
-                bad: f"on the wrong side of ce ({d.diff:+.1f}, beyond 2·s_p = {d.threshold or 0:.1f})",
-                "within": f"within the seed noise of ce ({d.diff:+.1f}, 2·s_p = {d.threshold or 0:.1f})",
-                "one seed": f"not established: {len(d.a)} seed(s) against ce's {len(d.b)}",
-                "missing": "no ce runs",
-            }[d.outcome]
+            judged = verdict_vs_baseline(study.values(runs, metric), study.values(ce, metric), higher, "ce")
         lines.append(
             f"| {need} | {study.label(key)}{params_text(runs[0])} | {study.seeds_text(key)} | "
             + " | ".join(cells)
@@ -78,9 +89,37 @@ def which_objective(study: Study) -> list[str]:
 
 
 def params_text(run: dict) -> str:
-    """The settings that distinguish the objective, e.g. ' (hinton, alpha 0.5, T 2)'."""
+    """The settings that distinguish the objective, e.g. '; hinton, alpha 0.5, T 2'."""
     p = run.get("params") or {}
     names = (("kd_convention", "{}"), ("alpha", "alpha {:g}"), ("temperature", "T {:g}"))
     names += (("label_smoothing_epsilon", "eps {:g}"), ("kd_sim_rho", "rho {:g}"))
     parts = [fmt.format(p[k]) for k, fmt in names if p.get(k) is not None]
     return f"; {', '.join(parts)}" if parts else ""
+
+
+def pareto_plot(study: Study, path: Path) -> None:
+    """Overall accuracy against the worst class and the worst-3 mean (`hf_fairkd.compare.pareto.plot_pareto`);
+    each robust_kd sweep over b (per teacher) is a line."""
+    sweeps = {}
+    for key in study.settings(objective="robust_kd"):
+        if key.b is not None:
+            sweeps.setdefault((key.teacher, key.convention), []).append(key)
+    lines = {k: v for k, v in sweeps.items() if len(v) > 1}
+    on_line = {
+        key: f"{study.label(keys[0]).split(' (')[0]}, b swept" for keys in lines.values() for key in keys
+    }
+    points = []
+    for key in study.settings():
+        values = {}
+        for metric in ("accuracy", "worst_class_accuracy", "worst_k_accuracy"):
+            mean, std = mean_std(study.values(study.groups[key], metric))
+            values[metric] = (mean, std or 0.0)
+        line = on_line.get(key)
+        points.append(Point(study.label(key), values, line, f"b={key.b:g}" if line else None))
+    points.sort(key=lambda p: p.line is not None)  # lines after the single points, each in b order
+    panels = [
+        ("worst_class_accuracy", "worst-class test accuracy (%)"),
+        ("worst_k_accuracy", "mean accuracy of the worst 3 classes (%)"),
+    ]
+    title = "CIFAR-10-LT (rho=100): overall vs worst classes (means over seeds, bars ± 1 seed std)"
+    plot_pareto(points, path, panels, title)

@@ -1,19 +1,37 @@
-"""The papers' directional findings on CIFAR-10-LT, each judged held / not held / not testable by one rule,
-computed from the results (a ``cifar10_lt_runs.Study``).
+"""The papers' directional findings on CIFAR-10-LT, each judged held / not held / not testable by the one rule
+of `hf_fairkd.compare.stats` (pooled-sd over seeds for means, majority of seeds for the per-class exact test),
+from the study's results (a ``cifar10_lt_study.Study``).
 
-The rule (``RULE``, stated once above the findings): a difference of means over seeds counts only when both
-settings have at least 2 seeds and it exceeds twice the pooled seed standard deviation of that metric; per
-class, the exact McNemar test already in the delta rows (``hf_fairkd.metrics.delta_verdict``) in more than
-half of the seeds tested.
+    python benchmarks/cifar10_lt_findings.py                                  # the committed results JSON
+    python benchmarks/cifar10_lt_findings.py --comparisons outputs/cifar10_lt/erm outputs/cifar10_lt/balanced ...
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-from cifar10_lt_runs import Study, majority, mean_std, per_class_delta
+from hf_fairkd.compare.stats import Diff, majority, mean_delta, mean_std
+
+
+def sibling(name: str):
+    """A module of this folder by file (benchmarks/ is no package), registered once under its name."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+study_module = sibling("cifar10_lt_study")
+Study = study_module.Study
+RESULTS = Path(__file__).resolve().parent / "results" / "cifar10_lt.json"
 
 HELD, NOT_HELD, NOT_TESTABLE = "held", "not held", "not testable"
 F3_CLAIM = (
@@ -35,51 +53,7 @@ RULE = (
 )
 
 
-# ------------------------------------------------------------------------------------------------ the rule
-@dataclass
-class Diff:
-    """Mean of ``a`` minus mean of ``b`` (per-seed values) under the rule."""
-
-    a: list[float]
-    b: list[float]
-
-    @property
-    def missing(self) -> bool:
-        return not self.a or not self.b
-
-    @property
-    def diff(self) -> float | None:
-        return None if self.missing else statistics.fmean(self.a) - statistics.fmean(self.b)
-
-    @property
-    def threshold(self) -> float | None:
-        """2·s_p, or None when a setting has fewer than 2 seeds."""
-        na, nb = len(self.a), len(self.b)
-        if na < 2 or nb < 2:
-            return None
-        pooled = ((na - 1) * statistics.variance(self.a) + (nb - 1) * statistics.variance(self.b)) / (
-            na + nb - 2
-        )
-        return 2 * math.sqrt(pooled)
-
-    @property
-    def outcome(self) -> str:
-        """'higher' / 'lower' (a than b, by the rule), 'within', 'one seed' or 'missing'."""
-        if self.missing:
-            return "missing"
-        if self.threshold is None:
-            return "one seed"
-        if abs(self.diff) <= self.threshold:
-            return "within"
-        return "higher" if self.diff > 0 else "lower"
-
-    def text(self) -> str:
-        if self.missing:
-            return "n/a (runs missing)"
-        ma, mb = statistics.fmean(self.a), statistics.fmean(self.b)
-        t = self.threshold
-        rule = f"one seed, {len(self.a)} vs {len(self.b)}" if t is None else f"2·s_p = {t:.1f}"
-        return f"{ma:.1f} vs {mb:.1f}, {self.diff:+.1f} ({rule})"
+__all__ = ["Diff", "Finding", "Study", "findings", "findings_lines", "load_study"]
 
 
 def claim_verdict(d: Diff, want: str = "higher") -> str:
@@ -166,10 +140,10 @@ def findings(study: Study) -> list[Finding]:
                 key.convention, hurt_by_kd.get(study.default_convention, (NOT_TESTABLE, set()))
             )
             if f2 == HELD:
-                tested, still = majority(runs, "hurt")
+                tested, still = majority(study_module.delta_rows(runs), "hurt")
                 still &= hurt
                 parts.append(NOT_TESTABLE if not tested else NOT_HELD if still else HELD)
-                deltas = per_class_delta(runs)
+                deltas = mean_delta(study_module.delta_rows(runs))
                 rec = ", ".join(f"{n} {100 * deltas[n]:+.1f}" for n in sorted(hurt) if n in deltas)
                 rec = (
                     f"the rare classes kd lowered, Δ vs ce {rec}; still lowered by the test: "
@@ -238,8 +212,8 @@ def rare_drops(study: Study, kd: list[dict], ce: list[dict]) -> tuple[str, set, 
     """F2: rare classes the exact test calls hurt in most seeds (verdict, those classes, evidence)."""
     if not kd or not ce:
         return NOT_TESTABLE, set(), "Needs kd and ce runs."
-    tested, hurt = majority(kd, "hurt")
-    deltas = per_class_delta(kd)
+    tested, hurt = majority(study_module.delta_rows(kd), "hurt")
+    deltas = mean_delta(study_module.delta_rows(kd))
     means = ", ".join(f"{n} {100 * deltas[n]:+.1f}" for n in study.rare_classes if n in deltas)
     text = f"Mean Δ kd − ce on the rare classes: {means or 'n/a'}."
     if not tested:
@@ -353,3 +327,27 @@ def findings_lines(study: Study) -> list[str]:
         "",
         *(f.line() for f in findings(study)),
     ]
+
+
+def load_study(path: str | None = None, comparisons=None) -> Study:
+    """The study from the results JSON (default: the committed one) or from compare_objectives output folders."""
+    if comparisons:
+        return Study(study_module.from_comparisons(comparisons))
+    with open(path or RESULTS, encoding="utf-8") as f:
+        return Study(json.load(f))
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", default=str(RESULTS), help="The study's results JSON.")
+    p.add_argument(
+        "--comparisons", nargs="+", help="compare_objectives output folders, the ERM teacher's first."
+    )
+    args = p.parse_args(argv)
+    lines = findings_lines(load_study(args.input, args.comparisons))
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()

@@ -57,7 +57,7 @@ from hf_fairkd.teacher import build_teacher_cache, cached_logits_from_batch  # n
 
 RESULTS = REPO / "benchmarks" / "results"
 PRESET = REPO / "recipes" / "configs" / "cifar10_lt_budget.yaml"
-LOCAL_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10"  # as benchmarks/reproduce_cifar10_lt.py is told
+LOCAL_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10"  # the local copy beside the checkout
 PARTS = ("default_recipe", "step_overhead", "data_path", "teacher_cache", "cifar10_lt_budget")
 # tiny models and a few steps: the dry mode runs every code path in seconds
 DRY_RECIPE = [

@@ -24,7 +24,6 @@ from __future__ import annotations
 from hf_fairkd.run import arguments, checks
 from hf_fairkd.run.distill import distill
 
-
 # The recipe's default objective, chosen over 3 seeds on the embedded default (benchmarks/default_run.py): the
 # one that kept the rare classes and the groups where plain kd lost them.
 DEFAULT_OBJECTIVE = {"objective": "robust_kd", "dro_tradeoff": 0.5}

@@ -1,7 +1,9 @@
-"""The CIFAR-10-LT table, findings and "which objective" table, on small hand-built results JSONs.
+"""The CIFAR-10-LT table, findings and "which objective" table, on small hand-built results JSONs, and the
+committed study: its table regenerates from its results JSON, byte for byte.
 
 Four classes a, b, c, d with 100, 50, 10 and 5 training images: c and d form the few-shot group (the rare
-classes). Accuracies are fractions, as in the study's reports.
+classes). Accuracies are fractions, as in the study's reports. The benchmark scripts are loaded by file
+(benchmarks/ is no package); the significance rule they use is the package's (`hf_fairkd.compare.stats`).
 """
 
 from __future__ import annotations
@@ -14,23 +16,31 @@ from pathlib import Path
 
 import pytest
 
+from hf_fairkd.compare.stats import Diff
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "benchmarks")]
-
-from cifar10_lt_choice import which_objective  # noqa: E402
-from cifar10_lt_findings import HELD, NOT_HELD, NOT_TESTABLE, Diff, findings  # noqa: E402
-from cifar10_lt_runs import Study, parse_name  # noqa: E402
-
 NAMES, COUNTS = ["a", "b", "c", "d"], [100, 50, 10, 5]
 
 
+def _load(name: str):
+    """A benchmark script by file, registered under its name as its sibling loader registers it (dataclasses
+    look their module up there)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def _table():
-    spec = importlib.util.spec_from_file_location(
-        "make_cifar10_lt_table", REPO / "benchmarks" / "make_cifar10_lt_table.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load("make_cifar10_lt_table")
+
+
+_findings = _load("cifar10_lt_findings")
+HELD, NOT_HELD, NOT_TESTABLE = _findings.HELD, _findings.NOT_HELD, _findings.NOT_TESTABLE
+findings, Study = _findings.findings, _findings.Study
+parse_name = _findings.study_module.parse_name
+which_objective = _load("cifar10_lt_choice").which_objective
 
 
 def name_of(teacher, objective, seed, b=None, convention=None) -> str:
@@ -333,3 +343,26 @@ def test_provenance_names_every_code_version_the_runs_were_trained_at():
     for run in data["runs"]:
         run["code"] = "new1234"
     assert "(code new1234)" in _table().provenance(Study(data), "x.json")
+
+
+def test_the_committed_table_regenerates_from_the_committed_results(tmp_path):
+    """benchmarks/results/cifar10_lt_table.md is exactly what the scripts make of cifar10_lt.json (the plot's
+    file name aside, which follows --output_png)."""
+    results = REPO / "benchmarks" / "results"
+    md = tmp_path / "cifar10_lt_table.md"
+    _table().main(["--input", str(results / "cifar10_lt.json"), "--output_md", str(md), "--output_png",
+                   str(tmp_path / "cifar10_lt_pareto.png")])  # fmt: skip
+    assert md.read_text(encoding="utf-8") == (results / "cifar10_lt_table.md").read_text(encoding="utf-8")
+    assert (tmp_path / "cifar10_lt_pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_study_page_block_is_the_generated_one(tmp_path):
+    """docs/CIFAR10_LT_STUDY.md holds exactly the block `--readme` writes from the committed results."""
+    doc = REPO / "docs" / "CIFAR10_LT_STUDY.md"
+    page = tmp_path / "docs" / doc.name  # the same place relative to the plot as the real page
+    page.parent.mkdir()
+    page.write_text(doc.read_text(encoding="utf-8"), encoding="utf-8")
+    png = tmp_path / "benchmarks" / "results" / "cifar10_lt_pareto.png"
+    png.parent.mkdir(parents=True)
+    _table().main(["--output_md", str(tmp_path / "t.md"), "--output_png", str(png), "--readme", str(page)])
+    assert page.read_text(encoding="utf-8") == doc.read_text(encoding="utf-8")

@@ -218,32 +218,6 @@ def test_the_trainer_card_path_builds_its_record_with_build_run_record(built):
     assert record["settings"] == schema.run_settings(trainer.args)
 
 
-def test_the_reproduction_script_builds_its_runs_from_build_run_record(built):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("repro", ROOT / "benchmarks" / "reproduce_cifar10_lt.py")
-    repro = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(repro)
-    labels = np.repeat(np.arange(3), 4)
-    info = SimpleNamespace(
-        class_names=["a", "b", "c"], train_counts=[30, 8, 2], long_tail_counts=[31, 9, 3], to_dict=lambda: {}
-    )
-    logits = np.eye(3)[labels]
-    teacher = repro.evaluate_run({"objective": "teacher", "seed": 0}, logits, labels, info, {}, False)
-    student = repro.evaluate_run(
-        {"objective": "kd", "seed": 0}, logits, labels, info, {0: np.zeros_like(labels)}, False
-    )
-    assert len(built) == 2
-    for record in built:
-        _check_schema(record)
-    assert (
-        teacher["report"] == built[0]["student"] and teacher["calibration"] == built[0]["teacher_calibration"]
-    )
-    assert teacher["delta_vs_ce"] is None
-    assert student["report"] == built[1]["student"]
-    assert student["delta_vs_ce"] == built[1]["student_minus_baseline"]
-
-
 def _calls(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text("utf-8"))):
@@ -256,9 +230,9 @@ def _calls(path: Path) -> set[str]:
 def test_records_and_settings_are_built_in_one_place():
     """The recipes build their record and settings with the schema's functions; nothing else in the package,
     the recipes or the benchmarks builds reports or a settings dict by hand."""
-    for recipe in ("distill_vit.py", "train_teacher.py"):
-        calls = _calls(ROOT / "recipes" / recipe)
-        assert "run_settings" in calls and "record_on_test_split" in calls, recipe
+    for runner in (PACKAGE / "run" / "distill.py", ROOT / "recipes" / "train_teacher.py"):
+        calls = _calls(runner)
+        assert "run_settings" in calls and "record_on_test_split" in calls, runner
     # the recipes' one record builder hands over to the schema's
     assert "record_from_info" in _calls(PACKAGE / "run" / "stages.py")
     builders = {"subgroup_report", "paired_delta", "calibration_report"}

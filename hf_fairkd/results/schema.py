@@ -2,7 +2,7 @@
 the file names and the format version.
 
 Every producer builds the record with :func:`build_run_record` (the recipes, the trainer's card from its
-eval_dataset, the CIFAR-10-LT reproduction script); cards, plots and the Hub push only read it.
+eval_dataset, the comparison recipe); cards, plots and the Hub push only read it.
 NaN / inf become None through :func:`hf_fairkd.io_utils.nan_to_none`, the package's one JSON cleaner.
 """
 

@@ -1,20 +1,22 @@
-"""The CIFAR-10-LT study's results JSON read as settings: which runs belong together, what was planned and is
-missing, and the per-setting numbers the table and the findings are built from.
+"""The CIFAR-10-LT study's results read as settings, for its table and findings: the committed results JSON
+(``benchmarks/results/cifar10_lt.json``, written by the study script this recipe replaced), or the output folders
+of ``recipes/compare_objectives.py recipes/configs/compare_cifar10_lt.yaml`` (one per teacher), converted by
+`from_comparisons` into the same runs.
 
-A *setting* is (teacher, objective, b, kd convention): the runs of one setting differ only by their seed. The
-convention is part of the setting for the distillation objectives, so kd in the Hinton and the target-mixing
-conventions are two settings (labelled "kd (hinton)" / "kd (mix)" when the study has both). Run names follow
-``benchmarks/cifar10_lt_plan.run_key``: "erm/robust_kd/b=0.5/seed1", "None/ce/seed0", "erm/kd/mix/seed0" (a
-convention part only when it is not the study's ``config["kd_convention"]``).
+A *setting* is (teacher, objective, b, kd convention): its runs differ only by their seed. Run names read
+"erm/robust_kd/b=0.5/seed1", "None/ce/seed0", "erm/kd/mix/seed0" (a convention part only when it is not the
+study's ``config["kd_convention"]``). The numbers and the significance rule are `hf_fairkd.compare.stats`'.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
+from pathlib import Path
 from typing import NamedTuple
 
-from hf_fairkd.metrics.paired import delta_verdict
+from hf_fairkd.compare.stats import mean_std
 
 TEACHER_ORDER = ("erm", "balanced", "dro")
 STUDENT_ORDER = (
@@ -42,6 +44,15 @@ class Setting(NamedTuple):
     convention: str | None = None
 
 
+def run_name(teacher, objective: str, seed, b=None, convention=None) -> str:
+    return (
+        f"{teacher}/{objective}"
+        + (f"/b={b:g}" if b is not None else "")
+        + (f"/{convention}" if convention else "")
+        + f"/seed{seed}"
+    )
+
+
 def parse_name(name: str, default_convention: str | None = None) -> tuple[Setting, int | None]:
     """(setting, seed) of a run name; a distillation run without a convention part has the study's."""
     parts = name.split("/")
@@ -62,8 +73,7 @@ def parse_name(name: str, default_convention: str | None = None) -> tuple[Settin
 
 
 def run_setting(run: dict, default_convention: str | None = None) -> Setting:
-    params = run.get("params") or {}
-    objective = run["objective"]
+    params, objective = run.get("params") or {}, run["objective"]
     if objective == "teacher":
         return Setting(run["teacher"], "teacher")
     b = params.get("dro_tradeoff") if objective == "robust_kd" else None
@@ -72,86 +82,24 @@ def run_setting(run: dict, default_convention: str | None = None) -> Setting:
 
 
 def _order(key: Setting) -> tuple:
-    t = (
-        -1
-        if key.teacher is None
-        else TEACHER_ORDER.index(key.teacher)
-        if key.teacher in TEACHER_ORDER
-        else len(TEACHER_ORDER)
-    )
+    t = -1 if key.teacher is None else TEACHER_ORDER.index(key.teacher) if key.teacher in TEACHER_ORDER else 9
     o = STUDENT_ORDER.index(key.objective) if key.objective in STUDENT_ORDER else len(STUDENT_ORDER)
     c = CONVENTION_ORDER.index(key.convention) if key.convention in CONVENTION_ORDER else -1
     return t, o, str(key.teacher), key.objective, -1.0 if key.b is None else key.b, c
-
-
-# ------------------------------------------------------------------------------------------------ numbers
-def mean_std(values) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def pct(values) -> str:
-    """'a ± s' in percent (fractions in), 'a' for one value, 'n/a' for none."""
-    mean, std = mean_std(values)
-    if mean is None:
-        return "n/a"
-    return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
 
 
 def shot(report: dict, group: str) -> float | None:
     return ((report.get("shot_groups") or {}).get(group) or {}).get("accuracy")
 
 
-def per_class_accuracy(runs: list[dict]) -> dict[str, float]:
-    """Class name -> mean accuracy over the runs."""
-    rows = defaultdict(list)
-    for run in runs:
-        for row in run["report"]["per_class"]:
-            if row["accuracy"] is not None:
-                rows[row["name"]].append(row["accuracy"])
-    return {name: statistics.fmean(v) for name, v in rows.items()}
-
-
-def per_class_delta(runs: list[dict]) -> dict[str, float]:
-    """Class name -> mean over seeds of the per-class delta against the same seed's one-hot student."""
-    rows = defaultdict(list)
-    for run in runs:
-        for row in run.get("delta_vs_ce") or []:
-            if row.get("delta") is not None:
-                rows[row["name"]].append(row["delta"])
-    return {name: statistics.fmean(v) for name, v in rows.items()}
-
-
-def significant_drops(runs: list[dict]) -> dict[str, int]:
-    """Class name -> in how many of the runs it dropped significantly below the one-hot student."""
-    return class_calls(runs, "hurt")[1]
-
-
-def class_calls(runs: list[dict], verdict: str = "hurt") -> tuple[int, dict[str, int]]:
-    """(runs whose delta rows carry the exact test, class -> in how many of them delta_verdict says ``verdict``)."""
-    tested, calls = 0, defaultdict(int)
-    for run in runs:
-        rows = run.get("delta_vs_ce") or []
-        verdicts = [(row["name"], delta_verdict(row)) for row in rows]
-        if any(v is not None for _, v in verdicts):
-            tested += 1
-        for name, v in verdicts:
-            if v == verdict:
-                calls[name] += 1
-    return tested, dict(calls)
-
-
-def majority(runs: list[dict], verdict: str = "hurt") -> tuple[int, set[str]]:
-    """(tested runs, classes called ``verdict`` in more than half of them): the per-class part of the rule."""
-    tested, calls = class_calls(runs, verdict)
-    return tested, {name for name, count in calls.items() if count > tested / 2}
+def delta_rows(runs: list[dict]) -> list[list[dict]]:
+    """Each run's per-class rows against the same seed's one-hot student (the rule's input)."""
+    return [run.get("delta_vs_ce") or [] for run in runs]
 
 
 # ------------------------------------------------------------------------------------------------ the study
 class Study:
-    """The results JSON as settings, with the plan, the rare classes and per-setting values."""
+    """The results as settings, with the plan, the rare classes and per-setting values."""
 
     def __init__(self, data: dict):
         self.runs, self.config, self.machine = (
@@ -219,7 +167,6 @@ class Study:
             return float(b)
         return max(swept, key=lambda x: (swept[x], x)) if swept else (None if b is None else float(b))
 
-    # ---------------------------------------------------------------------------------------- look-ups
     def label(self, key: Setting) -> str:
         extras = [] if key.b is None else [f"b={key.b:g}"]
         if key.objective in self.labelled_conventions and key.convention:
@@ -279,3 +226,90 @@ class Study:
 
     def mean(self, runs: list[dict], metric: str) -> float | None:
         return mean_std(self.values(runs, metric))[0]
+
+
+# ------------------------------------------------------------------------------------------------ the recipe's output
+def from_comparisons(folders) -> dict:
+    """The study's results from compare_objectives output folders (one per teacher objective; the first
+    folder's baselines are the ce students), in the committed JSON's form."""
+    runs, planned, config = [], [], {}
+    for i, folder in enumerate(map(Path, folders)):
+        plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
+        model, data, train = (
+            plan["config"].get(k) or {} for k in ("ModelArguments", "DataArguments", "DistillationArguments")
+        )
+        teacher, convention = model.get("teacher_objective"), train.get("kd_convention")
+        default_b = train.get("dro_tradeoff")
+        if i == 0:
+            config = {
+                "writer": "recipes/compare_objectives.py",
+                "kd_convention": convention,
+                "augment": data.get("augment"),
+                "student_epochs": train.get("num_train_epochs"),
+                "teacher_epochs": model.get("teacher_num_train_epochs"),
+                "image_size": model.get("image_size"),
+                "teacher_image_size": model.get("teacher_image_size"),
+                **{k: train.get(k) for k in ("learning_rate", "weight_decay", "alpha", "temperature")},
+                "batch_size": train.get("per_device_train_batch_size"),
+            }
+        for spec in plan["runs"]:
+            if spec["kind"] == "baseline" and i:
+                continue  # one ce student per seed: the first folder's
+            found = folder / "runs" / f"{_file_name(spec['key'])}.json"
+            name = _name(spec, teacher, convention, default_b)
+            planned.append(name)
+            if found.exists():
+                runs.append(_study_run(json.loads(found.read_text(encoding="utf-8")), name, teacher))
+    if runs:
+        record = runs[0].pop("_record")
+        config["dataset"] = {
+            **(record.get("dataset") or {}),
+            "class_names": record["class_names"],
+            "train_counts": record["train_counts"],
+        }
+        config["student_model"] = (record.get("settings") or {}).get("student_model")
+    for run in runs:
+        run.pop("_record", None)
+    config["planned_runs"] = planned
+    return {"runs": runs, "config": config, "machine": {}}
+
+
+def _file_name(key: str) -> str:
+    from hf_fairkd.compare.plan import file_name
+
+    return file_name(key)
+
+
+def _name(spec: dict, teacher: str, convention: str | None, default_b: float | None) -> str:
+    if spec["kind"] == "teacher":
+        return run_name(teacher, "teacher", spec["seed"])
+    if spec["kind"] == "baseline":
+        return run_name(None, "ce", spec["seed"])
+    settings = spec["settings"]
+    other = settings.get("kd_convention") if settings.get("kd_convention") != convention else None
+    b = settings.get("dro_tradeoff", default_b) if spec["objective"] == "robust_kd" else None
+    return run_name(teacher, spec["objective"], spec["seed"], b, other)
+
+
+def _study_run(found: dict, name: str, teacher: str) -> dict:
+    record = found.get("record") or {}
+    kind = found["kind"]
+    settings = record.get("settings") or {}
+    run = {
+        "name": name,
+        "teacher": None if kind == "baseline" else teacher,
+        "objective": "teacher" if kind == "teacher" else found["objective"],
+        "seed": found["seed"],
+        "params": dict(
+            settings.get("objective_params") or {},
+            **({"teacher_objective": teacher} if kind == "teacher" else {}),
+        ),
+        "report": record.get("teacher" if kind == "teacher" else "student"),
+        "delta_vs_ce": record.get("student_minus_baseline"),
+        "wall_seconds": found.get("wall_seconds"),
+        "code": (found.get("code") or {}).get("git_commit") or (found.get("code") or {}).get("hf_fairkd"),
+        "_record": record,
+    }
+    if kind == "teacher":
+        run["calibration"] = record.get("teacher_calibration")
+    return run

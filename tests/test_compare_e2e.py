@@ -1,0 +1,181 @@
+"""recipes/compare_objectives.py end to end on the embedded digits with tiny ViTs: ce, kd and robust_kd with one
+seed, one teacher and one baseline reused by every student, the reports, one push of the chosen student to the
+local Hub, a rerun that trains nothing, and the refusals that come before any training."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_recipes import ROOT, TINY, load_recipe
+
+REPO_ID = "test-user/compare-e2e"
+
+
+@pytest.fixture(scope="module")
+def compared(hub_server, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "out"
+    argv = [*TINY, "--output_dir", str(out), "--objectives", "ce", "kd", "robust_kd", "--seeds", "0",
+            "--settings", "robust_kd:dro_update_every=2", "--push_to_hub", "true", "--hub_model_id", REPO_ID,
+            "--hub_token", hub_server.token]  # fmt: skip
+    requests = hub_server.stats["commit"]
+    result = load_recipe("compare_objectives").main(argv)
+    pushed = {"requests": hub_server.stats["commit"] - requests, "commits": hub_server.commits(REPO_ID)}
+    return out, argv, result, pushed
+
+
+def run_file(out, stem):
+    return json.loads((out / "runs" / f"{stem}.json").read_text())
+
+
+def test_comparison_writes_its_reports_and_reuses_one_teacher_and_baseline(compared):
+    out, _, result, _ = compared
+    assert result["new_runs"] == 4
+    report = json.loads((out / "comparison.json").read_text())
+    assert [r["key"] for r in report["runs"]] == [
+        "teacher", "baseline/seed0", "kd/seed0", "robust_kd/dro_update_every=2/seed0"
+    ]  # fmt: skip
+    for run in report["runs"]:
+        metrics = run["metrics"]
+        assert {
+            "accuracy",
+            "worst_class_accuracy",
+            "worst_class",
+            "worst_group_accuracy",
+            "worst_group",
+        } <= set(metrics)
+        assert metrics["worst_group"].startswith("stroke=")  # the digits' group column
+        assert run["wall_seconds"] > 0 and run["cpu_seconds"] > 0 and run["code"]["hf_fairkd"]
+    assert report["missing_runs"] == [] and report["choice"]["rule"] == "best_worst_group"
+    assert [s["label"] for s in report["settings"]] == [
+        "ce (baseline)",
+        "kd",
+        "robust_kd (dro_update_every=2)",
+    ]
+    text = (out / "comparison.md").read_text()
+    for row in ("| ce (baseline) | 1 |", "| kd | 1 |", "| robust_kd (dro_update_every=2) | 1 |"):
+        assert row in text
+    assert "## Which objective should I use" in text and "Missing runs: none (4 of 4" in text
+    assert (out / "comparison_pareto.png").read_bytes()[:4] == b"\x89PNG"
+    # every student distilled from the one teacher and was compared with the one baseline of its seed
+    baseline = run_file(out, "baseline--seed0")["record"]["student"]["per_class"]
+    for stem in ("kd--seed0", "robust_kd--dro_update_every=2--seed0"):
+        record = run_file(out, stem)["record"]
+        assert record["baseline"]["per_class"] == baseline
+        assert record["settings"]["teacher_given"] and record["settings"]["teacher_objective"] == "erm"
+        assert record["settings"]["baseline_model"].startswith("reused")
+    assert (
+        run_file(out, "robust_kd--dro_update_every=2--seed0")["record"]["settings"]["objective_params"][
+            "dro_update_every"
+        ]
+        == 2
+    )
+    assert not (out / "models" / "kd--seed0" / "teacher").exists()  # no student run trained a teacher
+
+
+def test_the_chosen_student_is_pushed_once_with_its_comparison(compared, hub_server):
+    out, _, result, pushed = compared
+    assert pushed["requests"] == 1 and len(pushed["commits"]) == 2  # the Hub's initial commit + ONE publish
+    files = hub_server.files(REPO_ID)
+    assert {"model.safetensors", "config.json", "README.md", "subgroup_metrics.json", "comparison.md",
+            "comparison.json", "comparison_pareto.png"} <= set(files)  # fmt: skip
+    card = files["README.md"].decode()
+    assert "Chosen by the hf-fairkd objective comparison" in card and "comparison.md" in card
+    label = json.loads((out / "comparison.json").read_text())["choice"]["label"]
+    assert label.split(" ")[0] in card
+    assert result["published"] and json.loads((out / "published.json").read_text())["repo_id"] == REPO_ID
+    assert all(hub_server.token.encode() not in content for content in files.values())
+
+
+def test_a_rerun_trains_nothing_and_publishes_nothing_again(compared, hub_server):
+    out, argv, _, _ = compared
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    requests = hub_server.stats["commit"]
+    again = load_recipe("compare_objectives").main(argv)
+    assert again["new_runs"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == stamps
+    assert hub_server.stats["commit"] == requests
+
+
+def test_another_plan_in_the_same_folder_is_refused_before_training(compared):
+    out, argv, _, _ = compared
+    with pytest.raises(ValueError, match="holds another plan.*runs only in this one: baseline/seed1"):
+        load_recipe("compare_objectives").main([*argv, "--seeds", "0", "1"])
+    assert not (out / "models" / "baseline--seed1").exists()
+
+
+def test_a_given_teacher_is_used_by_every_student_and_not_trained(compared, tmp_path):
+    out, *_ = compared
+    teacher = out / "models" / "teacher" / "teacher"
+    other = tmp_path / "given"
+    argv = [*TINY, "--output_dir", str(other), "--objectives", "kd", "--seeds", "1", "--choose", "best_overall",
+            "--teacher_model_name_or_path", str(teacher)]  # fmt: skip
+    result = load_recipe("compare_objectives").main(argv)
+    assert [r["key"] for r in result["comparison"]["runs"]] == ["baseline/seed1", "kd/seed1"]
+    record = run_file(other, "kd--seed1")["record"]
+    assert (
+        record["teacher"] == run_file(out, "teacher")["record"]["teacher"]
+    )  # the same model, the same test split
+    assert not (other / "models" / "teacher").exists()
+    assert "teacher given (" in (other / "comparison.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--objectives", "ce", "robsut_kd"], "did you mean 'robust_kd'?"),
+        (["--settings", "robust_kd:dro_tradof=0.5"], "did you mean 'dro_tradeoff'?"),
+        (["--settings", "robust_kd:dro_groups=class_x_groups"], "is not one of"),
+        (["--settings", "kd:dro_tradeoff=0.5"], "objective 'kd' has no setting 'dro_tradeoff'"),
+        (["--objective", "kd"], "--objective (use --objectives)"),
+        (["--choose", "best_worst_group", "--group_columns", "none"], "needs groups of the data"),
+    ],
+)
+def test_bad_names_are_refused_before_anything_trains(tmp_path, extra, message):
+    out = tmp_path / "out"
+    argv = [*TINY, "--output_dir", str(out), "--objectives", "ce", "kd", "robust_kd", *extra]
+    with pytest.raises(ValueError) as err:
+        load_recipe("compare_objectives").main(argv)
+    assert message in str(err.value)
+    assert not out.exists()  # not even the plan was written
+
+
+def test_the_study_scripts_read_a_comparison_folder(compared, tmp_path):
+    out, *_ = compared
+    spec = importlib.util.spec_from_file_location(
+        "make_cifar10_lt_table", ROOT / "benchmarks" / "make_cifar10_lt_table.py"
+    )
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    md, png = tmp_path / "t.md", tmp_path / "p.png"
+    table.main(["--comparisons", str(out), "--output_md", str(md), "--output_png", str(png)])
+    text = md.read_text()
+    assert "| ce | 1 |" in text and "| erm → kd | 1 |" in text and "| erm → robust_kd (b=1) | 1 |" in text
+    assert "written by `recipes/compare_objectives.py`" in text and "Missing runs: none" in text
+
+
+@pytest.mark.slow  # two processes under accelerate launch, end to end
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fallback is for machines without a GPU")
+def test_the_recipe_under_accelerate_launch_on_two_processes(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", str(port), str(ROOT / "recipes" / "compare_objectives.py"), *TINY,
+           "--output_dir", str(out), "--objectives", "ce", "kd", "--seeds", "0", "1"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["missing_runs"] == [] and len(report["runs"]) == 5
+    assert all(run["processes"] == 2 for run in report["runs"])
+    record = run_file(out, "kd--seed1")["record"]
+    assert record["settings"]["world_size"] == 2
+    assert sum(row["support"] for row in record["student"]["per_class"]) == 300  # gathered once, no padding
