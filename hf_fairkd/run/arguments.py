@@ -128,7 +128,7 @@ class ModelArguments:
     teacher_num_train_epochs: float | None = field(
         default=None,
         metadata={
-            "help": "Epochs for a teacher trained here (default: twice num_train_epochs: it is larger)."
+            "help": "Epochs for a teacher trained here (default: num_train_epochs, the student's schedule)."
         },
     )
     patch_size: int = field(default=4, metadata={"help": "Patch size of fresh ViTs."})

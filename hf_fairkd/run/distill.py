@@ -203,7 +203,7 @@ def teacher_stage_args(model_args, args: DistillationArguments) -> DistillationA
         args,
         output_dir=os.path.join(args.output_dir, "teacher"),
         objective=model_args.teacher_objective,
-        num_train_epochs=model_args.teacher_num_train_epochs or 2 * args.num_train_epochs,
+        num_train_epochs=model_args.teacher_num_train_epochs or args.num_train_epochs,
     )
 
 
