@@ -22,6 +22,7 @@ from .groups import GROUP_ID_COLUMN
 from .objectives import ObjectiveCallback, get_objective
 from .results.publishing import PublishingMixin
 from .teacher import CACHE_COLUMNS, TEACHER_INPUT_COLUMNS, CacheCollator, TeacherSource
+from .teacher.cache_format import stored_views_of
 from .trainer_data import class_counts_from_dataset
 from .trainer_groups import default_metrics, group_arguments, group_train_counts, metrics_for, prepare_groups
 
@@ -116,13 +117,16 @@ class DistillationTrainer(PublishingMixin, Trainer):
         self.holdout_dataset = holdout_dataset
         # first among the callbacks, so the others see the objective's state of this step
         self.objective_hooks = ObjectiveCallback(self)
+        # a split reading a view cache (hf_fairkd.run.cached_views) needs the epoch: its callback sets it
+        views = stored_views_of(train_dataset)
+        views = [] if views is None or views in (callbacks or []) else [views]
         super().__init__(
             model=model,
             args=args,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             compute_metrics=compute_metrics,
-            callbacks=[self.objective_hooks, *(callbacks or [])],
+            callbacks=[self.objective_hooks, *views, *(callbacks or [])],
             **kwargs,
         )
         # Make the Trainer count the items of each accumulated batch (it only does so for models that take loss

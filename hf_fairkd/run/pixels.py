@@ -185,7 +185,9 @@ def _decoded_pixels(split, image_column: str, processors: dict, *, split_name: s
     return mapped, steps
 
 
-def random_views(n: int, width: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def random_views(
+    n: int, width: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip flags and crop shifts (in pixels at ``width``, in [-pad, pad], pad = width // 8) for n rows, drawn
     from ``generator`` (default: torch's global one)."""
     pad = max(1, width // 8)

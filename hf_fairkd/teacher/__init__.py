@@ -4,7 +4,8 @@ The one way in: the names below. Modules: `model` (loading, label permutation, c
 teacher sharded over processes, read whole), `placement` (FSDP / DeepSpeed / replicated, and its memory),
 `source` (`TeacherSource`, the trainer's teacher side), `cache` (build and check a cache), `cache_format`
 (its columns, and a batch's columns back to logits), `cache_record` (its record, fingerprints, save/load),
-`input_digest` (the per-row digests of the teacher's inputs that tie a cache to its rows).
+`input_digest` (the per-row digests of the teacher's inputs that tie a cache to its rows). (Augmented views cached
+once with the teacher's logits of each: `hf_fairkd.run.view_cache` / `hf_fairkd.run.cached_views`.)
 """
 
 from .cache import build_teacher_cache, check_cache

@@ -264,3 +264,12 @@ def warn_topk_fill(fill: str, temperature: float, top_k: int, num_classes: int) 
         _warned.add((fill, float(temperature)))
         logger.warning(message)
     return message
+
+
+def stored_views_of(dataset):
+    """The view cache a prepared split reads (`hf_fairkd.run.cached_views.with_cached_views`: its transform
+    carries it as ``views``), or None. Read by attribute so that the teacher and the trainer, below ``run``,
+    need not import it: an object with ``logits`` (whether its rows carry the teacher's logits) that is the
+    `TrainerCallback` setting the epoch."""
+    fmt = getattr(dataset, "format", None) or {}
+    return getattr((fmt.get("format_kwargs") or {}).get("transform"), "views", None)

@@ -16,7 +16,13 @@ from torch import nn
 from ..groups import GROUP_ID_COLUMN
 from ..objectives import teacher_free_objectives
 from .cache import check_cache
-from .cache_format import CACHE_COLUMNS, DENSE_COLUMN, INPUT_DIGEST_COLUMN, cached_logits_from_batch
+from .cache_format import (
+    CACHE_COLUMNS,
+    DENSE_COLUMN,
+    INPUT_DIGEST_COLUMN,
+    cached_logits_from_batch,
+    stored_views_of,
+)
 from .model import TEACHER_INPUT_COLUMNS, class_similarity, label_permutation, load_teacher
 from .placement import TeacherMemory, prepare_teacher
 
@@ -64,8 +70,11 @@ class TeacherSource:
         self.sharding = getattr(args, "teacher_sharding", "auto")
         self.memory: TeacherMemory | None = None  # set by `prepare` (None: no online teacher)
         self._warned_cache_wins = False
-        has_cache = train_dataset is not None and bool(
-            set(CACHE_COLUMNS) & set(train_dataset.column_names or [])
+        has_cache = train_dataset is not None and (
+            bool(set(CACHE_COLUMNS) & set(train_dataset.column_names or []))
+            or bool(
+                getattr(stored_views_of(train_dataset), "logits", False)
+            )  # added by a view-cache transform
         )
         if not uses_teacher:
             if teacher is not None:
