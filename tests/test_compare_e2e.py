@@ -126,6 +126,35 @@ def test_a_given_teacher_is_used_by_every_student_and_not_trained(compared, tmp_
     assert "teacher given (" in (other / "comparison.md").read_text()
 
 
+def test_with_augmentation_every_run_trains_on_views_drawn_once(compared, tmp_path, caplog):
+    """--augment: the teacher's views are built once (the views run), the baseline and every student train on
+    them, and no student runs the teacher per step: its batches carry the stored logits."""
+    import logging
+
+    out, *_ = compared
+    teacher = out / "models" / "teacher" / "teacher"
+    other = tmp_path / "views"
+    argv = [*TINY, "--output_dir", str(other), "--objectives", "kd", "--seeds", "0", "--choose", "best_overall",
+            "--teacher_model_name_or_path", str(teacher), "--augment", "true"]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        result = load_recipe("compare_objectives").main(argv)
+    assert [r["key"] for r in result["comparison"]["runs"]] == ["views", "baseline/seed0", "kd/seed0"]
+    views = run_file(other, "views")["record"]["views"]
+    assert views["epochs"] == 1 and views["view_seed"] == 0 and views["kind"] == "dense"
+    assert (other / "models" / "views" / "view_cache.json").is_file() or any(
+        (other / "models" / "views").iterdir()
+    )
+    assert (
+        "Batches carry cached teacher logits: they are used and the online teacher is not run." in caplog.text
+    )
+    settings = run_file(other, "kd--seed0")["record"]["settings"]
+    assert settings["objective"] == "kd"
+    with pytest.raises(ValueError, match="--view_cache caches augmented views: it needs --augment"):
+        load_recipe("compare_objectives").main(
+            [*argv[:-2], "--view_cache", "true", "--output_dir", str(tmp_path / "x")]
+        )
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

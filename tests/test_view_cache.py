@@ -363,3 +363,24 @@ def test_the_benchmark_runs_in_quick_mode(tmp_path):
         "kd_online_over_ce",
         "build_over_plain_forward",
     }
+
+
+def test_the_recipe_refuses_a_view_cache_without_augmentation_or_a_given_teacher(tmp_path):
+    """--teacher_view_cache holds augmented views of a given teacher: without either, refused before training."""
+    from test_recipes import TINY, load_recipe
+
+    recipe = load_recipe("distill_vit")
+    for extra in (["--teacher_model_name_or_path", str(tmp_path / "t")], ["--augment", "true"]):
+        argv = [
+            *TINY,
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--teacher_view_cache",
+            str(tmp_path / "v"),
+            *extra,
+        ]
+        with pytest.raises(
+            ValueError, match="a view cache holds augmented views of a given teacher; pass --augment"
+        ):
+            recipe.main(argv)
+        assert not (tmp_path / "o" / "baseline").exists()  # nothing trained

@@ -77,8 +77,10 @@ def plan_runs(
 def dependencies(run: Run, plan: list[Run]) -> list[str]:
     """Keys of the runs that must be finished before ``run`` starts."""
     keys = {r.key for r in plan}
-    if run.kind in (TEACHER, BASELINE_KIND):
+    if run.kind == TEACHER:
         return []
+    if run.kind == BASELINE_KIND:  # it trains on the views when there are any
+        return [k for k in (TEACHER, VIEWS) if VIEWS in keys and k in keys]
     needs = [k for k in (TEACHER,) if k in keys]
     if run.kind == STUDENT:
         needs += [k for k in (VIEWS,) if k in keys]

@@ -31,13 +31,10 @@ def prepare_comparison(model_args, data_args, args, compare_args):
             "--baseline_model_name_or_path: a comparison trains one baseline per seed (each student is compared "
             "with its own seed's); drop the flag."
         )
-    if compare_args.view_cache:
-        if not data_args.augment:
-            raise ValueError("--view_cache caches augmented views: it needs --augment.")
-        if not runner.VIEWS_WIRED:
-            raise ValueError(
-                "--view_cache: the augmented-view cache is not wired into compare_objectives yet; run without it."
-            )
+    if compare_args.view_cache is None:  # with augmentation, the views are drawn once and shared by default
+        compare_args.view_cache = bool(data_args.augment)
+    if compare_args.view_cache and not data_args.augment:
+        raise ValueError("--view_cache caches augmented views: it needs --augment.")
     models.check_model_arguments(model_args)
     _, info = preparation.load_data(data_args, args.group_columns, args.max_group_values)
     if not model_args.teacher_model_name_or_path:

@@ -76,25 +76,50 @@ def _is_main() -> bool:
     return PartialState().is_main_process
 
 
-# --------------------------------------------------------------------------------------- the view-cache hook
-def build_views(ctx: RunContext) -> dict:
-    """VIEW-CACHE HOOK (``--view_cache`` with ``--augment``): build the teacher's augmented views once into
-    ``ctx.views_path`` and return what the run file records. Not wired yet: `hf_fairkd.teacher.view_cache` is
-    being written; the plan, claims and dependencies around this call are in place."""
-    raise NotImplementedError(
-        "--view_cache: building the augmented-view cache is not wired into compare_objectives yet "
-        "(hf_fairkd.compare.runner.build_views)."
-    )
+# --------------------------------------------------------------------------------------- the view cache
+def build_views(ctx: RunContext, run: Run) -> dict:
+    """With ``--view_cache`` (the default with ``--augment``): every epoch's augmented view of every training row
+    drawn once (view seed: the comparison's first seed, the views run's) and the teacher's logits of each, in ``ctx.views_path``
+    (`hf_fairkd.run.view_cache`); every baseline and student then trains on those views, and no student runs
+    the teacher per step. Built by the main process; the others wait for it."""
+    from accelerate import PartialState
+
+    from ..run import distill
+    from ..run.view_cache import build_view_cache, view_cache_info
+    from ..teacher import label_permutation
+
+    args = run_arguments(ctx.args, BASELINE, run.seed, str(Path(ctx.views_path).parent / "views-run"))
+    model_args = dataclasses.replace(ctx.model_args, teacher_model_name_or_path=ctx.teacher_path)
+    prepared = distill.prepare_distillation(model_args, ctx.data_args, args, _overwrite())
+    train, teacher = prepared.prepared["train"], prepared.given_teacher
+    if _is_main():
+        build_view_cache(
+            train,
+            teacher,
+            ctx.views_path,
+            epochs=epochs_needed(args, len(train), PartialState().num_processes),
+            view_seed=run.seed,
+            batch_size=args.per_device_eval_batch_size,
+            label_permutation=label_permutation(prepared.student.config.id2label, teacher.config.id2label),
+        )
+    PartialState().wait_for_everyone()
+    info = view_cache_info(ctx.views_path)
+    return {"views": {k: info[k] for k in ("epochs", "view_seed", "num_rows", "kind")}}
 
 
-def student_view_changes(ctx: RunContext) -> dict:
-    """VIEW-CACHE HOOK: the ModelArguments / DataArguments changes that make a student train on the views of
-    `build_views` (e.g. a views folder instead of the online teacher). ``{}``: none yet."""
-    return {}
+def epochs_needed(args, rows: int, processes: int) -> int:
+    """Whole epochs a run of ``args`` starts on ``rows`` training rows (``max_steps`` wins, as in the Trainer)."""
+    import math
+
+    if args.max_steps and args.max_steps > 0:
+        batch = args.per_device_train_batch_size * processes * args.gradient_accumulation_steps
+        return math.ceil(args.max_steps / max(1, math.ceil(rows / batch)))
+    return math.ceil(args.num_train_epochs)
 
 
-# Set True when `build_views` is implemented; until then ``--view_cache`` is refused before anything trains.
-VIEWS_WIRED = False
+def view_changes(ctx: RunContext) -> dict:
+    """The ModelArguments changes that make a baseline or a student train on the views of `build_views`."""
+    return {"teacher_model_name_or_path": ctx.teacher_path, "teacher_view_cache": ctx.views_path}
 
 
 # --------------------------------------------------------------------------------------- one run
@@ -130,7 +155,10 @@ def train_baseline(ctx: RunContext, run: Run) -> dict:
 
     folder = Path(ctx.baseline_path(run.seed)).parent
     args = run_arguments(ctx.args, BASELINE, run.seed, str(folder))
-    model_args = dataclasses.replace(ctx.model_args, teacher_model_name_or_path=None)  # no teacher needed
+    # no teacher needed, except to check the views the baseline trains on
+    model_args = dataclasses.replace(
+        ctx.model_args, **(view_changes(ctx) if ctx.view_cache else {"teacher_model_name_or_path": None})
+    )
     prepared = distill.prepare_distillation(model_args, ctx.data_args, args, _overwrite())
     _, trainer = distill.obtain_baseline(prepared)
     settings = run_settings(
@@ -155,12 +183,10 @@ def train_student(ctx: RunContext, run: Run) -> dict:
         "baseline_model_name_or_path": ctx.baseline_path(run.seed),
     }
     if ctx.view_cache:
-        changes.update(student_view_changes(ctx))
-    known = {f.name for f in dataclasses.fields(ctx.model_args)}
-    model_args = dataclasses.replace(ctx.model_args, **{k: v for k, v in changes.items() if k in known})
-    data_args = dataclasses.replace(ctx.data_args, **{k: v for k, v in changes.items() if k not in known})
+        changes.update(view_changes(ctx))
+    model_args = dataclasses.replace(ctx.model_args, **changes)
     args = run_arguments(ctx.args, run.setting, run.seed, ctx.model_dir(run))
-    return distill(model_args, data_args, args, _overwrite())
+    return distill(model_args, ctx.data_args, args, _overwrite())
 
 
 def _cpu_seconds() -> float:
@@ -178,7 +204,7 @@ def execute(ctx: RunContext, run: Run) -> dict:
     elif run.kind == BASELINE_KIND:
         record = train_baseline(ctx, run)
     elif run.kind == VIEWS:
-        record = build_views(ctx)
+        record = build_views(ctx, run)
     elif run.kind == STUDENT:
         record = train_student(ctx, run)
     else:

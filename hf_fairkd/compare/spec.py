@@ -60,10 +60,11 @@ class CompareArguments:
             "help": "Retrain finished runs written by another code version (default: keep them, listed in the report)."
         },
     )
-    view_cache: bool = field(
-        default=False,
+    view_cache: bool | None = field(
+        default=None,
         metadata={
-            "help": "With --augment: build the teacher's augmented views once; every student trains on them."
+            "help": "Draw every epoch's augmented views once and run the teacher over them once; every baseline and "
+            "student trains on those views, no student runs the teacher per step (default: on with --augment)."
         },
     )
     stale_claim_hours: float = field(

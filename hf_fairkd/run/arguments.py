@@ -125,6 +125,14 @@ class ModelArguments:
             "step (needed with augmentation); 'auto': cached unless --augment."
         },
     )
+    teacher_view_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --augment and a given teacher: a view cache folder (hf_fairkd.run.view_cache."
+            "build_view_cache, or compare_objectives --view_cache): the student and the baseline train on its "
+            "stored augmented views, the student with the teacher's stored logits (no teacher forward per step)."
+        },
+    )
     teacher_num_train_epochs: float | None = field(
         default=None,
         metadata={

@@ -48,9 +48,17 @@ class PreparedRun:
     given_baseline: object | None
     fingerprints: dict
     finished: dict
+    views: dict | None = None  # with --teacher_view_cache: role (baseline, student) -> its train split
 
     def stage_dir(self, stage: str) -> str:
         return os.path.join(self.args.output_dir, stage)
+
+    def splits_for(self, role: str) -> preprocessing.PreparedSplits:
+        """The splits a stage trains on: the prepared ones, or their train split reading the view cache."""
+        if not self.views:
+            return self.prepared
+        train = {**self.prepared, "train": self.views[role]}
+        return preprocessing.PreparedSplits(train, self.prepared.class_counts, self.prepared.teacher_splits)
 
 
 def distill(model_args, data_args, args: DistillationArguments, run_args) -> dict:
@@ -71,7 +79,7 @@ def distill(model_args, data_args, args: DistillationArguments, run_args) -> dic
     student_trainer = stages.train_stage(
         run.student,
         args,
-        run.prepared,
+        run.splits_for("student"),
         teacher=teacher,
         processor=run.processor,
         resume_from_checkpoint=args.resume_from_checkpoint,
@@ -113,6 +121,12 @@ def prepare_distillation(model_args, data_args, args: DistillationArguments, run
             f"--teacher_objective {model_args.teacher_objective!r}: use one of {', '.join(teacher_objectives())}."
         )
     stages.use_cached_teacher(model_args, data_args)  # validates --teacher_signal before any work
+    views = model_args.teacher_view_cache
+    if views and not (data_args.augment and model_args.teacher_model_name_or_path):
+        raise ValueError(
+            f"--teacher_view_cache {views}: a view cache holds augmented views of a given teacher; pass --augment "
+            "true and --teacher_model_name_or_path (the teacher the cache was built with)."
+        )
     models.check_model_arguments(model_args)
     checks.check_before_work(args, run_args)
 
@@ -162,10 +176,33 @@ def prepare_distillation(model_args, data_args, args: DistillationArguments, run
         and resume.finished_stage(os.path.join(args.output_dir, stage), fingerprint)
         for stage, fingerprint in fingerprints.items()
     }
+    views = stored_views(model_args, data_args, args, prepared, given_teacher, student)
     return PreparedRun(
         model_args, data_args, args, run_args, info, processor, teacher_processor, prepared, student,
-        given_teacher, given_baseline, fingerprints, finished,
+        given_teacher, given_baseline, fingerprints, finished, views,
     )  # fmt: skip
+
+
+def stored_views(model_args, data_args, args, prepared, given_teacher, student) -> dict | None:
+    """With ``--teacher_view_cache``: the train split of the baseline (the stored views) and of the student (the
+    stored views and, for an objective with a teacher, the teacher's logits), the cache checked against the given
+    teacher and these rows before anything trains. None without."""
+    path = model_args.teacher_view_cache
+    if not path:
+        return None
+    from .cached_views import with_cached_views
+
+    student_views = with_cached_views(
+        prepared["train"],
+        path,
+        teacher=given_teacher,
+        logits=get_objective(args.objective).uses_teacher,
+        id2label=student.config.id2label,
+    )
+    return {
+        "student": student_views,
+        "baseline": with_cached_views(prepared["train"], path, logits=False, check=False),
+    }
 
 
 def load_given_teacher(model_args, student):
@@ -260,7 +297,7 @@ def obtain_baseline(run: PreparedRun):
     trainer = train_marked_stage(
         models.student_model(run.model_args, run.info.class_names, seed=run.args.seed),
         baseline_stage_args(run.args),
-        run.prepared,
+        run.splits_for("baseline"),
         run.processor,
         run.fingerprints["baseline"],
         resuming=resume.resuming(run.args),
