@@ -447,3 +447,26 @@ def test_a_misspelt_flag_on_the_command_line_gets_the_nearest_name():
     assert "'--num_train_epocs' (did you mean '--num_train_epochs'?)" in message
     assert "'--temprature=2' (did you mean '--temperature'?)" in message
     assert "'stray'" in message and "HfArgumentParser" not in message
+
+
+def test_a_reused_baseline_of_a_local_folder_matches_by_the_folders_own_name(tmp_path):
+    """A record names a local dataset folder by its own name (never its path): reusing that run's baseline with
+    the same folder passed by another path (absolute, relative, a different parent) is the same data; another
+    folder's name is not."""
+    import json
+
+    from hf_fairkd.run.models import build_vit, load_baseline
+
+    names = ["a", "b"]
+    folder = tmp_path / "run" / "baseline"
+    build_vit(
+        names, seed=0, hidden_size=16, num_layers=1, num_heads=2, image_size=8, patch_size=4
+    ).save_pretrained(folder)
+    (tmp_path / "run" / "subgroup_metrics.json").write_text(
+        json.dumps({"dataset": {"source": "mydata", "rho": 10}})
+    )
+    for given in ("/home/you/mydata", "mydata", "../data/mydata/"):
+        model = load_baseline(str(folder), names, dataset={"source": given, "rho": 10})
+        assert model.config.num_labels == 2
+    with pytest.raises(ValueError, match="other data than this run's"):
+        load_baseline(str(folder), names, dataset={"source": "/home/you/otherdata", "rho": 10})

@@ -302,6 +302,8 @@ def load_baseline(
         with open(record, encoding="utf-8") as f:
             theirs = json.load(f).get("dataset") or {}
         ours = json.loads(json.dumps(dataset, default=str))
+        if "source" in ours:  # the record names a local folder by its own name (public_name), never its path
+            ours["source"] = public_name(ours["source"])
         differ = [k for k in ours if k in theirs and k != "description" and theirs[k] != ours[k]]
         if differ:
             detail = "; ".join(f"{k} {_short(theirs[k])} there, {_short(ours[k])} here" for k in differ)
