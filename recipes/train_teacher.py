@@ -44,8 +44,10 @@ def run(model_args, data_args, args: DistillationArguments, run_args) -> dict:
     processor = preprocessing.make_image_processor(model_args)
     prepared = preprocessing.prepare_splits(splits, info, processor, augment=data_args.augment)
     teacher = models.teacher_model(model_args, info.class_names, args.seed)  # a bad config fails before work
-    kind = f"{teacher.config.model_type} teacher" if model_args.teacher_config_name else "ViT teacher"
-    logger.info(f"Training a {kind} with objective {args.objective} on {sum(info.train_counts)} rows.")
+    kind = models.model_description(model_args, "teacher")
+    logger.info(
+        f"Training a teacher, {kind}, with objective {args.objective} on {sum(info.train_counts)} rows."
+    )
     trainer = stages.train_stage(
         teacher,
         args,

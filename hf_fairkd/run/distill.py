@@ -261,12 +261,9 @@ def obtain_teacher(run: PreparedRun):
         )
         return load_teacher(run.stage_dir("teacher")), None
     model_args = run.model_args
-    described = (
-        "teacher from " + model_args.teacher_config_name if model_args.teacher_config_name else "ViT teacher"
-    )
     logger.info(
-        f"No teacher given (--teacher_model_name_or_path): training a {described} with objective "
-        f"{model_args.teacher_objective}."
+        f"No teacher given (--teacher_model_name_or_path): training a teacher here, "
+        f"{models.model_description(model_args, 'teacher')}, with objective {model_args.teacher_objective}."
     )
     trainer = train_marked_stage(
         models.teacher_model(model_args, run.info.class_names, run.args.seed),
