@@ -363,6 +363,22 @@ def test_the_benchmark_runs_in_quick_mode(tmp_path):
         "kd_online_over_ce",
         "build_over_plain_forward",
     }
+    # the equivalence part: merged into the same file under "equivalence", the speed results kept
+    module.main(
+        ["--quick", "--part", "equivalence", "--output", str(output), "--work_dir", str(tmp_path / "eq")]
+    )
+    merged = json.loads(output.read_text())
+    assert merged["ratios"] == results["ratios"] and merged["students"] == results["students"]
+    equivalence = merged["equivalence"]
+    forwards = equivalence["teacher_forwards"]
+    assert forwards["ran_as_named"] and set(forwards["cached_per_seed"]) == {0}
+    assert min(forwards["online_per_seed"]) > 0
+    curve = equivalence["loss_curve"]
+    # the online teacher with float16-rounded logits gives the cached curve
+    assert curve["control_max_abs_diff"] <= 1e-5
+    assert curve["max_abs_diff"] < 1e-3 and curve["direct_float16_bound_max_per_step"] > 0
+    assert len(equivalence["curves"]["0"]["cached"]) == curve["steps_compared"]
+    assert equivalence["accuracy"]["rule"] and len(equivalence["accuracy"]["paired_diff_per_seed"]) == 2
 
 
 def test_the_recipe_refuses_a_view_cache_without_augmentation_or_a_given_teacher(tmp_path):
