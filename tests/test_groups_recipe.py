@@ -57,7 +57,9 @@ def test_folder_with_metadata_trains_and_reports_every_group(grouped_run):
         supports = [g["support"] for g in summary["by_group"].values()]
         assert sum(supports) == saved["student"]["num_examples"], key  # every test row in exactly one group
     # training counts of the groups come from the data: they add up to the training rows
-    assert sum(g["train_count"] for g in student["scanner"]["by_group"].values()) == sum(saved["train_counts"])
+    assert sum(g["train_count"] for g in student["scanner"]["by_group"].values()) == sum(
+        saved["train_counts"]
+    )
     assert "student_minus_baseline_groups" in saved
 
 
@@ -113,16 +115,39 @@ def test_card_has_a_subgroups_section_per_column(grouped_run):
 def test_missing_group_column_is_named_before_any_training(tmp_path):
     root = tmp_path / "images"
     write_folder(root, per_class=6)
-    argv = [*TINY, "--dataset_name", str(root), "--group_columns", "hospital", "--output_dir", str(tmp_path / "o")]
+    argv = [
+        *TINY,
+        "--dataset_name",
+        str(root),
+        "--group_columns",
+        "hospital",
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
     with pytest.raises(ValueError, match=r"hospital.*available columns.*site"):
         load_recipe("distill_vit").main(argv)
     assert not (tmp_path / "o" / "teacher").exists()
 
 
 def test_dro_groups_without_group_columns_is_refused(tmp_path):
-    argv = [*TINY, "--objective", "robust_kd", "--dro_groups", "group", "--output_dir", str(tmp_path / "o")]
+    """(The embedded digits default to their `stroke` groups: `--group_columns none` turns them off.)"""
+    argv = [*TINY, "--objective", "robust_kd", "--dro_groups", "group", "--output_dir", str(tmp_path / "o"),
+            "--group_columns", "none"]  # fmt: skip
     with pytest.raises(ValueError, match="--group_columns"):
         load_recipe("distill_vit").main(argv)
+
+
+def test_the_embedded_digits_default_to_their_stroke_groups(tmp_path):
+    """The default run has a group: the digits' `stroke` (an attribute of each image), unless told otherwise."""
+    from hf_fairkd.data import load_digits_dataset
+    from hf_fairkd.run.arguments import parse_recipe_args
+
+    assert parse_recipe_args(argv=[])[2].group_columns == ["stroke"]
+    assert parse_recipe_args(argv=["--group_columns", "none"])[2].group_columns is None
+    assert parse_recipe_args(argv=["--dataset_name", str(tmp_path)])[2].group_columns is None  # yours: none
+    digits = load_digits_dataset()["train"]
+    bold = sum(s == "bold" for s in digits["stroke"]) / len(digits)
+    assert set(digits["stroke"]) == {"bold", "regular"} and 0.2 < bold < 0.3  # the top quarter by ink
 
 
 def test_robust_kd_over_class_x_group_cells_runs_on_the_spurious_digits(tmp_path):

@@ -609,7 +609,7 @@ def test_train_teacher_from_a_cnn_config(tmp_path, caplog):
         )
     teacher = AutoModelForImageClassification.from_pretrained(out)
     assert type(teacher).__name__ == "ResNetForImageClassification" and teacher.config.num_labels == 10
-    assert "Training a resnet teacher" in caplog.text
+    assert "Training a teacher, fresh from config resnet.json, with objective erm" in caplog.text
 
 
 def height_width(processor) -> tuple:
