@@ -169,6 +169,7 @@ def test_teacher_reliability_identical_on_both_ranks(fsdp):
     assert first["teacher_reliability"] == second["teacher_reliability"]
 
 
+@pytest.mark.slow  # needs the DDP launch (~50 s) beside the FSDP one; DDP alone: test_distributed.py
 def test_class_similarity_from_the_unsharded_teacher(fsdp, ddp):
     first, second = fsdp["kd_sim"]
     assert first["class_similarity"] is not None
@@ -206,6 +207,7 @@ def test_saved_student_is_full_and_reproduces_the_test_metrics(fsdp_run, fsdp, o
         assert (math.isnan(ran) and math.isnan(value)) or ran == pytest.approx(value, abs=1e-12), name
 
 
+@pytest.mark.slow  # needs the DDP launch (~50 s) beside the FSDP one; DDP alone: test_distributed.py
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_training_loss_matches_ddp(fsdp, ddp, objective):
     assert ddp[objective][0]["distributed_type"] == "DistributedType.MULTI_CPU"
@@ -224,6 +226,7 @@ def test_training_loss_matches_ddp(fsdp, ddp, objective):
 
 
 # ------------------------------------------------------------------------------ the teacher: sharded or not
+@pytest.mark.slow  # needs the DDP launch (~50 s) beside the FSDP one; DDP alone: test_distributed.py
 def test_teacher_sharded_like_the_student_or_replicated_by_choice(fsdp, ddp):
     """teacher_sharding 'auto' under FSDP: each rank holds its FSDP2 shard of the teacher's parameters, the two
     shards making the whole (about half each: FSDP2 splits every tensor along its first dimension, and the
@@ -363,6 +366,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow  # a separate FSDP1 launch; FSDP2 is the default suite's
 def test_an_fsdp1_teacher_is_read_whole_for_its_fingerprint_and_class_similarity():
     """The FSDP1 wrapper (one process, gloo): its flat shard unsharded for the block, under the plain names."""
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}

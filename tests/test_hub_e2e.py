@@ -240,6 +240,7 @@ def test_hub_problems_stop_the_recipe_before_any_training(
     assert ("model", repo_id) not in hub_server.repos
 
 
+@pytest.mark.slow  # the CLI end to end; the preflight error itself: test_hub_push.py::test_preflight_unreachable_hub_names_the_endpoint
 def test_recipe_cli_reports_an_unreachable_hub_as_a_one_line_error(tmp_path):
     secret = "hf_cliSecretToken123456789"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": _closed_endpoint(), "HF_TOKEN": secret}

@@ -305,11 +305,10 @@ def staged_reference(tmp_path_factory) -> Path:
     return out
 
 
-# ~15-30 s each (a shared reference run). A kill in the student stage resumes it and reuses both finished stages;
-# a kill in the teacher or baseline stage resumes that stage the same way: those two run with -m slow.
-@pytest.mark.parametrize(
-    "killed", [pytest.param(stage, marks=[] if stage == "student" else [pytest.mark.slow]) for stage in STAGES]
-)
+# ~15-30 s each, three recipe processes (a shared reference run): -m slow. Resuming a finished stage and a
+# checkpoint without a kill: tests/test_recipes.py (resume) and tests/test_trainer.py (resume continues exactly).
+@pytest.mark.slow
+@pytest.mark.parametrize("killed", STAGES)
 def test_sigkill_in_a_stage_resumes_it_and_reuses_the_finished_ones(staged_reference, tmp_path, killed):
     """Killed once ``killed`` has written its checkpoint-2: on --resume_from_checkpoint true the stages before it
     are reused (marked finished, same settings), it resumes from its own checkpoint, and the record equals the
@@ -537,6 +536,7 @@ def _file_size_limit(limit: int):
     return apply
 
 
+@pytest.mark.slow  # the recipe end to end on a full disk; test_full_disk_keeps_earlier_outputs_whole runs by default
 @pytest.mark.skipif(not hasattr(__import__("resource"), "RLIMIT_FSIZE"), reason="needs RLIMIT_FSIZE")
 def test_full_disk_during_the_recipe_is_one_clear_error(tmp_path):
     out = tmp_path / "out"

@@ -547,6 +547,7 @@ with open({out!r} + str(acc.process_index), "w") as f:
 """
 
 
+@pytest.mark.slow  # a third two-process launch; the sharded FSDP launch builds a cache in two processes by default (test_fsdp.py)
 @pytest.mark.distributed
 def test_two_processes_build_the_same_cache(train, tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
