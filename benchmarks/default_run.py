@@ -40,6 +40,7 @@ VARIANTS = {
     "robust_kd b = 1": ["--dro_tradeoff", "1"],
 }
 DEFAULT_SETUP = "digits rho 10, group stroke; small ResNet teacher; robust_kd b = 0.5"
+THREADS = None  # --threads
 QUIET = ["--disable_tqdm", "true", "--logging_steps", "100000"]
 
 
@@ -89,7 +90,9 @@ def run_one(seed: int, label: str, results: dict) -> None:
             "--baseline_model_name_or_path", str(default_dir / "baseline"),
         ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's package, even beside an editable install
-    env.pop("OMP_NUM_THREADS", None)  # the threads the bare command takes
+    env.pop("OMP_NUM_THREADS", None)  # the threads the bare command takes, unless --threads
+    if THREADS:  # on a shared machine, idle torch threads spin and cost several times the CPU of one thread
+        env["OMP_NUM_THREADS"] = str(THREADS)
     command = [sys.executable, "recipes/distill_vit.py", *flags, *VARIANTS[label]]
     wall, cpu = timed(command, env)
     metrics = json.loads((out / "subgroup_metrics.json").read_text())
@@ -99,7 +102,30 @@ def run_one(seed: int, label: str, results: dict) -> None:
         "seconds": wall,
         "cpu_seconds": cpu,
         "cores": os.cpu_count(),
+        "torch_threads": THREADS or "default",
         **summary(metrics),
+    }
+    atomic_write_json(RESULTS, results)
+
+
+def time_bare_command(results: dict, repeats: int) -> None:
+    """The README's first command as a newcomer runs it (`accelerate launch recipes/distill_vit.py`, torch's own
+    threads, seed 42), ``repeats`` times one after the other: wall and CPU seconds of each."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("OMP_NUM_THREADS", None)
+    out = WORK / "bare"
+    runs = []
+    for _ in range(repeats):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+                   "recipes/distill_vit.py", "--output_dir", str(out), "--overwrite_output_dir", "true", *QUIET]  # fmt: skip
+        wall, cpu = timed(command, env)
+        runs.append({"wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)})
+    results["bare_command"] = {
+        "command": "accelerate launch --num_processes 1 recipes/distill_vit.py",
+        "cores": os.cpu_count(),
+        "runs": runs,
+        "goal_wall_seconds": 60,
+        "met": max(r["wall_seconds"] for r in runs) <= 60,
     }
     atomic_write_json(RESULTS, results)
 
@@ -157,12 +183,22 @@ def tables(results: dict) -> str:
                 f"| {label} | {seeds_hurt(chosen, 'hurt')} | {seeds_hurt(chosen, 'groups_hurt')} | "
                 f"{seeds_hurt(chosen, 'cells_hurt')} |"
             )
+    if "bare_command" in results:
+        bare = results["bare_command"]
+        lines += [
+            "",
+            f"Bare command ({bare['command']}, {bare['cores']} cores): "
+            + ", ".join(
+                f"{r['wall_seconds']:.0f} s wall / {r['cpu_seconds']:.0f} s CPU" for r in bare["runs"]
+            ),
+        ]
     if default:
         wall, cpu = [r["seconds"] for r in default], [r["cpu_seconds"] for r in default]
         lines += [
             "",
             f"Default command: {statistics.mean(wall):.0f} s wall (min {min(wall):.0f} s), {statistics.mean(cpu):.0f} s "
-            f"of CPU, mean over {len(wall)} seed(s) on {default[0]['cores']} cores.",
+            f"of CPU, mean over {len(wall)} seed(s) on {default[0]['cores']} cores, torch threads "
+            f"{default[0]['torch_threads']}.",
         ]
     return "\n".join(lines)
 
@@ -171,7 +207,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--table_only", action="store_true")
+    parser.add_argument("--time_bare", type=int, default=0, help="also time the bare README command N times")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="OMP_NUM_THREADS of every run (default: torch's)"
+    )
     options = parser.parse_args()
+    global THREADS
+    THREADS = options.threads
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
     if results.get("default") != DEFAULT_SETUP:
         results = {"default": DEFAULT_SETUP, "runs": {}}  # runs of an earlier default are not mixed in
@@ -179,6 +221,8 @@ def main() -> None:
         for seed in options.seeds:
             for label in VARIANTS:
                 run_one(seed, label, results)
+        if options.time_bare:
+            time_bare_command(results, options.time_bare)
     print(tables(results))
 
 
