@@ -32,7 +32,9 @@ from hf_fairkd.results import groups_hurt_and_helped  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "spurious_digits.json"
 WORK = REPO / "benchmarks" / "work" / "spurious_digits"
-COMMON = ["--dataset_name", "digits_spurious", "--group_columns", "colour"]
+# the recipe's defaults when this study was run (docs/GROUPS_STUDY.md): a ViT teacher trained for 60 epochs
+COMMON = ["--dataset_name", "digits_spurious", "--group_columns", "colour", "--teacher_architecture", "vit",
+          "--teacher_num_train_epochs", "60"]  # fmt: skip
 CELLS = "class&colour"
 # label -> extra recipe flags; "kd" comes first: it trains the teacher and the baseline the others reuse
 VARIANTS = {
