@@ -39,7 +39,7 @@ def rgb_dataset(n_per_class, num_classes=4, seed=0):
 
 def test_train_is_correlated_and_test_independent(spurious, digits):
     train, test = spurious["train"], spurious["test"]
-    assert train.column_names == ["image", "label", "colour"] and len(train) == len(digits["train"])
+    assert train.column_names == ["image", "label", "stroke", "colour"] and len(train) == len(digits["train"])
     majority = ["red"] * 5 + ["green"] * 5  # class id < m / 2: red
     agree = [colour == majority[label] for label, colour in zip(train["label"], train["colour"])]
     assert abs(np.mean(agree) - 0.95) < 0.01
@@ -137,3 +137,25 @@ def test_save_spurious_cifar10_from_a_hub_like_folder(tmp_path):
     assert Counter(zip(saved["train"]["label"], saved["train"]["colour"]))[(0, "red")] == 9
     info = long_tail_info(load_long_tailed(out, group_columns=["colour"], holdout_per_class=2))
     assert info.group_columns == ["colour"] and info.test_counts == [4] * 4
+
+
+def test_per_class_subsampling_is_seeded_and_drawn_before_the_attribute():
+    # 30 train / 12 test rows per class, cut to 20 / 8 per class before the attribute is drawn.
+    source = DatasetDict(train=rgb_dataset(30), test=rgb_dataset(12, seed=1))
+    out = make_spurious(source, correlation=0.9, seed=5, train_per_class=20, test_per_class=8)
+    again = make_spurious(source, correlation=0.9, seed=5, train_per_class=20, test_per_class=8)
+    other = make_spurious(source, correlation=0.9, seed=6, train_per_class=20, test_per_class=8)
+    for split, n in (("train", 20), ("test", 8)):
+        assert Counter(out[split]["label"]) == {c: n for c in range(4)}  # counts per class
+        assert again[split]["colour"] == out[split]["colour"]  # deterministic from the seed
+        assert all((a == b).all() for a, b in zip(pixels(again[split], "img"), pixels(out[split], "img")))
+    kept = [np.asarray(im)[1:-1, 1:-1] for im in out["train"]["img"]]  # the rows kept: another seed, others
+    assert any((a != b).any() for a, b in zip(kept, (np.asarray(im)[1:-1, 1:-1] for im in other["train"]["img"])))
+    cells = Counter(zip(out["train"]["label"], out["train"]["colour"]))  # correlated in train: 18 of 20
+    assert [cells[(c, "red" if c < 2 else "green")] for c in range(4)] == [18] * 4
+    cells = Counter(zip(out["test"]["label"], out["test"]["colour"]))  # independent in test: 4 and 4
+    assert all(cells[(c, "red")] == cells[(c, "green")] == 4 for c in range(4))
+    capped = make_spurious(source, train_per_class=100)  # at most n: a smaller class keeps every row
+    assert len(capped["train"]) == 120 and len(capped["test"]) == 48
+    with pytest.raises(ValueError, match="rows per class must be a positive integer"):
+        make_spurious(source, train_per_class=0)

@@ -16,6 +16,12 @@ Construction (`make_spurious`), for m classes:
   red, (0, p, 0) in green); a colour image (CIFAR-10) gets a solid border of that colour, min(width, height)
   // 8 pixels wide (4 on 32 x 32, at least 1), which a small CNN or a ViT picks up easily.
 
+Optional per-class subsampling, applied before the attribute is drawn (for a budget: full CIFAR-10 is 50,000
+training rows): ``train_per_class=n`` keeps at most n rows of each class in "train", ``test_per_class=n`` at most
+n of each class in every other split (an uncorrelated one: test, validation; a class with fewer keeps all). The
+rows kept are the first n of a seeded permutation per split and class, in their original order; the attribute is
+then drawn on what is kept, so the counts above hold for the subsample.
+
 Everything depends on ``seed`` only (one numpy stream per seed, split and class): the same seed gives the same
 column and the same pixels. Sources: ``digits_spurious`` in the loaders (the embedded digits, natural profile:
 balanced classes, the attribute being the imbalance), and `save_spurious_cifar10` for the local CIFAR-10 copy:
@@ -67,6 +73,20 @@ def attribute_codes(
     return codes
 
 
+def subsample_rows(labels: np.ndarray, num_classes: int, per_class: int, seed: int, split: str) -> np.ndarray:
+    """The indices (sorted) of at most ``per_class`` rows of each class of one split: the first of a seeded
+    permutation per class (its own stream, independent of the attribute's)."""
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise ValueError(f"rows per class must be a positive integer, got {per_class!r}")
+    salt = zlib.crc32(f"subsample:{split}".encode())
+    keep = []
+    for class_id in range(num_classes):
+        rows = np.flatnonzero(labels == class_id)
+        rng = np.random.default_rng([seed, salt, class_id])
+        keep.append(rows[rng.permutation(len(rows))[:per_class]])
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
 def colour_image(image, value: str):
     """``image`` showing ``value``: grayscale ink drawn in the colour, or a colour image with a coloured border."""
     from PIL import Image as PILImage
@@ -90,10 +110,13 @@ def make_spurious(
     seed: int = 0,
     image_column: str | None = None,
     label_column: str | None = None,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
 ) -> DatasetDict:
     """``dataset_dict`` with a binary ``attribute`` column in every split, drawn into the images: correlated with
     the class in train / holdout (``correlation`` of each class has its majority value), independent of it in
-    every other split. See the module docstring for the construction."""
+    every other split. ``train_per_class`` / ``test_per_class``: keep at most that many rows of each class in
+    "train" / in every uncorrelated split first (seeded). See the module docstring for the construction."""
     if not isinstance(dataset_dict, DatasetDict) or "train" not in dataset_dict:
         raise ValueError(
             "make_spurious needs a DatasetDict with a 'train' split (and usually a 'test' split)"
@@ -125,6 +148,13 @@ def make_spurious(
     num_classes = len(class_names_of(train, label_column, read_labels(train, label_column)))
     out = {}
     for split, dataset in dataset_dict.items():
+        per_class = train_per_class if split == "train" else None
+        if split not in CORRELATED_SPLITS:
+            per_class = test_per_class
+        if per_class is not None:
+            dataset = dataset.select(
+                subsample_rows(read_labels(dataset, label_column), num_classes, per_class, seed, split)
+            )
         codes = attribute_codes(
             read_labels(dataset, label_column), num_classes, float(correlation), seed, split
         )
@@ -143,16 +173,29 @@ def make_spurious(
 
 
 def save_spurious_cifar10(
-    source_dir: str, out_dir: str, correlation: float = 0.95, seed: int = 0, cache_dir: str | None = None
+    source_dir: str,
+    out_dir: str,
+    correlation: float = 0.95,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
 ) -> str:
     """CIFAR-10 from a local Hub-like copy (``img`` / ``label`` Parquet, e.g. ../shared/datasets/cifar10) with a
-    coloured border correlated with the class in train, written with save_to_disk to ``out_dir``.
-    For benchmarks: about 60,000 images are re-encoded (a few minutes on a CPU). Returns ``out_dir``."""
+    coloured border correlated with the class in train, written with save_to_disk to ``out_dir``; optionally
+    subsampled first to at most ``train_per_class`` / ``test_per_class`` rows of each class.
+    For benchmarks: the full 60,000 images are re-encoded in a few minutes on a CPU. Returns ``out_dir``."""
     from datasets import load_dataset
 
     loaded = load_dataset(str(source_dir), cache_dir=cache_dir)
     spurious = make_spurious(
-        DatasetDict(loaded), correlation=correlation, seed=seed, image_column="img", label_column="label"
+        DatasetDict(loaded),
+        correlation=correlation,
+        seed=seed,
+        image_column="img",
+        label_column="label",
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
     )
     spurious.save_to_disk(str(out_dir))
     return str(out_dir)
@@ -164,8 +207,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="where to save the spurious CIFAR-10 (save_to_disk)")
     parser.add_argument("--correlation", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train_per_class", type=int, default=None, help="at most this many train rows per class")
+    parser.add_argument(
+        "--test_per_class", type=int, default=None, help="at most this many test rows per class"
+    )
     args = parser.parse_args(argv)
-    print(save_spurious_cifar10(args.source_dir, args.out_dir, args.correlation, args.seed))
+    print(
+        save_spurious_cifar10(
+            args.source_dir,
+            args.out_dir,
+            args.correlation,
+            args.seed,
+            train_per_class=args.train_per_class,
+            test_per_class=args.test_per_class,
+        )
+    )
 
 
 if __name__ == "__main__":
