@@ -15,7 +15,12 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 from tiny_models import tiny_args
-from transformers import TrainerCallback, ViTImageProcessorPil
+from transformers import TrainerCallback
+
+try:  # transformers >= 5.x splits the PIL processors out; 5.0 (the lowest version) has only ViTImageProcessor
+    from transformers import ViTImageProcessorPil
+except ImportError:
+    from transformers import ViTImageProcessor as ViTImageProcessorPil
 
 from hf_fairkd import DistillationTrainer
 from hf_fairkd import teacher as tc
