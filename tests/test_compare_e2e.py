@@ -110,6 +110,7 @@ def test_another_plan_in_the_same_folder_is_refused_before_training(compared):
     assert not (out / "models" / "baseline--seed1").exists()
 
 
+@pytest.mark.slow  # a second comparison; the views test also gives a teacher and trains none
 def test_a_given_teacher_is_used_by_every_student_and_not_trained(compared, tmp_path):
     out, *_ = compared
     teacher = out / "models" / "teacher" / "teacher"

@@ -91,6 +91,7 @@ def test_the_package_import_graph_has_no_cycle():
     assert not any(t.endswith((".card", ".hub", ".plots")) for t in results["hf_fairkd.results.schema"])
 
 
+@pytest.mark.slow  # one interpreter per module (~25 s); the import graph has no cycle: test_the_package_import_graph_has_no_cycle
 def test_every_module_imports_first_in_a_fresh_interpreter():
     """Each module imported with no other hf_fairkd module loaded: an import-order cycle would fail here."""
     code = textwrap.dedent(
