@@ -470,3 +470,28 @@ def test_a_reused_baseline_of_a_local_folder_matches_by_the_folders_own_name(tmp
         assert model.config.num_labels == 2
     with pytest.raises(ValueError, match="other data than this run's"):
         load_baseline(str(folder), names, dataset={"source": "/home/you/otherdata", "rho": 10})
+
+
+def test_vit_sizes_given_with_the_resnet_teacher_are_named_as_ignored(caplog):
+    """The default teacher trained here is a small ResNet: ViT size flags for it are ignored, and said so; with
+    --teacher_architecture vit they size it; an unknown architecture is refused."""
+    from hf_fairkd.run.arguments import ModelArguments
+    from hf_fairkd.run.models import check_model_arguments, fresh_config
+
+    with caplog.at_level("WARNING", logger="hf_fairkd.run.models"):
+        check_model_arguments(ModelArguments(teacher_hidden_size=16))
+    assert (
+        "--teacher_hidden_size size a ViT teacher and are ignored with --teacher_architecture resnet"
+        in caplog.text
+    )
+    assert fresh_config(ModelArguments(teacher_hidden_size=16), ["a", "b"], "teacher").model_type == "resnet"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_fairkd.run.models"):
+        check_model_arguments(ModelArguments(teacher_architecture="vit", teacher_hidden_size=16))
+    assert not caplog.text
+    vit = fresh_config(
+        ModelArguments(teacher_architecture="vit", teacher_hidden_size=16), ["a", "b"], "teacher"
+    )
+    assert (vit.model_type, vit.hidden_size) == ("vit", 16)
+    with pytest.raises(ValueError, match="--teacher_architecture 'cnn': use resnet or vit"):
+        check_model_arguments(ModelArguments(teacher_architecture="cnn"))

@@ -87,7 +87,9 @@ def classifier_config(name_or_path: str, trust_remote_code: bool, *, unreadable,
     """The config at ``name_or_path`` if `AutoModelForImageClassification` builds it; else a ValueError whose
     text ``unreadable(err)`` / ``not_a_classifier(model_type)`` gives (each caller names its own flag and fix)."""
     # a config JSON file is a valid location here (a fresh model's config), not only a saved model's folder
-    problem = None if os.path.isfile(os.path.expanduser(name_or_path)) else model_location_problem(name_or_path)
+    problem = (
+        None if os.path.isfile(os.path.expanduser(name_or_path)) else model_location_problem(name_or_path)
+    )
     if problem:
         raise ValueError(unreadable(problem))
     try:
@@ -258,14 +260,9 @@ def check_model_arguments(model_args: ModelArguments) -> None:
         )
     if teacher_size is not None and teacher_size <= 0:
         raise ValueError(f"--teacher_image_size must be a positive number of pixels, got {teacher_size}.")
-    defaults = type(model_args)()
     for role in ("student", "teacher"):
         if getattr(model_args, f"{role}_config_name"):
-            ignored = [
-                f"--{role}_{size}"
-                for size in ("hidden_size", "num_layers", "num_heads")
-                if getattr(model_args, f"{role}_{size}") != getattr(defaults, f"{role}_{size}")
-            ]
+            ignored = vit_sizes_given(model_args, role)
             if ignored:
                 logger.warning(
                     f"{', '.join(ignored)} size a fresh ViT and are ignored with --{role}_config_name: set the "
@@ -276,16 +273,22 @@ def check_model_arguments(model_args: ModelArguments) -> None:
         raise ValueError(f"--teacher_architecture {architecture!r}: use resnet or vit.")
     trained_here = not (model_args.teacher_model_name_or_path or model_args.teacher_config_name)
     if trained_here and architecture == "resnet":
-        sized = [
-            f"--teacher_{size}"
-            for size in ("hidden_size", "num_layers", "num_heads")
-            if getattr(model_args, f"teacher_{size}") != getattr(defaults, f"teacher_{size}")
-        ]
+        sized = vit_sizes_given(model_args, "teacher")
         if sized:
             logger.warning(
                 f"{', '.join(sized)} size a ViT teacher and are ignored with --teacher_architecture resnet (the "
                 "default): pass --teacher_architecture vit to train a ViT teacher of these sizes."
             )
+
+
+def vit_sizes_given(model_args: ModelArguments, role: str) -> list[str]:
+    """The ViT size flags of ``role`` given other values than their defaults (they size a fresh ViT only)."""
+    defaults = type(model_args)()
+    return [
+        f"--{role}_{size}"
+        for size in ("hidden_size", "num_layers", "num_heads")
+        if getattr(model_args, f"{role}_{size}") != getattr(defaults, f"{role}_{size}")
+    ]
 
 
 def load_baseline(
