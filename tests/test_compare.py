@@ -339,3 +339,21 @@ def test_the_study_configs_parse_and_pass_every_check_but_the_data():
         check_settings(args, settings, compare_args.seeds)
         assert len(settings) == 14 and Setting("kd", (("kd_convention", "mix"),)) in settings
         assert len(plan_lib.plan_runs(settings, compare_args.seeds)) == 1 + 2 * 14
+
+
+def test_a_plan_of_another_code_version_names_the_setting_it_lacks():
+    """A folder's plan written before a setting existed (absent there, None here) is named, not 'the plan format'."""
+    from hf_fairkd.compare.plan import plan_differences
+
+    theirs = {"runs": [{"key": "teacher"}], "config": {"model": {"teacher_objective": "erm"}}}
+    ours = {
+        "runs": [{"key": "teacher"}],
+        "config": {"model": {"teacher_objective": "erm", "teacher_view_cache": None}},
+    }
+    assert plan_differences(theirs, ours) == [
+        "teacher_view_cache: in this version's plan only (None; the code changed since the folder's plan)"
+    ]
+    assert plan_differences(ours, theirs) == [
+        "teacher_view_cache: in the folder's plan only (None; the code changed since the folder's plan)"
+    ]
+    assert plan_differences(ours, ours) == ["the plan format"]

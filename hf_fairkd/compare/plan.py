@@ -160,6 +160,9 @@ def plan_differences(theirs: dict, ours: dict, limit: int = 6) -> list[str]:
     for group in sorted(set(theirs.get("config", {})) | set(ours.get("config", {}))):
         a, b = theirs.get("config", {}).get(group, {}), ours.get("config", {}).get(group, {})
         for name in sorted(set(a) | set(b)):
-            if a.get(name) != b.get(name):
-                out.append(f"{name}: {a.get(name)!r} there, {b.get(name)!r} here")
+            if name not in a or name not in b:  # a setting one version of the code has and the other has not
+                side = "this version's plan only" if name not in a else "the folder's plan only"
+                out.append(f"{name}: in {side} ({(a | b)[name]!r}; the code changed since the folder's plan)")
+            elif a[name] != b[name]:
+                out.append(f"{name}: {a[name]!r} there, {b[name]!r} here")
     return out[: 2 * limit] or ["the plan format"]
