@@ -150,7 +150,9 @@ def test_per_class_subsampling_is_seeded_and_drawn_before_the_attribute():
         assert again[split]["colour"] == out[split]["colour"]  # deterministic from the seed
         assert all((a == b).all() for a, b in zip(pixels(again[split], "img"), pixels(out[split], "img")))
     kept = [np.asarray(im)[1:-1, 1:-1] for im in out["train"]["img"]]  # the rows kept: another seed, others
-    assert any((a != b).any() for a, b in zip(kept, (np.asarray(im)[1:-1, 1:-1] for im in other["train"]["img"])))
+    assert any(
+        (a != b).any() for a, b in zip(kept, (np.asarray(im)[1:-1, 1:-1] for im in other["train"]["img"]))
+    )
     cells = Counter(zip(out["train"]["label"], out["train"]["colour"]))  # correlated in train: 18 of 20
     assert [cells[(c, "red" if c < 2 else "green")] for c in range(4)] == [18] * 4
     cells = Counter(zip(out["test"]["label"], out["test"]["colour"]))  # independent in test: 4 and 4

@@ -207,7 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="where to save the spurious CIFAR-10 (save_to_disk)")
     parser.add_argument("--correlation", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train_per_class", type=int, default=None, help="at most this many train rows per class")
+    parser.add_argument(
+        "--train_per_class", type=int, default=None, help="at most this many train rows per class"
+    )
     parser.add_argument(
         "--test_per_class", type=int, default=None, help="at most this many test rows per class"
     )
