@@ -7,7 +7,6 @@ passes the significance rule (`hf_fairkd.compare.stats.verdict_vs_baseline`); th
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -15,17 +14,12 @@ from hf_fairkd.compare.choice import pick_best
 from hf_fairkd.compare.pareto import Point, plot_pareto
 from hf_fairkd.compare.stats import mean_std, verdict_vs_baseline
 
-
-def sibling(name: str):
-    """A module of this folder by file (benchmarks/ is no package), registered once under its name."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        module = sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+# benchmarks/ is no package: its sibling scripts import by plain name, as benchmarks/scale.py's do
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-study_module = sibling("cifar10_lt_study")
+import cifar10_lt_study as study_module  # noqa: E402
+
 Study, TEACHER_FREE = study_module.Study, study_module.TEACHER_FREE
 
 NEEDS = (

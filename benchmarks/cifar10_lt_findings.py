@@ -9,7 +9,6 @@ from the study's results (a ``cifar10_lt_study.Study``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import statistics
@@ -19,17 +18,12 @@ from pathlib import Path
 
 from hf_fairkd.compare.stats import Diff, majority, mean_delta, mean_std
 
-
-def sibling(name: str):
-    """A module of this folder by file (benchmarks/ is no package), registered once under its name."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        module = sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+# benchmarks/ is no package: its sibling scripts import by plain name, as benchmarks/scale.py's do
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-study_module = sibling("cifar10_lt_study")
+import cifar10_lt_study as study_module  # noqa: E402
+
 Study = study_module.Study
 RESULTS = Path(__file__).resolve().parent / "results" / "cifar10_lt.json"
 

@@ -20,7 +20,6 @@ hf_fairkd.compare's.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from collections import Counter
@@ -29,20 +28,16 @@ from pathlib import Path
 from hf_fairkd.compare.stats import mean_delta, mean_std, pct, row_calls
 from hf_fairkd.io_utils import atomic_write_text
 
-
-def sibling(name: str):
-    """A module of this folder by file (benchmarks/ is no package), registered once under its name."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        module = sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+# benchmarks/ is no package: its sibling scripts import by plain name, as benchmarks/scale.py's do
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-findings_module = sibling("cifar10_lt_findings")
-choice_module = sibling("cifar10_lt_choice")
+import cifar10_lt_choice as choice_module  # noqa: E402
+import cifar10_lt_findings as findings_module  # noqa: E402
+
 which_objective, pareto_plot = choice_module.which_objective, choice_module.pareto_plot
-study_module = sibling("cifar10_lt_study")
+import cifar10_lt_study as study_module  # noqa: E402
+
 Study, TEACHER_ORDER, shot = study_module.Study, study_module.TEACHER_ORDER, study_module.shot
 findings_lines = findings_module.findings_lines
 

@@ -23,7 +23,7 @@ NAMES, COUNTS = ["a", "b", "c", "d"], [100, 50, 10, 5]
 
 
 def _load(name: str):
-    """A benchmark script by file, registered under its name as its sibling loader registers it (dataclasses
+    """A benchmark script by file, registered under its name as its siblings import it (dataclasses
     look their module up there)."""
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
