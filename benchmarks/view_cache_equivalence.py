@@ -144,6 +144,16 @@ def train_kd_student(run, dataset, teacher, seed, epochs, work, stop_at=None, bo
     return trainer, losses, rounding, (time.perf_counter() - t, time.process_time() - c)
 
 
+def train_hooked(run, dataset, teacher, seed, epochs, work, steps, hook):
+    """`train_kd_student` for ``steps`` steps with the online teacher's logits changed by the forward ``hook``."""
+    handle = teacher.register_forward_hook(hook)
+    try:
+        _, losses, _, cost = train_kd_student(run, dataset, teacher, seed, epochs, work, stop_at=steps)
+    finally:
+        handle.remove()
+    return losses, cost
+
+
 def curve_comparison(a, b, steps) -> dict:
     a, b = np.asarray(a[:steps]), np.asarray(b[:steps])
     diff = np.abs(a - b)
@@ -202,24 +212,16 @@ def measure_equivalence(sizes: dict, work: Path) -> dict:
         # (c) control, first steps only: the online teacher with its logits rounded to float16 as the cache stores
         # them; equal to (a) up to float32 noise, it shows (a) - (b) is the float16 rounding and nothing else
         forwards.now = "control"
-        handle = teacher.register_forward_hook(round_logits_to_float16)
-        try:
-            _, control_losses, _, control_cost = train_kd_student(
-                run, same_views, teacher, seed, epochs, work / f"control{seed}", stop_at=steps
-            )
-        finally:
-            handle.remove()
+        control_losses, control_cost = train_hooked(
+            run, same_views, teacher, seed, epochs, work / f"control{seed}", steps, round_logits_to_float16
+        )
         out["control_teacher_forwards"] = forwards.take("control")
         # (d) sensitivity, first steps only: the online teacher with its logits moved by the float16 rounding error
         # the other way; |loss(d) - loss(b)| is how far a float16-sized change of the logits moves the curve
         forwards.now = "mirrored"
-        handle = teacher.register_forward_hook(mirror_float16_rounding)
-        try:
-            _, mirrored_losses, _, mirrored_cost = train_kd_student(
-                run, same_views, teacher, seed, epochs, work / f"mirrored{seed}", stop_at=steps
-            )
-        finally:
-            handle.remove()
+        mirrored_losses, mirrored_cost = train_hooked(
+            run, same_views, teacher, seed, epochs, work / f"mirrored{seed}", steps, mirror_float16_rounding
+        )
         out["mirrored_teacher_forwards"] = forwards.take("mirrored")
         out["steps"] = {
             "cached": len(cached_losses),
