@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_IMBALANCE = {"digits": 10.0}
 DEFAULT_IMBALANCE_OTHER = 100.0
 DEFAULT_HOLDOUT = {"digits": 5}
+# The subgroups the recipes evaluate a benchmark on unless --group_columns says otherwise ("none": no groups).
+DEFAULT_GROUP_COLUMNS = {"digits": ["stroke"], "digits_spurious": ["colour"]}
 # The benchmark datasets default to a long tail built from their balanced training split; every other dataset
 # (a folder, a Hub id, a saved dataset) defaults to the natural profile: the user's data as it is.
 BENCHMARKS = ("digits", *PRESETS)

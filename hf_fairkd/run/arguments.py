@@ -19,6 +19,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from ..config import DistillationArguments
+from ..data.sources import DEFAULT_GROUP_COLUMNS
 from ..io_utils import atomic_write_json
 from ..objectives import teacher_objectives
 from .checks import has_accelerator, has_bf16_device, has_fp16_device
@@ -27,8 +28,6 @@ logger = logging.getLogger(__name__)
 
 RUN_CONFIG_NAME = "run_config.json"
 DEFAULT_OUTPUT_DIR = "outputs/distill_vit"
-# The subgroups a benchmark dataset is evaluated on unless --group_columns says otherwise ("none": no groups).
-DEFAULT_GROUP_COLUMNS = {"digits": ["stroke"], "digits_spurious": ["colour"]}
 ARGUMENT_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 # Defaults the recipes use where TrainingArguments' own defaults suit fine-tuning large models, not this.
 RECIPE_TRAINING_DEFAULTS = {
