@@ -357,3 +357,37 @@ def test_a_plan_of_another_code_version_names_the_setting_it_lacks():
         "teacher_view_cache: in the folder's plan only (None; the code changed since the folder's plan)"
     ]
     assert plan_differences(ours, ours) == ["the plan format"]
+
+
+def test_a_baseline_depends_on_the_student_training_and_views_not_on_the_teacher_or_other_objectives():
+    from hf_fairkd.compare.sharing import baseline_differences
+
+    def document(views_seed=None, **changes):
+        config = {
+            "ModelArguments": {
+                "teacher_model_name_or_path": "t1",
+                "teacher_objective": "erm",
+                "image_size": 32,
+            },
+            "DistillationArguments": {"learning_rate": 0.003, "alpha": 0.5, "dro_tradeoff": 1.0, "seed": 0},
+            "DataArguments": {"augment": True},
+        }
+        for name, value in changes.items():
+            group = next(g for g, values in config.items() if name in values)
+            config[group][name] = value
+        runs = [{"kind": "views", "seed": views_seed}] if views_seed is not None else []
+        return {"config": config, "runs": runs + [{"kind": "baseline", "seed": 0}]}
+
+    ours = document(views_seed=0)
+    same = document(
+        views_seed=0, teacher_model_name_or_path="t2", teacher_objective="dro", alpha=0.9, dro_tradeoff=0.5
+    )
+    assert baseline_differences(same, ours) == []
+    assert baseline_differences(document(views_seed=0, learning_rate=0.1), ours) == [
+        "learning_rate: 0.1 there, 0.003 here"
+    ]
+    assert baseline_differences(document(views_seed=0, image_size=48), ours) == [
+        "image_size: 48 there, 32 here"
+    ]
+    assert baseline_differences(document(views_seed=1), ours) == ["view_seed: 1 there, 0 here"]
+    assert baseline_differences(document(), ours) == ["views: None there, {'view_seed': 0} here"]

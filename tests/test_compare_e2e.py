@@ -209,3 +209,40 @@ def test_the_recipe_under_accelerate_launch_on_two_processes(tmp_path):
     record = run_file(out, "kd--seed1")["record"]
     assert record["settings"]["world_size"] == 2
     assert sum(row["support"] for row in record["student"]["per_class"]) == 300  # gathered once, no padding
+
+
+def test_another_comparison_reuses_the_baselines_and_refuses_other_training_flags(compared, tmp_path):
+    """--baselines_from: a comparison with another teacher flag and other kd settings takes the first one's
+    baseline (run file marked shared_from, model linked, every student compared with it) and trains only its
+    student; other training flags are refused, naming the flag, before anything trains."""
+    out, *_ = compared
+    teacher = out / "models" / "teacher" / "teacher"
+
+    def argv(folder, *extra):
+        return [*TINY, "--output_dir", str(folder), "--objectives", "kd", "--seeds", "0", "--choose", "best_overall",
+                "--teacher_model_name_or_path", str(teacher), "--temperature", "2", "--baselines_from", str(out),
+                *extra]  # fmt: skip
+
+    other = tmp_path / "second"
+    result = load_recipe("compare_objectives").main(argv(other))
+    assert result["new_runs"] == 1  # the kd student only
+    shared = run_file(other, "baseline--seed0")
+    assert (
+        shared["shared_from"] == str(out) and shared["record"] == run_file(out, "baseline--seed0")["record"]
+    )
+    link = other / "models" / "baseline--seed0"
+    assert link.is_symlink() and link.resolve() == (out / "models" / "baseline--seed0").resolve()
+    record = run_file(other, "kd--seed0")["record"]
+    assert record["baseline"]["per_class"] == shared["record"]["student"]["per_class"]
+    assert record["settings"]["objective_params"]["temperature"] == 2
+    assert "Missing runs: none" in (other / "comparison.md").read_text()
+
+    refused = tmp_path / "refused"
+    with pytest.raises(
+        ValueError, match=r"baselines were trained with other settings.*learning_rate: 0\."
+    ) as err:
+        load_recipe("compare_objectives").main(argv(refused, "--learning_rate", "0.5"))
+    assert "drop --baselines_from" in str(err.value)
+    assert not refused.exists()
+    with pytest.raises(ValueError, match="no plan.json there"):
+        load_recipe("compare_objectives").main(argv(refused, "--baselines_from", str(tmp_path)))

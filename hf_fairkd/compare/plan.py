@@ -117,6 +117,7 @@ OPERATIONAL = (
     "runs_dir",
     "rerun_other_code",
     "stale_claim_hours",
+    "baselines_from",
 )
 
 

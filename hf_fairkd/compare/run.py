@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from ..io_utils import atomic_write_json
-from . import runner
+from . import runner, sharing
 from .plan import base_config, plan_document, plan_runs
 from .report import Comparison
 from .spec import check_settings, expand_settings, resolve_rule, run_arguments
@@ -63,7 +63,7 @@ def compare(model_args, data_args, args, run_args, compare_args) -> dict:
     state = checks.start_run()
     settings, rule, plan, document = prepare_comparison(model_args, data_args, args, compare_args)
     output_dir = Path(args.output_dir)
-    refusal = [None]
+    refusal, source = [None], None
     if state.is_main_process:
         if args.push_to_hub:  # an unreachable Hub or a refused token fails now, not after the training
             from ..results import preflight
@@ -71,6 +71,8 @@ def compare(model_args, data_args, args, run_args, compare_args) -> dict:
 
             preflight(output_repo_id(args.hub_model_id, output_dir), args.hub_token, args.hub_private_repo)
         try:
+            if compare_args.baselines_from:  # another comparison's baselines, checked before anything trains
+                source = sharing.read_source(compare_args.baselines_from, document)
             write_plan_once(output_dir, document)
         except ValueError as err:
             refusal = [str(err)]
@@ -88,6 +90,8 @@ def compare(model_args, data_args, args, run_args, compare_args) -> dict:
             f"{len(compare_args.seeds)} seeds{', teacher' if plan and plan[0].kind == 'teacher' else ''}); "
             f"{sum(store.done(r.key) for r in plan)} already finished; rule {rule}."
         )
+    if source is not None:
+        sharing.share_baselines(plan, store, compare_args.baselines_from, source, output_dir / "models")
     ctx = runner.RunContext(
         model_args, data_args, args, output_dir, document["digest"], view_cache=compare_args.view_cache
     )

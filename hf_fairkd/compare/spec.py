@@ -67,6 +67,13 @@ class CompareArguments:
             "student trains on those views, no student runs the teacher per step (default: on with --augment)."
         },
     )
+    baselines_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "The output folder of another comparison on the same data, student, training flags and views "
+            "(e.g. with another teacher): its finished one-hot baselines are reused, not retrained (checked first)."
+        },
+    )
     stale_claim_hours: float = field(
         default=48.0,
         metadata={
