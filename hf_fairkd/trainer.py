@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import torch
 from torch import nn
@@ -136,6 +136,9 @@ class DistillationTrainer(PublishingMixin, Trainer):
         self.data_collator = CacheCollator(self.data_collator)
         self.teacher_source.prepare(self.accelerator)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # where the teacher signal of each batch came from ("train_cached", "train_online", "eval_..."), counted
+        # on this process: a record can show that a student of a cache never ran the teacher while training
+        self.teacher_batches = Counter()
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -160,6 +163,8 @@ class DistillationTrainer(PublishingMixin, Trainer):
         if self.objective.uses_teacher:
             teacher_inputs = self.teacher_source.teacher_inputs(inputs)
             teacher_logits = self.teacher_source.logits(teacher_inputs, cached, step=self.state.global_step)
+            phase = "train" if model.training else "eval"
+            self.teacher_batches[f"{phase}_{'online' if cached is None else 'cached'}"] += 1
         # group_ids= only for an objective that reads them: compute(logits, labels, teacher_logits) stays valid
         groups = group_arguments(self.objective, inputs, model.training)
         result = self.objective.compute(logits, labels, teacher_logits, **groups)

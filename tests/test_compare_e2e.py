@@ -150,6 +150,7 @@ def test_with_augmentation_every_run_trains_on_views_drawn_once(compared, tmp_pa
     )
     settings = run_file(other, "kd--seed0")["record"]["settings"]
     assert settings["objective"] == "kd"
+    assert settings["teacher_batches"] == {"train_cached": 6}  # every step from the stored views, none online
     with pytest.raises(ValueError, match="--view_cache caches augmented views: it needs --augment"):
         load_recipe("compare_objectives").main(
             [*argv[:-2], "--view_cache", "true", "--output_dir", str(tmp_path / "x")]

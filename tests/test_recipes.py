@@ -650,6 +650,8 @@ def test_teacher_trained_here_at_its_own_resolution(tmp_path, monkeypatch):
     sizes = {os.path.basename(folder): {s for f, s in seen if f == folder} for folder, _ in seen}
     assert sizes["teacher"] == {(16, 16)} and sizes["baseline"] == {(8, 8)}
     assert {s for f, s in seen if f == str(out)} == {(8, 8)}  # the distilled student
+    # augmented online: every training batch of the student ran the teacher (6 steps), none came from a cache
+    assert metrics["settings"]["teacher_batches"] == {"train_online": 6}
     # the reported teacher accuracy is the saved teacher's through its own processor
     test = load_long_tailed("digits")["test"]
     pixels = own([image.convert("RGB") for image in test["image"]], return_tensors="pt")["pixel_values"]

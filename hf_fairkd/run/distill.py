@@ -93,6 +93,8 @@ def distill(model_args, data_args, args: DistillationArguments, run_args) -> dic
         "student": student_trainer,
     }
     settings = distillation_settings(model_args, data_args, args, state.num_processes)
+    if student_trainer.teacher_batches:  # the student's own count: cached (stored logits) or online teacher
+        settings["teacher_batches"] = dict(sorted(student_trainer.teacher_batches.items()))
     metrics = stages.record_on_test_split(trainers, run.prepared, run.info, settings)
     card_kwargs = dict(model_id=args.hub_model_id, datasets=hub_dataset_ids(data_args.dataset_name))
     if state.is_main_process:
