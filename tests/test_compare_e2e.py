@@ -247,3 +247,43 @@ def test_another_comparison_reuses_the_baselines_and_refuses_other_training_flag
     assert not refused.exists()
     with pytest.raises(ValueError, match="no plan.json there"):
         load_recipe("compare_objectives").main(argv(refused, "--baselines_from", str(tmp_path)))
+
+
+def test_the_rerun_benchmark_prices_a_comparison_against_its_ce_runs(compared, tmp_path):
+    """benchmarks/cifar10_lt_rerun.py on a finished comparison: the cost ratio recomputed from the run files
+    (elapsed from the first start to the last end, over the teacher plus one ce run per student run), each
+    student's teacher signal, and the rows matched with the committed study."""
+    import datetime
+
+    out, *_ = compared
+    spec = importlib.util.spec_from_file_location(
+        "cifar10_lt_rerun", ROOT / "benchmarks" / "cifar10_lt_rerun.py"
+    )
+    rerun = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rerun)
+    tables = tmp_path / "results"
+    tables.mkdir()
+    result = rerun.main(
+        [
+            "--comparison",
+            str(out),
+            "--plain_ce",
+            str(tmp_path / "none"),
+            "--output",
+            str(tmp_path / "r.json"),
+            "--table_dir",
+            str(tables),
+        ]  # fmt: skip
+    )
+    runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    ends = {r["key"]: datetime.datetime.fromisoformat(r["finished_at"]).timestamp() for r in runs}
+    starts = [ends[r["key"]] - r["wall_seconds"] for r in runs]
+    teacher = next(r for r in runs if r["kind"] == "teacher")["wall_seconds"]
+    ce = next(r for r in runs if r["kind"] == "baseline")["wall_seconds"]
+    students = sum(r["kind"] in ("baseline", "student") for r in runs)
+    expected = (max(ends.values()) - min(starts)) / (teacher + students * ce)
+    assert result["cost"]["ratio_elapsed"] == pytest.approx(expected, abs=1e-3)
+    assert result["cost"]["student_runs"] == 3 and result["missing_runs"] == []
+    assert set(result["teacher_signal_of_each_student"]) == {"kd/seed0", "robust_kd/dro_update_every=2/seed0"}
+    assert "ce" in result["reproduction"]["settings"]
+    assert "| ce | 1 |" in (tables / "cifar10_lt_rerun_table.md").read_text()
