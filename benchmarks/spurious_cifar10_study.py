@@ -63,21 +63,33 @@ COMPARISONS = {
         "settings": ["robust_kd:dro_groups=class_x_group", "robust_kd:dro_tradeoff=0.25,0.5"],
         "seeds": [0],
     },
+    # a check of the main design's short student training: ce, kd and robust_kd trained 30 epochs (their own
+    # baselines: a baseline of another length cannot be reused)
+    "erm_main_30ep": {
+        "teacher": "erm",
+        "objectives": ["ce", "kd", "robust_kd"],
+        "settings": ["robust_kd:dro_groups=class_x_group"],
+        "seeds": [0, 1, 2],
+        "flags": ["--num_train_epochs", "30"],
+        "own_baselines": True,
+    },
 }
 BASELINES_FROM = "erm_main"  # the comparison whose one-hot baselines the others reuse (--baselines_from)
 # (kind, name, max new runs): seed 0 of the main settings first, then seed by seed.
-SCHEDULE = [
+SCHEDULE = [  # --max_runs counts the views run too; each comparison's last step has no limit (nothing left out)
     ("teacher", "erm", None),
-    ("compare", "erm_main", 3),
+    ("compare", "erm_main", 4),
     ("teacher", "dro", None),
-    ("compare", "dro_main", 1),
+    ("compare", "dro_main", 2),
     ("compare", "erm_main", 3),
     ("compare", "dro_main", 1),
     ("compare", "erm_single", None),
-    ("compare", "erm_main", 3),
-    ("compare", "dro_main", 1),
+    ("compare", "erm_main", None),
+    ("compare", "dro_main", None),
     ("compare", "erm_sweep", None),
+    ("compare", "erm_main_30ep", None),
 ]
+LONG = ", students 30 epochs"  # the rows of the longer-training check (not in the picks or the plot)
 # Table rows: (label, comparison, setting key).
 ROWS = [
     ("ce (one-hot baseline)", "erm_main", "ce"),
@@ -91,6 +103,9 @@ ROWS = [
     ("ada_alpha class_x_group", "erm_single", "ada_alpha/reliability_groups=class_x_group"),
     ("balanced_kd", "erm_single", "balanced_kd"),
     ("kd from the group-DRO teacher", "dro_main", "kd"),
+    ("ce" + LONG, "erm_main_30ep", "ce"),
+    ("kd" + LONG, "erm_main_30ep", "kd"),
+    ("robust_kd class_x_group b=1" + LONG, "erm_main_30ep", "robust_kd/dro_groups=class_x_group"),
 ]
 METRICS = (
     "accuracy",
@@ -110,8 +125,10 @@ def compare_command(name: str, max_runs: int | None) -> list[str]:
     command += ["--objectives", *spec["objectives"], "--seeds", *map(str, spec["seeds"])]
     if spec["settings"]:
         command += ["--settings", *spec["settings"]]
-    command += ["--output_dir", name]
-    if name != BASELINES_FROM:  # a baseline does not depend on the teacher or on the students compared
+    command += [*spec.get("flags", []), "--output_dir", name]
+    if name != BASELINES_FROM and not spec.get(
+        "own_baselines"
+    ):  # a baseline does not depend on the teacher or on the students compared
         command += ["--baselines_from", BASELINES_FROM]
     if max_runs is not None:
         command += ["--max_runs", str(max_runs)]
