@@ -391,3 +391,10 @@ def test_a_baseline_depends_on_the_student_training_and_views_not_on_the_teacher
     ]
     assert baseline_differences(document(views_seed=1), ours) == ["view_seed: 1 there, 0 here"]
     assert baseline_differences(document(), ours) == ["views: None there, {'view_seed': 0} here"]
+
+
+def test_settings_none_drops_a_config_files_settings():
+    assert expand_settings(["ce", "kd"], ["none"]) == [BASELINE, Setting("kd")]
+    assert expand_settings(["ce"], ["None"]) == [BASELINE]
+    with pytest.raises(ValueError, match="--settings for 'robust_kd', which is not in --objectives ce"):
+        expand_settings(["ce"], ["robust_kd:dro_tradeoff=0.5"])

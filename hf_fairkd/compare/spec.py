@@ -26,7 +26,8 @@ class CompareArguments:
         metadata={
             "help": "Per-objective settings OBJECTIVE:NAME=V1,V2 (several values: a sweep; several settings of one "
             "objective: their product), e.g. robust_kd:dro_tradeoff=0.25,0.5 robust_kd:dro_groups=class_x_group. "
-            "NAME is one of the objective's flags (its param_names) or a field of its own settings_class."
+            "NAME is one of the objective's flags (its param_names) or a field of its own settings_class. "
+            "'none': no settings (drops a config file's)."
         },
     )
     seeds: list[int] = field(
@@ -206,6 +207,8 @@ def expand_settings(objectives: list[str], specs: list[str]) -> list[Setting]:
     from ..objectives import get_objective
 
     objectives = check_objective_names(objectives)
+    if [str(s).lower() for s in specs] == ["none"]:  # a config file's settings turned off on the command line
+        specs = []
     parsed = parse_setting_specs(specs)
     for objective in parsed:
         if objective not in objectives:
