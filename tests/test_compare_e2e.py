@@ -287,3 +287,13 @@ def test_the_rerun_benchmark_prices_a_comparison_against_its_ce_runs(compared, t
     assert set(result["teacher_signal_of_each_student"]) == {"kd/seed0", "robust_kd/dro_update_every=2/seed0"}
     assert "ce" in result["reproduction"]["settings"]
     assert "| ce | 1 |" in (tables / "cifar10_lt_rerun_table.md").read_text()
+
+
+def test_a_comparison_of_baselines_alone_trains_no_teacher(tmp_path):
+    out = tmp_path / "plain"
+    argv = [*TINY, "--output_dir", str(out), "--objectives", "ce", "--settings", "none", "--seeds", "0", "1",
+            "--choose", "best_overall"]  # fmt: skip
+    result = load_recipe("compare_objectives").main(argv)
+    assert [r["key"] for r in result["comparison"]["runs"]] == ["baseline/seed0", "baseline/seed1"]
+    assert not (out / "models" / "teacher").exists()
+    assert run_file(out, "baseline--seed1")["record"]["student"]["accuracy"] > 0

@@ -42,10 +42,12 @@ def prepare_comparison(model_args, data_args, args, compare_args):
     for setting in settings:
         setting_args = run_arguments(args, setting, compare_args.seeds[0], args.output_dir)
         preparation.check_objectives({"--objectives": setting.objective}, setting_args, info)
+    # baselines alone (--objectives ce) without the view cache need no teacher; a student's record reports one
+    needs_teacher = compare_args.view_cache or any(not s.is_baseline for s in settings)
     plan = plan_runs(
         settings,
         list(compare_args.seeds),
-        train_teacher=not model_args.teacher_model_name_or_path,
+        train_teacher=needs_teacher and not model_args.teacher_model_name_or_path,
         view_cache=compare_args.view_cache,
     )
     return settings, rule, plan, plan_document(plan, base_config(model_args, data_args, args))
