@@ -495,3 +495,23 @@ def test_vit_sizes_given_with_the_resnet_teacher_are_named_as_ignored(caplog):
     assert (vit.model_type, vit.hidden_size) == ("vit", 16)
     with pytest.raises(ValueError, match="--teacher_architecture 'cnn': use resnet or vit"):
         check_model_arguments(ModelArguments(teacher_architecture="cnn"))
+
+
+def test_a_model_given_on_the_command_line_replaces_the_files_way_of_building_it(tmp_path, caplog):
+    """A config that trains its teacher here (config, resolution) plus --teacher_model_name_or_path on the command
+    line: the file's teacher-building values yield (with a note), so the pair is not refused; given together on
+    the command line they still are."""
+    from hf_fairkd.run import models
+
+    config = tmp_path / "c.yaml"
+    config.write_text("teacher_config_name: resnet.json\nteacher_image_size: 48\nstudent_config_name: s.json\n")
+    with caplog.at_level("WARNING"):
+        model_args, *_ = parse([str(config), "--teacher_model_name_or_path", "my/teacher"])
+    assert model_args.teacher_model_name_or_path == "my/teacher"
+    assert model_args.teacher_config_name is None and model_args.teacher_image_size is None
+    assert model_args.student_config_name == "s.json"  # the student was not named on the command line
+    assert "teacher_config_name, teacher_image_size ignored" in caplog.text
+    models.check_model_arguments(model_args)  # no contradiction left
+    both, *_ = parse(["--teacher_model_name_or_path", "my/teacher", "--teacher_config_name", "resnet.json"])
+    with pytest.raises(ValueError, match="both name the teacher"):
+        models.check_model_arguments(both)

@@ -192,7 +192,7 @@ def _typed(objective: str, name: str, raw: list[str], own: bool) -> list:
     from transformers import HfArgumentParser
 
     from ..config import DistillationArguments
-    from ..run.arguments import typed_value
+    from ..run.argument_files import typed_value
 
     action = next(a for a in HfArgumentParser(DistillationArguments)._actions if a.dest == name)
     several = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1)

@@ -4,31 +4,32 @@ actions; nothing is turned back into command-line strings, so lists, dicts and n
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
 import json
 import logging
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 
 import torch
-import yaml
 from transformers import HfArgumentParser
 
 from ..config import DistillationArguments
 from ..data.sources import DEFAULT_GROUP_COLUMNS
 from ..io_utils import atomic_write_json
 from ..objectives import teacher_objectives
+from .argument_files import (
+    ARGUMENT_FILE_SUFFIXES,
+    given_arguments,
+    read_argument_file,
+    unknown_flags_message,
+)
 from .checks import has_accelerator, has_bf16_device, has_fp16_device
 
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG_NAME = "run_config.json"
 DEFAULT_OUTPUT_DIR = "outputs/distill_vit"
-ARGUMENT_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 # Defaults the recipes use where TrainingArguments' own defaults suit fine-tuning large models, not this.
 RECIPE_TRAINING_DEFAULTS = {
     "output_dir": DEFAULT_OUTPUT_DIR,
@@ -250,6 +251,7 @@ def parse_recipe_args(dataclass_types=None, argv: list[str] | None = None, **def
         raise ValueError(f"parse_recipe_args: no argument named {', '.join(unknown)}.")
     defaults = {**{k: v for k, v in RECIPE_TRAINING_DEFAULTS.items() if k in known}, **defaults}
     given = given_arguments(HfArgumentParser(dataclass_types), argv)
+    from_file = yield_to_command_line(from_file, given)
     explicit = set(from_file) | set(given)
     chosen = {**defaults, **from_file, **given}  # the value each argument will have, before implied ones
     dataset = chosen.get("dataset_name", parser.get_default("dataset_name"))
@@ -265,92 +267,31 @@ def parse_recipe_args(dataclass_types=None, argv: list[str] | None = None, **def
     return tuple(parsed)
 
 
-def unknown_flags_message(parser: argparse.ArgumentParser, unused: list[str]) -> str:
-    """The command-line words no argument takes, each flag with the nearest known one (as for a config file)."""
-    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
-    hints = []
-    for word in unused:
-        flag = word.split("=", 1)[0]
-        close = difflib.get_close_matches(flag, options, 1) if flag.startswith("--") else []
-        hints.append(f"{word!r} (did you mean {close[0]!r}?)" if close else repr(word))
-    return (
-        f"Unknown argument(s) on the command line: {', '.join(hints)}. Fix the spelling, or see the arguments "
-        "with --help."
-    )
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false (YAML 1.1 would read ``eval_strategy: no`` as False)."""
-
-
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-_YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL_TAG]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+# A model given on the command line replaces a config file's way of building that model: the file's flags that
+# would contradict it (refused together by check_model_arguments) are dropped, with a note.
+FILE_VALUES_THAT_YIELD = {
+    "teacher_model_name_or_path": ("teacher_config_name", "teacher_image_size"),
+    "teacher_config_name": ("teacher_model_name_or_path",),
+    "student_model_name_or_path": ("student_config_name",),
+    "student_config_name": ("student_model_name_or_path",),
 }
-_YamlLoader.add_implicit_resolver(
-    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
 
 
-def read_argument_file(parser: argparse.ArgumentParser, path: str) -> dict:
-    """A YAML/JSON mapping of argument names to values, each typed by ``parser``'s action for it (lists for
-    arguments that take several values; dicts and nulls kept as they are). An unknown name is an error that
-    names it."""
-    if not os.path.isfile(path):
-        raise ValueError(f"Config file {path!r} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        values = json.load(f) if path.endswith(".json") else yaml.load(f, Loader=_YamlLoader)
-    values = {} if values is None else values
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of argument names to values.")
-    actions = {}
-    for action in reversed(parser._actions):  # the first action of a name (``--x``, not ``--no_x``)
-        if not isinstance(action, argparse._HelpAction):
-            actions[action.dest] = action
-    unknown = [key for key in values if key not in actions]
-    if unknown:
-        hints = [f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, actions, 1))
-                 else repr(key) for key in unknown]  # fmt: skip
-        raise ValueError(f"{path}: unknown argument(s) {', '.join(hints)}.")
-    return {key: typed_value(actions[key], value, where=f"{path}: {key}") for key, value in values.items()}
-
-
-def typed_value(action: argparse.Action, value, where: str):
-    """``value`` (from a file) as the parser would type it on the command line; None stays None."""
-    if value is None or action.type is None:  # a null, or a flag (store_true) that takes the bool as it is
-        return value
-    several = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1)
-    if isinstance(value, (list, tuple)) and several:
-        return [_typed_scalar(action, item, where) for item in value]
-    if isinstance(value, (list, tuple, dict)):
-        if action.type is str:  # a field that also takes the structure itself (dict | str, list[str] | str)
-            return value
-        raise ValueError(f"{where} takes one value, not {value!r}.")
-    return [_typed_scalar(action, value, where)] if several else _typed_scalar(action, value, where)
-
-
-def _typed_scalar(action: argparse.Action, value, where: str):
-    kind = action.type
-    try:
-        if kind in (int, float) and not isinstance(value, str):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != kind(value):
-                raise ValueError
-        typed = kind(value)
-    except (TypeError, ValueError, argparse.ArgumentTypeError):
-        raise ValueError(f"{where}: {value!r} is not a valid {getattr(kind, '__name__', 'value')}.") from None
-    if action.choices is not None and typed not in action.choices:
-        raise ValueError(f"{where}: {value!r} is not one of {list(action.choices)}.")
-    return typed
-
-
-def given_arguments(parser, argv: list[str]) -> dict:
-    """The arguments ``argv`` sets and their values (in any spelling argparse accepts: ``--x=1``,
-    abbreviations, ``--no_x``)."""
-    for action in parser._actions:
-        action.default, action.required = argparse.SUPPRESS, False
-    given, _ = parser.parse_known_args(argv)
-    return vars(given)
+def yield_to_command_line(from_file: dict, given: dict) -> dict:
+    """``from_file`` without the values that contradict a model named on the command line."""
+    dropped = [
+        name
+        for flag, names in FILE_VALUES_THAT_YIELD.items()
+        if given.get(flag)
+        for name in names
+        if from_file.get(name) is not None and name not in given
+    ]
+    if dropped:
+        note(
+            f"The config file's {', '.join(dropped)} ignored: the command line's "
+            f"{', '.join(f for f in FILE_VALUES_THAT_YIELD if given.get(f))} names the model instead."
+        )
+    return {k: v for k, v in from_file.items() if k not in dropped}
 
 
 # An interval given explicitly means its strategy is "steps" (TrainingArguments would ignore it under "no").
