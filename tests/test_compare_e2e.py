@@ -297,3 +297,21 @@ def test_a_comparison_of_baselines_alone_trains_no_teacher(tmp_path):
     assert [r["key"] for r in result["comparison"]["runs"]] == ["baseline/seed0", "baseline/seed1"]
     assert not (out / "models" / "teacher").exists()
     assert run_file(out, "baseline--seed1")["record"]["student"]["accuracy"] > 0
+
+
+def test_a_teacher_built_from_a_config_here_serves_the_views_and_students(tmp_path):
+    """The CIFAR-10-LT preset's shape: the teacher trained here from a config file at its own resolution, then the
+    views and the students take it as a given teacher (the flags that built it do not contradict it there)."""
+    from test_recipes import TINY_RESNET
+
+    config = tmp_path / "resnet.json"
+    config.write_text(json.dumps(TINY_RESNET))
+    out = tmp_path / "out"
+    argv = [*TINY, "--output_dir", str(out), "--objectives", "ce", "kd", "--settings", "none", "--seeds", "0",
+            "--teacher_config_name", str(config), "--teacher_image_size", "16", "--augment", "true",
+            "--choose", "best_overall"]  # fmt: skip
+    result = load_recipe("compare_objectives").main(argv)
+    assert [r["key"] for r in result["comparison"]["runs"]] == ["teacher", "views", "baseline/seed0", "kd/seed0"]
+    settings = run_file(out, "kd--seed0")["record"]["settings"]
+    assert settings["teacher_given"] and settings["teacher_batches"] == {"train_cached": 6}
+    assert (out / "models" / "teacher" / "teacher" / "config.json").is_file()

@@ -89,7 +89,7 @@ def build_views(ctx: RunContext, run: Run) -> dict:
     from ..teacher import label_permutation
 
     args = run_arguments(ctx.args, BASELINE, run.seed, str(Path(ctx.views_path).parent / "views-run"))
-    model_args = dataclasses.replace(ctx.model_args, teacher_model_name_or_path=ctx.teacher_path)
+    model_args = dataclasses.replace(ctx.model_args, **teacher_given(ctx))
     prepared = distill.prepare_distillation(model_args, ctx.data_args, args, _overwrite())
     train, teacher = prepared.prepared["train"], prepared.given_teacher
     if _is_main():
@@ -119,7 +119,13 @@ def epochs_needed(args, rows: int, processes: int) -> int:
 
 def view_changes(ctx: RunContext) -> dict:
     """The ModelArguments changes that make a baseline or a student train on the views of `build_views`."""
-    return {"teacher_model_name_or_path": ctx.teacher_path, "teacher_view_cache": ctx.views_path}
+    return {**teacher_given(ctx), "teacher_view_cache": ctx.views_path}
+
+
+def teacher_given(ctx: RunContext) -> dict:
+    """The ModelArguments changes that hand the comparison's teacher (trained by its teacher run, or given) to a
+    later run: its folder, and none of the flags that build a teacher here (they would contradict it)."""
+    return {"teacher_model_name_or_path": ctx.teacher_path, "teacher_config_name": None, "teacher_image_size": None}
 
 
 # --------------------------------------------------------------------------------------- one run
@@ -178,10 +184,7 @@ def train_student(ctx: RunContext, run: Run) -> dict:
     """`distill` with the comparison's teacher and the seed's baseline given: only the student trains."""
     from ..run.distill import distill
 
-    changes = {
-        "teacher_model_name_or_path": ctx.teacher_path,
-        "baseline_model_name_or_path": ctx.baseline_path(run.seed),
-    }
+    changes = {**teacher_given(ctx), "baseline_model_name_or_path": ctx.baseline_path(run.seed)}
     if ctx.view_cache:
         changes.update(view_changes(ctx))
     model_args = dataclasses.replace(ctx.model_args, **changes)
