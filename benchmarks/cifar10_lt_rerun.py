@@ -10,9 +10,8 @@ The rerun (one worker, one thread, the other core busy with another job; about 1
 the plain one-hot runs it is measured against (the same ce students, augmented online, without the view cache):
 
     OMP_NUM_THREADS=1 python recipes/compare_objectives.py recipes/configs/compare_cifar10_lt.yaml \
-        --dataset_name ../shared/datasets/cifar10 --objectives ce --seeds 0 1 2 --view_cache false \
-        --teacher_model_name_or_path benchmarks/work/cifar10_lt_compare/out/models/teacher/teacher \
-        --output_dir benchmarks/work/cifar10_lt_compare/plain_ce
+        --dataset_name ../shared/datasets/cifar10 --objectives ce --settings none --seeds 0 1 2 \
+        --view_cache false --output_dir benchmarks/work/cifar10_lt_compare/plain_ce      # baselines only, no teacher
 
 then ``python benchmarks/cifar10_lt_rerun.py`` writes benchmarks/results/cifar10_lt_rerun.json and the rerun's own
 table (cifar10_lt_rerun_table.md, through make_cifar10_lt_table.py).
