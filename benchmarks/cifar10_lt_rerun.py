@@ -101,10 +101,11 @@ def _by_setting(runs: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def no_online_teacher(runs: list[dict]) -> dict:
-    """Each student's own record of where its teacher signal came from (a variant that ran as named)."""
+def teacher_batches(runs: list[dict]) -> dict:
+    """Each student's own count of its batches by teacher signal (``train_cached``: the stored views' logits;
+    ``train_online``: a teacher forward), from its record: the variant ran as named."""
     return {
-        r["key"]: (r["record"].get("settings") or {}).get("teacher_signal")
+        r["key"]: (r["record"].get("settings") or {}).get("teacher_batches")
         for r in runs
         if r["kind"] == "student"
     }
@@ -144,24 +145,36 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--comparison", default=str(WORK / "out"))
     parser.add_argument("--plain_ce", default=str(WORK / "plain_ce"))
+    parser.add_argument(
+        "--also",
+        nargs="*",
+        default=[str(WORK / "rest")],
+        help="comparisons of the study's other settings on the same teacher (reproduction and table, not cost)",
+    )
     parser.add_argument("--output", default=str(RESULTS / "cifar10_lt_rerun.json"))
     parser.add_argument("--table_dir", default=str(RESULTS), help="where the rerun's table and plot go")
     options = parser.parse_args(argv)
     folder, plain = Path(options.comparison), Path(options.plain_ce)
+    also = [Path(f) for f in options.also if (Path(f) / "plan.json").is_file()]
     runs = run_files(folder)
+    extra_runs = [r for f in also for r in run_files(f)]
     plain_ce = [r for r in run_files(plain) if r["kind"] == "baseline"] if (plain / "runs").is_dir() else []
     committed = study_module.Study(json.loads((RESULTS / "cifar10_lt.json").read_text(encoding="utf-8")))
-    rerun = study_module.Study(study_module.from_comparisons([folder]))
+    rerun = study_module.Study(study_module.from_comparisons([folder, *also]))
     plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
     result = {
         "command": "see benchmarks/cifar10_lt_rerun.py",
         "plan": {"digest": plan["digest"], "runs": [r["key"] for r in plan["runs"]]},
         "missing_runs": [r["key"] for r in plan["runs"] if r["key"] not in {x["key"] for x in runs}],
+        "also": {
+            str(f.relative_to(REPO) if f.is_relative_to(REPO) else f): sorted(r["key"] for r in run_files(f))
+            for f in also
+        },
         "code": sorted(
             {f"{r['code'].get('git_commit')}{'+dirty' if r['code'].get('git_dirty') else ''}" for r in runs}
         ),
         "cost": cost(runs, plain_ce),
-        "teacher_signal_of_each_student": no_online_teacher(runs),
+        "teacher_batches_of_each_student": teacher_batches(runs + extra_runs),
         "rule": RULE,
         "reproduction": reproduction(committed, rerun),
     }
@@ -170,6 +183,7 @@ def main(argv=None) -> dict:
         [
             "--comparisons",
             str(folder),
+            *map(str, also),
             "--output_md",
             str(Path(options.table_dir) / "cifar10_lt_rerun_table.md"),
             "--output_png",

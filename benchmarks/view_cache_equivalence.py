@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,12 +18,15 @@ import transformers
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from benchmarks.view_cache import PRESET, REPO, Forwards
 from hf_fairkd import DistillationTrainer
 from hf_fairkd.io_utils import atomic_write_json
 from hf_fairkd.run import arguments, models, preparation, preprocessing, stages
 from hf_fairkd.run import cached_views as cv
 from hf_fairkd.run.view_cache import build_view_cache
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts by plain name, as scale.py's
+
+from view_cache_build import PRESET, REPO, Forwards  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ 3. equivalence
 # "A student trained from the view cache equals the same student trained with the online teacher on the same

@@ -273,6 +273,7 @@ def test_the_rerun_benchmark_prices_a_comparison_against_its_ce_runs(compared, t
             str(tmp_path / "r.json"),
             "--table_dir",
             str(tables),
+            "--also",
         ]  # fmt: skip
     )
     runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
@@ -284,7 +285,9 @@ def test_the_rerun_benchmark_prices_a_comparison_against_its_ce_runs(compared, t
     expected = (max(ends.values()) - min(starts)) / (teacher + students * ce)
     assert result["cost"]["ratio_elapsed"] == pytest.approx(expected, abs=1e-3)
     assert result["cost"]["student_runs"] == 3 and result["missing_runs"] == []
-    assert set(result["teacher_signal_of_each_student"]) == {"kd/seed0", "robust_kd/dro_update_every=2/seed0"}
+    batches = result["teacher_batches_of_each_student"]
+    assert set(batches) == {"kd/seed0", "robust_kd/dro_update_every=2/seed0"}
+    assert all(sum(counts.values()) > 0 for counts in batches.values()), batches
     assert "ce" in result["reproduction"]["settings"]
     assert "| ce | 1 |" in (tables / "cifar10_lt_rerun_table.md").read_text()
 
