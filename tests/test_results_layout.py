@@ -163,7 +163,7 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("backend", ["svg", "pdf"])
+@pytest.mark.parametrize("backend", ["svg", pytest.param("pdf", marks=pytest.mark.slow)])
 def test_results_never_switch_the_matplotlib_backend(tmp_path, backend):
     tmp_path.joinpath("record.json").write_text(json.dumps(_tiny_record()))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": backend}
