@@ -253,8 +253,8 @@ def from_comparisons(folders) -> dict:
                 "batch_size": train.get("per_device_train_batch_size"),
             }
         for spec in plan["runs"]:
-            if spec["kind"] == "baseline" and i:
-                continue  # one ce student per seed: the first folder's
+            if spec["kind"] == "baseline" and i or spec["kind"] == "views":
+                continue  # one ce student per seed: the first folder's; the views are no model
             found = folder / "runs" / f"{_file_name(spec['key'])}.json"
             name = _name(spec, teacher, convention, default_b)
             planned.append(name)

@@ -30,6 +30,13 @@ def compared(hub_server, tmp_path_factory):
     return out, argv, result, pushed
 
 
+def load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_file(out, stem):
     return json.loads((out / "runs" / f"{stem}.json").read_text())
 
@@ -151,6 +158,11 @@ def test_with_augmentation_every_run_trains_on_views_drawn_once(compared, tmp_pa
     settings = run_file(other, "kd--seed0")["record"]["settings"]
     assert settings["objective"] == "kd"
     assert settings["teacher_batches"] == {"train_cached": 6}  # every step from the stored views, none online
+    md = tmp_path / "t.md"  # the study's table reads such a folder: the views run is no model
+    load_benchmark("make_cifar10_lt_table").main(
+        ["--comparisons", str(other), "--output_md", str(md), "--output_png", str(tmp_path / "p.png")]
+    )
+    assert "| erm → kd | 1 |" in md.read_text() and "Missing runs: none" in md.read_text()
     with pytest.raises(ValueError, match="--view_cache caches augmented views: it needs --augment"):
         load_recipe("compare_objectives").main(
             [*argv[:-2], "--view_cache", "true", "--output_dir", str(tmp_path / "x")]
@@ -179,11 +191,7 @@ def test_bad_names_are_refused_before_anything_trains(tmp_path, extra, message):
 
 def test_the_study_scripts_read_a_comparison_folder(compared, tmp_path):
     out, *_ = compared
-    spec = importlib.util.spec_from_file_location(
-        "make_cifar10_lt_table", ROOT / "benchmarks" / "make_cifar10_lt_table.py"
-    )
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+    table = load_benchmark("make_cifar10_lt_table")
     md, png = tmp_path / "t.md", tmp_path / "p.png"
     table.main(["--comparisons", str(out), "--output_md", str(md), "--output_png", str(png)])
     text = md.read_text()
@@ -256,11 +264,7 @@ def test_the_rerun_benchmark_prices_a_comparison_against_its_ce_runs(compared, t
     import datetime
 
     out, *_ = compared
-    spec = importlib.util.spec_from_file_location(
-        "cifar10_lt_rerun", ROOT / "benchmarks" / "cifar10_lt_rerun.py"
-    )
-    rerun = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rerun)
+    rerun = load_benchmark("cifar10_lt_rerun")
     tables = tmp_path / "results"
     tables.mkdir()
     result = rerun.main(
@@ -314,7 +318,12 @@ def test_a_teacher_built_from_a_config_here_serves_the_views_and_students(tmp_pa
             "--teacher_config_name", str(config), "--teacher_image_size", "16", "--augment", "true",
             "--choose", "best_overall"]  # fmt: skip
     result = load_recipe("compare_objectives").main(argv)
-    assert [r["key"] for r in result["comparison"]["runs"]] == ["teacher", "views", "baseline/seed0", "kd/seed0"]
+    assert [r["key"] for r in result["comparison"]["runs"]] == [
+        "teacher",
+        "views",
+        "baseline/seed0",
+        "kd/seed0",
+    ]
     settings = run_file(out, "kd--seed0")["record"]["settings"]
     assert settings["teacher_given"] and settings["teacher_batches"] == {"train_cached": 6}
     assert (out / "models" / "teacher" / "teacher" / "config.json").is_file()
