@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -54,6 +55,47 @@ def window(runs: list[dict]) -> tuple[float, float]:
     """(first start, last end) in epoch seconds, from each run's finish time and wall seconds."""
     ends = [datetime.datetime.fromisoformat(r["finished_at"]).timestamp() for r in runs]
     return min(e - r["wall_seconds"] for e, r in zip(ends, runs)), max(ends)
+
+
+def train_seconds(log: Path) -> dict[str, float]:
+    """Each run's training time alone (the Trainer's ``train_runtime``) from a worker's log: a run's wall time
+    less this is its set-up and its test-split evaluation (of the student, and of the teacher and baseline it
+    is compared with)."""
+    found, current = {}, None
+    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+    for match in re.finditer(r"\[compare\] (\S+): starting|'train_runtime': '([0-9.]+)'", text):
+        if match.group(1):
+            current = match.group(1)
+        elif current is not None:
+            found[current] = float(match.group(2))
+    return found
+
+
+def training_alone(runs: list[dict], plain_ce: list[dict], trained: dict, plain_trained: dict) -> dict:
+    """Per setting: training seconds (from the logs) against the plain ce runs' own, and the rest of each run
+    (set-up, the test-split evaluations), so the cost ratio can be split into training and the rest."""
+
+    def parts(group, seconds):
+        timed = [r for r in group if r["key"] in seconds]
+        if not timed:
+            return None
+        train = statistics.fmean(seconds[r["key"]] for r in timed)
+        rest = statistics.fmean(r["wall_seconds"] - seconds[r["key"]] for r in timed)
+        return round(train, 1), round(rest, 1)
+
+    reference = parts(plain_ce, plain_trained)
+    out = {
+        "plain_ce": {"train_seconds": reference[0], "rest_of_the_run_seconds": reference[1]}
+        if reference
+        else None
+    }
+    for key, group in _by_setting([r for r in runs if r["kind"] in ("baseline", "student")]).items():
+        found = parts(group, trained)
+        if found:
+            out[key] = {"train_seconds": found[0], "rest_of_the_run_seconds": found[1]}
+            if reference:
+                out[key]["train_over_plain_ce_train"] = round(found[0] / reference[0], 3)
+    return out
 
 
 def cost(runs: list[dict], plain_ce: list[dict]) -> dict:
@@ -146,6 +188,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--comparison", default=str(WORK / "out"))
     parser.add_argument("--plain_ce", default=str(WORK / "plain_ce"))
     parser.add_argument(
+        "--logs",
+        nargs="*",
+        default=[str(WORK / "worker1.log"), str(WORK / "plain_ce.log")],
+        help="the comparison's log and the plain ce runs' log, in this order (training seconds per run)",
+    )
+    parser.add_argument(
         "--also",
         nargs="*",
         default=[str(WORK / "rest")],
@@ -159,6 +207,7 @@ def main(argv=None) -> dict:
     runs = run_files(folder)
     extra_runs = [r for f in also for r in run_files(f)]
     plain_ce = [r for r in run_files(plain) if r["kind"] == "baseline"] if (plain / "runs").is_dir() else []
+    logged = [train_seconds(Path(log)) for log in options.logs] + [{}, {}]  # the comparison's, plain ce's
     committed = study_module.Study(json.loads((RESULTS / "cifar10_lt.json").read_text(encoding="utf-8")))
     rerun = study_module.Study(study_module.from_comparisons([folder, *also]))
     plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
@@ -175,6 +224,7 @@ def main(argv=None) -> dict:
         ),
         "cost": cost(runs, plain_ce),
         "teacher_batches_of_each_student": teacher_batches(runs + extra_runs),
+        "training_alone": training_alone(runs, plain_ce, *logged[:2]),
         "rule": RULE,
         "reproduction": reproduction(committed, rerun),
     }

@@ -230,8 +230,9 @@ class Study:
 
 # ------------------------------------------------------------------------------------------------ the recipe's output
 def from_comparisons(folders) -> dict:
-    """The study's results from compare_objectives output folders (one per teacher objective; the first
-    folder's baselines are the ce students), in the committed JSON's form."""
+    """The study's results from compare_objectives output folders (one per teacher objective, or several of one
+    teacher; the first folder's baselines are the ce students, and a setting and seed run in two folders counts
+    once, the first folder's), in the committed JSON's form."""
     runs, planned, config = [], [], {}
     for i, folder in enumerate(map(Path, folders)):
         plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
@@ -257,6 +258,8 @@ def from_comparisons(folders) -> dict:
                 continue  # one ce student per seed: the first folder's; the views are no model
             found = folder / "runs" / f"{_file_name(spec['key'])}.json"
             name = _name(spec, teacher, convention, default_b)
+            if name in planned:
+                continue  # the same setting and seed in two folders: the first folder's run
             planned.append(name)
             if found.exists():
                 runs.append(_study_run(json.loads(found.read_text(encoding="utf-8")), name, teacher))

@@ -158,9 +158,18 @@ def test_with_augmentation_every_run_trains_on_views_drawn_once(compared, tmp_pa
     settings = run_file(other, "kd--seed0")["record"]["settings"]
     assert settings["objective"] == "kd"
     assert settings["teacher_batches"] == {"train_cached": 6}  # every step from the stored views, none online
-    md = tmp_path / "t.md"  # the study's table reads such a folder: the views run is no model
+    # the study's table reads such a folder (the views run is no model); a run in two folders counts once
+    md = tmp_path / "t.md"
     load_benchmark("make_cifar10_lt_table").main(
-        ["--comparisons", str(other), "--output_md", str(md), "--output_png", str(tmp_path / "p.png")]
+        [
+            "--comparisons",
+            str(other),
+            str(other),
+            "--output_md",
+            str(md),
+            "--output_png",
+            str(tmp_path / "p.png"),
+        ]
     )
     assert "| erm → kd | 1 |" in md.read_text() and "Missing runs: none" in md.read_text()
     with pytest.raises(ValueError, match="--view_cache caches augmented views: it needs --augment"):
