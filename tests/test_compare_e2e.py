@@ -336,3 +336,72 @@ def test_a_teacher_built_from_a_config_here_serves_the_views_and_students(tmp_pa
     settings = run_file(out, "kd--seed0")["record"]["settings"]
     assert settings["teacher_given"] and settings["teacher_batches"] == {"train_cached": 6}
     assert (out / "models" / "teacher" / "teacher" / "config.json").is_file()
+
+
+def test_the_students_of_one_worker_predict_its_teacher_and_baseline_once(compared, tmp_path, monkeypatch):
+    """A given teacher's and a seed's baseline's test predictions are made once per worker process and kept for
+    the next student (prediction_memo); the students' records are those of fresh predictions."""
+    from hf_fairkd.run import prediction_memo, stages
+
+    out, *_ = compared
+    prediction_memo.clear()
+    made, real = [], stages.predict_logits
+
+    def counted(trainer, dataset):
+        made.append(getattr(trainer, "predicts_only", False))
+        return real(trainer, dataset)
+
+    monkeypatch.setattr(stages, "predict_logits", counted)
+    other = tmp_path / "given"
+    argv = [*TINY, "--output_dir", str(other), "--objectives", "kd", "robust_kd", "--seeds", "0", "--choose",
+            "best_overall", "--teacher_model_name_or_path", str(out / "models" / "teacher" / "teacher")]  # fmt: skip
+    load_recipe("compare_objectives").main(argv)
+    # the baseline run predicts its student; each student run its student; the teacher and baseline once in all
+    assert made.count(False) == 3 and made.count(True) == 2, made
+    first, second = (run_file(other, stem)["record"] for stem in ("kd--seed0", "robust_kd--seed0"))
+    assert first["teacher"] == second["teacher"] and first["baseline"] == second["baseline"]
+    fresh = json.loads((out / "models" / "teacher" / "teacher" / "subgroup_metrics.json").read_text())
+    assert first["teacher"]["per_class"] == fresh["teacher"]["per_class"]  # the teacher run's own predictions
+
+
+def test_a_kept_prediction_is_not_reused_for_other_weights_or_a_model_in_memory(tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+    from transformers import TrainingArguments
+
+    from hf_fairkd.run import prediction_memo
+
+    prediction_memo.clear()
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"1234")
+    args = TrainingArguments(output_dir=str(tmp_path / "o"), report_to=[])
+
+    class Rows(list):
+        _fingerprint, format = "f0", {"type": None, "columns": None}
+
+    rows = Rows(range(3))
+    trainer = SimpleNamespace(
+        model=SimpleNamespace(config=SimpleNamespace(_name_or_path=str(folder))),
+        args=args,
+        processing_class=None,
+    )
+    calls = []
+
+    def predict(trainer, data):
+        calls.append(1)
+        return np.full((3, 2), float(len(calls)), dtype=np.float32), np.zeros(3)
+
+    first = prediction_memo.predict(trainer, rows, predict)
+    assert (
+        prediction_memo.predict(trainer, rows, predict)[0].tolist() == first[0].tolist() and len(calls) == 1
+    )
+    (folder / "model.safetensors").write_bytes(b"123456")  # other weights in the same folder
+    assert prediction_memo.predict(trainer, rows, predict)[0][0, 0] == 2.0 and len(calls) == 2
+    rows._fingerprint = "f1"  # other test rows
+    assert prediction_memo.predict(trainer, rows, predict)[0][0, 0] == 3.0
+    in_memory = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(_name_or_path="")), args=args)
+    prediction_memo.predict(in_memory, rows, predict)
+    prediction_memo.predict(in_memory, rows, predict)
+    assert len(calls) == 5  # a model not loaded from a folder is predicted every time

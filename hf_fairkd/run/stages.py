@@ -16,6 +16,7 @@ from ..objectives import get_objective, teacher_objectives
 from ..results.schema import record_from_info
 from ..teacher import build_teacher_cache
 from ..trainer import DistillationTrainer
+from . import prediction_memo
 from .arguments import DataArguments, ModelArguments
 from .preprocessing import PreparedSplits
 
@@ -23,7 +24,9 @@ from .preprocessing import PreparedSplits
 def stage_args(args: DistillationArguments, **changes) -> DistillationArguments:
     """A copy of the training arguments for one stage (teacher, baseline, student) of a run."""
     changes.setdefault("push_to_hub", False)
-    if changes.get("objective", args.objective) != args.objective:  # settings belong to the student's objective
+    if (
+        changes.get("objective", args.objective) != args.objective
+    ):  # settings belong to the student's objective
         changes.setdefault("objective_settings", None)
     if changes.get("objective") in teacher_objectives():  # a teacher has no teacher to weight DRO errors by
         changes.setdefault("dro_error_weighting", "label")
@@ -114,7 +117,10 @@ def record_on_test_split(trainers: dict, splits: PreparedSplits, info, settings:
     for role, trainer in trainers.items():  # the teacher sees the test images through its own processor
         own = role == "teacher" and hasattr(splits, "for_teacher")
         test = splits.for_teacher("test") if own else splits["test"]
-        logits[role], labels = predict_logits(trainer, test)
+        if getattr(trainer, "predicts_only", False):  # a given model: its predictions kept for the next run
+            logits[role], labels = prediction_memo.predict(trainer, test, predict_logits)
+        else:
+            logits[role], labels = predict_logits(trainer, test)
     columns = getattr(info, "group_columns", None) or []
     groups = read_group_values(splits["test"], columns, where="the test split") if columns else None
     return record_from_info(logits, labels, info, settings, groups=groups)
@@ -123,9 +129,12 @@ def record_on_test_split(trainers: dict, splits: PreparedSplits, info, settings:
 def prediction_trainer(model, args: DistillationArguments, splits: PreparedSplits, processor=None):
     """A trainer that only predicts, for a model trained elsewhere (a given teacher): objective erm (no teacher
     needed) and the run's own output folder, where prediction writes nothing."""
-    return DistillationTrainer(
+    trainer = DistillationTrainer(
         model=model,
         args=stage_args(args, objective="erm"),
         class_counts=splits.class_counts,
         processing_class=processor,
     )
+    # the model is not trained here, so its test predictions may be kept for the next run (prediction_memo)
+    trainer.predicts_only = True
+    return trainer
