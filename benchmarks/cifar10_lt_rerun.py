@@ -13,7 +13,18 @@ the plain one-hot runs it is measured against (the same ce students, augmented o
         --dataset_name ../shared/datasets/cifar10 --objectives ce --settings none --seeds 0 1 2 \
         --view_cache false --output_dir benchmarks/work/cifar10_lt_compare/plain_ce      # baselines only, no teacher
 
-then ``python benchmarks/cifar10_lt_rerun.py`` writes benchmarks/results/cifar10_lt_rerun.json and the rerun's own
+the study's other settings with the same teacher and views (reproduction and table only; --also):
+
+    C="recipes/compare_objectives.py recipes/configs/compare_cifar10_lt.yaml --dataset_name ../shared/datasets/cifar10
+       --teacher_model_name_or_path benchmarks/work/cifar10_lt_compare/out/models/teacher/teacher
+       --baselines_from benchmarks/work/cifar10_lt_compare/out"
+    python $C --objectives label_smoothing kd kd_pt kd_sim ada_margin robust_kd --seeds 0 \
+        --settings kd:kd_convention=mix robust_kd:dro_tradeoff=0,0.25,0.75,1 --output_dir .../rest
+    python $C --objectives ada_margin --settings none --seeds 0 1 2 --output_dir .../ada_margin
+
+and, after a code change, the first comparison again with its teacher given (--second: its cost, the first run's
+teacher training counted): the first command with --teacher_model_name_or_path .../out/models/teacher/teacher
+--output_dir .../out2. Then ``python benchmarks/cifar10_lt_rerun.py`` writes benchmarks/results/cifar10_lt_rerun.json and the rerun's own
 table (cifar10_lt_rerun_table.md, through make_cifar10_lt_table.py).
 
 Cost: the comparison's elapsed time (first run start to last run end: the teacher, the views, 3 baselines and 12
@@ -98,17 +109,23 @@ def training_alone(runs: list[dict], plain_ce: list[dict], trained: dict, plain_
     return out
 
 
-def cost(runs: list[dict], plain_ce: list[dict]) -> dict:
+def cost(runs: list[dict], plain_ce: list[dict], teacher_run: dict | None = None) -> dict:
+    """The comparison's cost against one teacher training plus its student runs as plain ce runs; a comparison
+    given the teacher (``teacher_run``: the run that trained it) counts that run's wall seconds as its own."""
     by_kind = {
         kind: [r for r in runs if r["kind"] == kind] for kind in ("teacher", "views", "baseline", "student")
     }
-    teacher = by_kind["teacher"][0]["wall_seconds"]
+    teacher = (by_kind["teacher"][0] if by_kind["teacher"] else teacher_run)["wall_seconds"]
     start, end = window(runs)
+    if not by_kind["teacher"]:
+        start -= teacher  # as if the teacher had trained right before the first run
     ce_views = statistics.fmean(r["wall_seconds"] for r in by_kind["baseline"])
     students = by_kind["baseline"] + by_kind["student"]
     out = {
         "elapsed_seconds": round(end - start, 1),
-        "summed_run_wall_seconds": round(sum(r["wall_seconds"] for r in runs), 1),
+        "summed_run_wall_seconds": round(
+            sum(r["wall_seconds"] for r in runs) + (0 if by_kind["teacher"] else teacher), 1
+        ),
         "teacher_wall_seconds": teacher,
         "views_wall_seconds": [r["wall_seconds"] for r in by_kind["views"]],
         "student_runs": len(students),
@@ -134,6 +151,26 @@ def cost(runs: list[dict], plain_ce: list[dict]) -> dict:
     out["goal"] = f"<= {GOAL}"
     out["met"] = out["ratio_elapsed"] <= GOAL
     return out
+
+
+def second_run(folder: Path, log: Path, first: list[dict], plain_ce: list[dict], plain_trained: dict):
+    """The cost of the same comparison run again (after a code change) with the first run's teacher given."""
+    if not (folder / "plan.json").is_file():
+        return None
+    runs = run_files(folder)
+    plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
+    teacher = next(r for r in first if r["kind"] == "teacher")
+    return {
+        "folder": str(folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder),
+        "teacher": "the first run's (given), its wall seconds counted",
+        "missing_runs": [r["key"] for r in plan["runs"] if r["key"] not in {x["key"] for x in runs}],
+        "code": sorted(
+            {f"{r['code'].get('git_commit')}{'+dirty' if r['code'].get('git_dirty') else ''}" for r in runs}
+        ),
+        "cost": cost(runs, plain_ce, teacher_run=teacher),
+        "training_alone": training_alone(runs, plain_ce, train_seconds(log), plain_trained),
+        "teacher_batches_of_each_student": teacher_batches(runs),
+    }
 
 
 def _by_setting(runs: list[dict]) -> dict[str, list[dict]]:
@@ -194,9 +231,15 @@ def main(argv=None) -> dict:
         help="the comparison's log and the plain ce runs' log, in this order (training seconds per run)",
     )
     parser.add_argument(
+        "--second",
+        default=str(WORK / "out2"),
+        help="the same comparison run again after a code change, the first one's teacher given (cost only)",
+    )
+    parser.add_argument("--second_log", default=str(WORK / "worker2.log"))
+    parser.add_argument(
         "--also",
         nargs="*",
-        default=[str(WORK / "rest")],
+        default=[str(WORK / "rest"), str(WORK / "ada_margin")],
         help="comparisons of the study's other settings on the same teacher (reproduction and table, not cost)",
     )
     parser.add_argument("--output", default=str(RESULTS / "cifar10_lt_rerun.json"))
@@ -225,6 +268,7 @@ def main(argv=None) -> dict:
         "cost": cost(runs, plain_ce),
         "teacher_batches_of_each_student": teacher_batches(runs + extra_runs),
         "training_alone": training_alone(runs, plain_ce, *logged[:2]),
+        "second_run": second_run(Path(options.second), Path(options.second_log), runs, plain_ce, logged[1]),
         "rule": RULE,
         "reproduction": reproduction(committed, rerun),
     }

@@ -286,6 +286,10 @@ def test_the_rerun_benchmark_prices_a_comparison_against_its_ce_runs(compared, t
             str(tmp_path / "r.json"),
             "--table_dir",
             str(tables),
+            "--second",
+            str(out),
+            "--second_log",
+            str(tmp_path / "none.log"),
             "--also",
         ]  # fmt: skip
     )
@@ -298,6 +302,7 @@ def test_the_rerun_benchmark_prices_a_comparison_against_its_ce_runs(compared, t
     expected = (max(ends.values()) - min(starts)) / (teacher + students * ce)
     assert result["cost"]["ratio_elapsed"] == pytest.approx(expected, abs=1e-3)
     assert result["cost"]["student_runs"] == 3 and result["missing_runs"] == []
+    assert result["second_run"]["cost"] == result["cost"] and result["second_run"]["missing_runs"] == []
     batches = result["teacher_batches_of_each_student"]
     assert set(batches) == {"kd/seed0", "robust_kd/dro_update_every=2/seed0"}
     assert all(sum(counts.values()) > 0 for counts in batches.values()), batches
@@ -405,3 +410,21 @@ def test_a_kept_prediction_is_not_reused_for_other_weights_or_a_model_in_memory(
     prediction_memo.predict(in_memory, rows, predict)
     prediction_memo.predict(in_memory, rows, predict)
     assert len(calls) == 5  # a model not loaded from a folder is predicted every time
+
+
+def test_the_rerun_benchmark_counts_a_given_teachers_training():
+    rerun = load_benchmark("cifar10_lt_rerun")
+
+    def run(key, kind, minute, wall):
+        return {"key": key, "kind": kind, "finished_at": f"2026-12-07T10:0{minute}:00", "wall_seconds": wall}
+
+    runs = [
+        run("views", "views", 1, 60),
+        run("baseline/seed0", "baseline", 3, 120),
+        run("kd/seed0", "student", 6, 180),
+    ]
+    cost = rerun.cost(runs, [{"wall_seconds": 100}, {"wall_seconds": 140}], teacher_run={"wall_seconds": 600})
+    # 10:00:00 (the views' start) to 10:06:00 is 360 s, plus the given teacher's 600; per student run 120 s of ce
+    assert cost["elapsed_seconds"] == 960 and cost["summed_run_wall_seconds"] == 960
+    assert cost["teacher_plus_ce_equivalent_seconds"] == 600 + 2 * 120
+    assert cost["ratio_elapsed"] == round(960 / 840, 3) and cost["met"] is True  # 1.143 <= 1.15
