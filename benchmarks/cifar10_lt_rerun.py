@@ -167,7 +167,7 @@ def second_run(folder: Path, log: Path, first: list[dict], plain_ce: list[dict],
         "code": sorted(
             {f"{r['code'].get('git_commit')}{'+dirty' if r['code'].get('git_dirty') else ''}" for r in runs}
         ),
-        "cost": cost(runs, plain_ce, teacher_run=teacher),
+        "cost": cost(runs, plain_ce, teacher_run=teacher) if runs else None,
         "training_alone": training_alone(runs, plain_ce, train_seconds(log), plain_trained),
         "teacher_batches_of_each_student": teacher_batches(runs),
     }

@@ -291,7 +291,7 @@ def number(value) -> str:
 def data_text(study: Study) -> str:
     c, counts = study.config, study.train_counts
     holdout = sum((c.get("dataset") or {}).get("holdout_counts") or [])
-    test = c.get("test_examples")
+    test = c.get("test_examples") or sum((c.get("dataset") or {}).get("test_counts") or []) or None
     return (
         f"Data: {sum(counts)} training images {counts}, holdout {holdout} images carved from training, balanced "
         f"test {'?' if test is None else test} images{' (seeded subset)' if c.get('test_subset') else ''}. Shot "
