@@ -62,6 +62,12 @@ def run_files(folder: Path) -> list[dict]:
     return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((folder / "runs").glob("*.json"))]
 
 
+def code_versions(runs: list[dict]) -> list[str]:
+    return sorted(
+        {f"{r['code'].get('git_commit')}{'+dirty' if r['code'].get('git_dirty') else ''}" for r in runs}
+    )
+
+
 def window(runs: list[dict]) -> tuple[float, float]:
     """(first start, last end) in epoch seconds, from each run's finish time and wall seconds."""
     ends = [datetime.datetime.fromisoformat(r["finished_at"]).timestamp() for r in runs]
@@ -164,9 +170,7 @@ def second_run(folder: Path, log: Path, first: list[dict], plain_ce: list[dict],
         "folder": str(folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder),
         "teacher": "the first run's (given), its wall seconds counted",
         "missing_runs": [r["key"] for r in plan["runs"] if r["key"] not in {x["key"] for x in runs}],
-        "code": sorted(
-            {f"{r['code'].get('git_commit')}{'+dirty' if r['code'].get('git_dirty') else ''}" for r in runs}
-        ),
+        "code": code_versions(runs),
         "cost": cost(runs, plain_ce, teacher_run=teacher) if runs else None,
         "training_alone": training_alone(runs, plain_ce, train_seconds(log), plain_trained),
         "teacher_batches_of_each_student": teacher_batches(runs),
@@ -262,9 +266,7 @@ def main(argv=None) -> dict:
             str(f.relative_to(REPO) if f.is_relative_to(REPO) else f): sorted(r["key"] for r in run_files(f))
             for f in also
         },
-        "code": sorted(
-            {f"{r['code'].get('git_commit')}{'+dirty' if r['code'].get('git_dirty') else ''}" for r in runs}
-        ),
+        "code": code_versions(runs),
         "cost": cost(runs, plain_ce),
         "teacher_batches_of_each_student": teacher_batches(runs + extra_runs),
         "training_alone": training_alone(runs, plain_ce, *logged[:2]),
