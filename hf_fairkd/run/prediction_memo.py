@@ -13,9 +13,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-KEPT = (
-    4  # a worker needs two at a time (the teacher, the seed's baseline); logits of a large test split are big
-)
+# a worker needs two at a time (the teacher, the seed's baseline); the logits of a large test split are big
+KEPT = 4
 
 _kept: OrderedDict = OrderedDict()
 
